@@ -1,0 +1,47 @@
+// swift-tools-version:6.1
+// TextCraftor for Swift. libtorch is found through pkg-config (`textcraftor-libtorch.pc`, written by
+// scripts/bootstrap-libtorch into .build/pkgconfig; the Makefile sets PKG_CONFIG_PATH). See README.md.
+import Foundation
+import PackageDescription
+
+/// The libtorch lib folder, read from the .pc file the bootstrap wrote, so that the executables and test bundles of
+/// this package get an rpath to it. A package that depends on our libraries sets its own rpath (or LD_LIBRARY_PATH).
+let libtorchLibDir: String? = {
+    let pc = Context.packageDirectory + "/.build/pkgconfig/textcraftor-libtorch.pc"
+    guard let text = try? String(contentsOfFile: pc, encoding: .utf8) else { return nil }
+    return text.split(separator: "\n").first { $0.hasPrefix("libdir=") }.map { String($0.dropFirst("libdir=".count)) }
+}()
+let rpath: [LinkerSetting] = libtorchLibDir.map { [.unsafeFlags(["-Xlinker", "-rpath", "-Xlinker", $0])] } ?? []
+
+let package = Package(
+    name: "TextCraftor",
+    platforms: [.macOS(.v14)],
+    products: [
+        .library(name: "Torch", targets: ["Torch"]),
+        .library(name: "NN", targets: ["NN"]),
+        .executable(name: "textcraftor", targets: ["textcraftor"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/weichsel/ZIPFoundation", from: "0.9.19"),
+    ],
+    targets: [
+        // libtorch's headers and libraries, as pkg-config describes them.
+        .systemLibrary(name: "CLibTorch", pkgConfig: "textcraftor-libtorch"),
+        // The C++ shim: a flat C API over ATen and autograd (ctorch.h), nothing else.
+        .target(name: "CTorch", dependencies: ["CLibTorch"]),
+        .target(
+            name: "Torch",
+            dependencies: ["CTorch", .product(name: "ZIPFoundation", package: "ZIPFoundation")]
+        ),
+        .target(name: "NN", dependencies: ["Torch"]),
+        .executableTarget(
+            name: "textcraftor",
+            dependencies: ["Torch", "NN", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            linkerSettings: rpath
+        ),
+        .testTarget(name: "TorchTests", dependencies: ["Torch"], resources: [.copy("Fixtures")], linkerSettings: rpath),
+        .testTarget(name: "NNTests", dependencies: ["NN"], linkerSettings: rpath),
+    ],
+    cxxLanguageStandard: .cxx17
+)
