@@ -451,7 +451,8 @@ struct PickleMachine {
 
     private mutating func readString(length: Int) throws -> String {
         let raw = try read(length)
-        guard let string = String(validating: raw, as: UTF8.self) else { throw fail("string is not valid UTF-8") }
+        // Foundation's initializer rather than String(validating:), which needs macOS 15 (the package supports 14).
+        guard let string = String(bytes: raw, encoding: .utf8) else { throw fail("string is not valid UTF-8") }
         return string
     }
 
