@@ -40,8 +40,8 @@ let package = Package(
             dependencies: ["Torch", "NN", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             linkerSettings: rpath
         ),
-        .testTarget(name: "TorchTests", dependencies: ["Torch"], resources: [.copy("Fixtures")], linkerSettings: rpath),
-        .testTarget(name: "NNTests", dependencies: ["NN"], linkerSettings: rpath),
+        .testTarget(name: "TorchTests", dependencies: ["Torch", "CTorch"], resources: [.copy("Fixtures")], linkerSettings: rpath),
+        .testTarget(name: "NNTests", dependencies: ["NN"], resources: [.copy("Fixtures")], linkerSettings: rpath),
     ],
     cxxLanguageStandard: .cxx17
 )

@@ -22,8 +22,13 @@ extension Tensor {
     }
 
     /// `torch.arange(start, end, step)`; int64 unless a dtype is given, as in Python for integer arguments.
-    public static func arange(_ start: Double = 0, _ end: Double, step: Double = 1, dtype: DType = .int64, device: Device = .cpu) -> Tensor {
+    public static func arange(_ start: Double, _ end: Double, step: Double = 1, dtype: DType = .int64, device: Device = .cpu) -> Tensor {
         Tensor(handle: check(ct_arange(start, end, step, dtype.rawValue, device.typeCode, device.index), "arange"))
+    }
+
+    /// `torch.arange(end)`.
+    public static func arange(_ end: Double, dtype: DType = .int64, device: Device = .cpu) -> Tensor {
+        arange(0, end, dtype: dtype, device: device)
     }
 
     public static func linspace(_ start: Double, _ end: Double, count: Int, dtype: DType = .float32, device: Device = .cpu) -> Tensor {

@@ -38,6 +38,7 @@ int ct_set_tf32(int enabled);
 
 // MARK: lifetime and metadata
 void ct_free(ct_tensor t);
+int64_t ct_thread_live_handles(void); // handles made minus handles freed on this thread (for leak tests)
 ct_tensor ct_shallow_clone(ct_tensor t); // a second handle to the same tensor (shares storage and autograd)
 int ct_defined(ct_tensor t);
 int ct_dim(ct_tensor t);

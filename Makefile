@@ -1,0 +1,43 @@
+# TextCraftor for Swift. Every target first makes sure libtorch is there (scripts/bootstrap-libtorch: a download
+# of the pinned wheels on first use, ~10 s; then ~20 ms).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+export PKG_CONFIG_PATH := $(CURDIR)/.build/pkgconfig$(if $(PKG_CONFIG_PATH),:$(PKG_CONFIG_PATH))
+
+# The rpath to libtorch is also set by Package.swift; passing it here too keeps binaries right when SwiftPM reuses a
+# manifest it evaluated before the bootstrap ran.
+RPATH = -Xlinker -rpath -Xlinker "$$(scripts/bootstrap-libtorch --print-libdir)"
+BIN := .build/release/textcraftor
+PYTHON ?= python3
+
+.PHONY: all build test demo bench doctor release fixtures clean
+
+all: build
+
+build:
+	swift build $(RPATH)
+
+release:
+	swift build -c release --product textcraftor $(RPATH)
+
+## make test: build and run every test (Swift Testing), no Python needed.
+test:
+	swift test $(RPATH)
+
+## make demo: the main job on the embedded default. Until the embedded world exists: the installation check.
+demo: release
+	$(BIN) doctor
+
+## make bench: engine benchmarks, side by side with Python torch when $(PYTHON) can import it.
+bench: release
+	$(BIN) bench ops --python "$(PYTHON)"
+
+doctor: release
+	$(BIN) doctor
+
+## make fixtures: regenerate the parity fixtures (needs torch==2.11.0 and safetensors in $(PYTHON)).
+fixtures:
+	for script in scripts/parity/make_*.py; do "$(PYTHON)" "$$script"; done
+
+clean:
+	swift package clean
