@@ -1,0 +1,190 @@
+import Foundation
+import Torch
+
+/// How a tensor is made when a model is built without a checkpoint (PyTorch's default initialisations).
+public enum Initializer: Sendable {
+    case zeros
+    case ones
+    case normal(std: Double)
+    /// U(-1/sqrt(fanIn), 1/sqrt(fanIn)): what nn.Linear and nn.Conv2d give weights and biases
+    /// (kaiming_uniform with a = sqrt(5) reduces to this bound).
+    case uniformFanIn(Int)
+}
+
+/// Hands out a model's tensors by the names its checkpoint uses, one dotted path per module
+/// (`vb.pp("encoder").pp("layers").pp(3).get([768, 3072], "mlp.fc1.weight")`), checking every shape.
+///
+/// Loading is strict: `finish()` reports, in one error, every key the model asked for and the checkpoint lacks,
+/// every checkpoint key the model never asked for, and every shape mismatch. Known alternative names (the old VAE
+/// attention names, say) are given where they are documented, with `get(_:_:aliases:)`.
+public struct VarBuilder {
+    let store: ParameterStore
+    public let prefix: String
+
+    /// Tensors come from `source`, converted to `dtype` (floating-point tensors only) and moved to `device`.
+    public init(_ source: any WeightSource, dtype: DType? = nil, device: Device = .cpu) {
+        store = ParameterStore(source: source, dtype: dtype, device: device, generator: nil)
+        prefix = ""
+    }
+
+    /// Tensors are created fresh, by each `get`'s initializer, drawing from `generator`.
+    public init(initializingWith generator: Generator, dtype: DType = .float32, device: Device = .cpu) {
+        store = ParameterStore(source: nil, dtype: dtype, device: device, generator: generator)
+        prefix = ""
+    }
+
+    init(store: ParameterStore, prefix: String) {
+        self.store = store
+        self.prefix = prefix
+    }
+
+    /// The builder one level down: `vb.pp("down_blocks").pp(0)`.
+    public func pp(_ name: String) -> VarBuilder { VarBuilder(store: store, prefix: key(name)) }
+    public func pp(_ index: Int) -> VarBuilder { pp(String(index)) }
+
+    public func key(_ name: String) -> String { prefix.isEmpty ? name : "\(prefix).\(name)" }
+
+    public var dtype: DType? { store.dtype }
+    public var device: Device { store.device }
+
+    /// Whether the checkpoint has `name` under this path (always false when initializing).
+    public func contains(_ name: String) -> Bool { store.source?.info(key(name)) != nil }
+
+    /// The tensor at `name` (or the first alias the checkpoint has), checked against `shape`. A missing key or a
+    /// wrong shape is recorded for `finish()`, and a zero tensor of the asked shape stands in meanwhile.
+    public func get(_ shape: [Int], _ name: String, aliases: [String] = [], initializer: Initializer = .zeros) -> Tensor {
+        store.get(shape: shape, key: key(name), aliases: aliases.map(key), initializer: initializer, required: true)!
+    }
+
+    /// Like `get`, but a key the checkpoint lacks is fine (nil), for optional tensors such as `position_ids`.
+    public func optional(_ shape: [Int], _ name: String) -> Tensor? {
+        store.get(shape: shape, key: key(name), aliases: [], initializer: .zeros, required: false)
+    }
+
+    /// Marks checkpoint keys under this path as deliberately unused (tensors a model recomputes, such as buffers).
+    public func ignore(_ names: String...) { names.forEach { store.used.insert(key($0)) } }
+
+    /// The scope of a module built at this path.
+    public var scope: ParameterScope { ParameterScope(store: store, prefix: prefix) }
+
+    /// Throws one error listing every missing key, unused key and shape mismatch, if there are any.
+    public func finish() throws {
+        guard let source = store.source else { return }
+        if let unreadable = store.readErrors.first { throw unreadable }
+        let unused = source.keys.filter { !store.used.contains($0) }
+        guard store.missing.isEmpty, store.mismatched.isEmpty, unused.isEmpty else {
+            throw WeightLoadingError.mismatch(
+                origin: source.origin, missing: store.missing, unused: unused, mismatched: store.mismatched)
+        }
+    }
+
+    /// Builds a model and checks the checkpoint against it in one go.
+    public func build<M>(_ make: (VarBuilder) throws -> M) throws -> M {
+        let model = try make(self)
+        try finish()
+        return model
+    }
+}
+
+/// What a VarBuilder tree shares: the source, the tensors handed out (by full name) and the problems found.
+final class ParameterStore {
+    let source: (any WeightSource)?
+    let dtype: DType?
+    let device: Device
+    let generator: Generator?
+    var tensors: [String: Tensor] = [:]
+    var order: [String] = []
+    var used: Set<String> = []
+    var missing: [(key: String, shape: [Int])] = []
+    var mismatched: [(key: String, checkpoint: [Int], model: [Int])] = []
+    var readErrors: [any Error] = []
+
+    init(source: (any WeightSource)?, dtype: DType?, device: Device, generator: Generator?) {
+        self.source = source
+        self.dtype = dtype
+        self.device = device
+        self.generator = generator
+    }
+
+    func get(shape: [Int], key: String, aliases: [String], initializer: Initializer, required: Bool) -> Tensor? {
+        if let existing = tensors[key] { return existing }  // shared (tied) weights are handed out once
+        let tensor: Tensor
+        if let source {
+            guard let found = ([key] + aliases).first(where: { source.info($0) != nil }) else {
+                if required { missing.append((key, shape)) }
+                return required ? Tensor.zeros(shape, dtype: dtype ?? .float32, device: device) : nil
+            }
+            used.insert(found)
+            let stored = source.info(found)!.shape
+            guard stored == shape else {
+                mismatched.append((key: found, checkpoint: stored, model: shape))
+                return Tensor.zeros(shape, dtype: dtype ?? .float32, device: device)
+            }
+            do {
+                let loaded = try source.tensor(found)
+                let target = dtype.map { loaded.dtype.isFloatingPoint ? $0 : loaded.dtype } ?? loaded.dtype
+                tensor = loaded.dtype == target && device == .cpu ? loaded : loaded.to(dtype: target, device: device)
+            } catch {
+                readErrors.append(error)
+                return Tensor.zeros(shape, dtype: dtype ?? .float32, device: device)
+            }
+        } else {
+            tensor = make(shape, initializer)
+        }
+        tensors[key] = tensor
+        order.append(key)
+        return tensor
+    }
+
+    private func make(_ shape: [Int], _ initializer: Initializer) -> Tensor {
+        let dtype = self.dtype ?? .float32
+        switch initializer {
+        case .zeros: return Tensor.zeros(shape, dtype: dtype, device: device)
+        case .ones: return Tensor.ones(shape, dtype: dtype, device: device)
+        case .normal(let std):
+            return (Tensor.randn(shape, generator: generator) * std).to(dtype: dtype, device: device)
+        case .uniformFanIn(let fanIn):
+            let bound = 1 / Double(max(fanIn, 1)).squareRoot()
+            return (Tensor.rand(shape, generator: generator) * (2 * bound) - bound).to(dtype: dtype, device: device)
+        }
+    }
+}
+
+/// Errors of loading weights into a model. `description` is one line naming the file and the keys.
+public enum WeightLoadingError: Error, CustomStringConvertible, Equatable {
+    case noSuchFile(String)
+    case noWeightsInFolder(String)
+    case unknownFormat(String)
+    case missingKey(String, origin: String)
+    case duplicateKey(String, first: String, second: String)
+    case mismatch(origin: String, missing: [(key: String, shape: [Int])], unused: [String],
+                  mismatched: [(key: String, checkpoint: [Int], model: [Int])])
+    case stateDict(String)
+
+    public var description: String {
+        switch self {
+        case .noSuchFile(let path): return "\(path): no such file or folder"
+        case .noWeightsInFolder(let path): return "\(path): the folder holds no .safetensors file"
+        case .unknownFormat(let path):
+            return "\(path): unknown weights format (expected .safetensors, .bin, .pt, .pth or .ckpt)"
+        case .missingKey(let key, let origin): return "\(origin): no tensor named '\(key)'"
+        case .duplicateKey(let key, let first, let second): return "'\(key)' is in both \(first) and \(second)"
+        case .stateDict(let message): return message
+        case .mismatch(let origin, let missing, let unused, let mismatched):
+            var parts: [String] = []
+            for m in mismatched {
+                parts.append("'\(m.key)' has shape \(m.checkpoint) in the checkpoint, the model expects \(m.model)")
+            }
+            if !missing.isEmpty {
+                let list = missing.map { "\($0.key) \($0.shape)" }.joined(separator: ", ")
+                parts.append("\(missing.count) missing key\(missing.count == 1 ? "" : "s"): \(list)")
+            }
+            if !unused.isEmpty {
+                parts.append("\(unused.count) unused key\(unused.count == 1 ? "" : "s"): \(unused.joined(separator: ", "))")
+            }
+            return "\(origin) does not fit the model: " + parts.joined(separator: "; ")
+        }
+    }
+
+    public static func == (a: WeightLoadingError, b: WeightLoadingError) -> Bool { a.description == b.description }
+}

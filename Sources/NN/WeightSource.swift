@@ -1,0 +1,93 @@
+import Foundation
+import Torch
+
+/// Named tensors a model can be loaded from: a safetensors file, a `torch.save` checkpoint, several shards, or
+/// tensors in memory. Reading is lazy where the format allows (safetensors are memory-mapped).
+public protocol WeightSource {
+    /// Says where the weights come from, for error messages (a path, or a list of paths).
+    var origin: String { get }
+    var keys: [String] { get }
+    func info(_ key: String) -> (dtype: DType, shape: [Int])?
+    func tensor(_ key: String) throws -> Tensor
+}
+
+extension SafeTensorsFile: WeightSource {
+    public var origin: String { url.path }
+    public var keys: [String] { names }
+    public func tensor(_ key: String) throws -> Tensor { try Tensor(tensorData(key)) }
+}
+
+/// Tensors already in memory (a decoded `.bin`/`.pth` checkpoint, or a model's own state dict).
+public struct TensorDictionary: WeightSource {
+    public let origin: String
+    let tensors: [String: TensorData]
+
+    public init(_ tensors: [String: TensorData], origin: String) {
+        self.tensors = tensors
+        self.origin = origin
+    }
+
+    public init(_ tensors: [String: Tensor], origin: String = "tensors in memory") {
+        self.init(tensors.mapValues { $0.tensorData() }, origin: origin)
+    }
+
+    public var keys: [String] { tensors.keys.sorted() }
+    public func info(_ key: String) -> (dtype: DType, shape: [Int])? { tensors[key].map { ($0.dtype, $0.shape) } }
+    public func tensor(_ key: String) throws -> Tensor {
+        guard let data = tensors[key] else { throw WeightLoadingError.missingKey(key, origin: origin) }
+        return try Tensor(data)
+    }
+}
+
+/// Several sources seen as one (sharded checkpoints); a key found in two of them is an error.
+public struct CombinedWeights: WeightSource {
+    let sources: [any WeightSource]
+    let owner: [String: Int]
+
+    public init(_ sources: [any WeightSource]) throws {
+        var owner: [String: Int] = [:]
+        for (i, source) in sources.enumerated() {
+            for key in source.keys {
+                if let first = owner[key] {
+                    throw WeightLoadingError.duplicateKey(key, first: sources[first].origin, second: source.origin)
+                }
+                owner[key] = i
+            }
+        }
+        self.sources = sources
+        self.owner = owner
+    }
+
+    public var origin: String { sources.map(\.origin).joined(separator: ", ") }
+    public var keys: [String] { owner.keys.sorted() }
+    public func info(_ key: String) -> (dtype: DType, shape: [Int])? { owner[key].flatMap { sources[$0].info(key) } }
+    public func tensor(_ key: String) throws -> Tensor {
+        guard let i = owner[key] else { throw WeightLoadingError.missingKey(key, origin: origin) }
+        return try sources[i].tensor(key)
+    }
+}
+
+public enum Weights {
+    /// Extensions read as PyTorch zip checkpoints.
+    static let torchExtensions: Set<String> = ["bin", "pt", "pth", "ckpt"]
+
+    /// Opens a weights file by its extension (`.safetensors`; `.bin`/`.pt`/`.pth`/`.ckpt` as `torch.save` zip
+    /// files, taking the `state_dict` entry when there is one), or every `*.safetensors` in a folder.
+    public static func open(_ url: URL) throws -> any WeightSource {
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isFolder) else {
+            throw WeightLoadingError.noSuchFile(url.path)
+        }
+        if isFolder.boolValue {
+            let files = try FileManager.default.contentsOfDirectory(at: url, includingPropertiesForKeys: nil)
+                .filter { $0.pathExtension == "safetensors" }.sorted { $0.path < $1.path }
+            guard !files.isEmpty else { throw WeightLoadingError.noWeightsInFolder(url.path) }
+            return files.count == 1 ? try SafeTensorsFile(url: files[0]) : try CombinedWeights(files.map { try SafeTensorsFile(url: $0) })
+        }
+        if url.pathExtension == "safetensors" { return try SafeTensorsFile(url: url) }
+        if torchExtensions.contains(url.pathExtension) {
+            return TensorDictionary(try TorchCheckpoint.loadStateDict(url: url), origin: url.path)
+        }
+        throw WeightLoadingError.unknownFormat(url.path)
+    }
+}
