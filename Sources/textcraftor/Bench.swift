@@ -1,0 +1,105 @@
+import ArgumentParser
+import Foundation
+import Torch
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Benchmarks, printed side by side with the same work in Python torch when one is installed.",
+        subcommands: [BenchOps.self])
+}
+
+/// Per-op overhead and matmul throughput of our engine against Python torch, measured the same way in both:
+/// wall-clock time of a loop after warm-up, the best of several repeats.
+struct BenchOps: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ops",
+        abstract: "Per-op overhead (µs per call on tiny tensors) and 1024³ float32 matmul throughput.",
+        discussion: """
+            The reference numbers come from scripts/bench/ops.py run by --python (default: python3), when that Python \
+            can import torch. Both sides use the same thread count. Ratios above 1 mean Swift is faster.
+            """)
+
+    @Option(help: "Calls per timed loop for the overhead benchmark.") var calls = 100_000
+    @Option(help: "Matmuls per timed loop.") var matmuls = 10
+    @Option(help: "Repeats of each loop; the best is kept.") var repeats = 5
+    @Option(help: "Intra-op threads for both sides (default: libtorch's default).") var threads: Int?
+    @Option(help: "Python interpreter for the reference run (skipped when it cannot import torch).")
+    var python = ProcessInfo.processInfo.environment["TEXTCRAFTOR_PYTHON"] ?? "python3"
+    @Option(help: "The reference script.") var script = "scripts/bench/ops.py"
+
+    func run() throws {
+        if let threads { Torch.threadCount = threads }
+        let threadCount = Torch.threadCount
+        let ours = measure()
+        let reference = runReference(threads: threadCount)
+        print("op benchmark, \(threadCount) thread(s), best of \(repeats) (libtorch \(Torch.runtimeVersion ?? "?"))")
+        let header = ["measure", "swift", "python torch", "ratio"]
+        var rows: [[String]] = []
+        for (key, label, unit, higherIsBetter) in BenchOps.measures {
+            let s = ours[key]!
+            let p = reference?[key]
+            let ratio = p.map { higherIsBetter ? s / $0 : $0 / s }
+            rows.append([label, String(format: "%.3f %@", s, unit), p.map { String(format: "%.3f %@", $0, unit) } ?? "-",
+                         ratio.map { String(format: "%.2fx", $0) } ?? "-"])
+        }
+        printTable(header, rows)
+        if reference == nil { print("(no reference: \(python) cannot import torch; set --python or TEXTCRAFTOR_PYTHON)") }
+    }
+
+    static let measures: [(String, String, String, Bool)] = [
+        ("add_us", "add, 1-element tensors", "µs/op", false),
+        ("relu_us", "relu, 1-element tensor", "µs/op", false),
+        ("linear_us", "linear 1x8 @ 8x8", "µs/op", false),
+        ("matmul_gflops", "matmul 1024³ float32", "GFLOP/s", true),
+    ]
+
+    func measure() -> [String: Double] {
+        let g = Generator(seed: 0)
+        let a = Tensor.randn([1], generator: g), b = Tensor.randn([1], generator: g)
+        let x = Tensor.randn([1, 8], generator: g), w = Tensor.randn([8, 8], generator: g)
+        let m1 = Tensor.randn([1024, 1024], generator: g), m2 = Tensor.randn([1024, 1024], generator: g)
+        func best(_ n: Int, _ body: () -> Void) -> Double {
+            for _ in 0..<max(n / 10, 1) { body() }  // warm-up
+            return (0..<repeats).map { _ in
+                let start = DispatchTime.now().uptimeNanoseconds
+                for _ in 0..<n { body() }
+                return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            }.min()!
+        }
+        return withNoGrad {
+            [
+                "add_us": best(calls) { _ = a + b } / Double(calls) * 1e6,
+                "relu_us": best(calls) { _ = a.relu() } / Double(calls) * 1e6,
+                "linear_us": best(calls) { _ = Functional.linear(x, weight: w) } / Double(calls) * 1e6,
+                "matmul_gflops": 2 * pow(1024, 3) * Double(matmuls) / best(matmuls) { _ = m1.matmul(m2) } / 1e9,
+            ]
+        }
+    }
+
+    func runReference(threads: Int) -> [String: Double]? {
+        guard FileManager.default.fileExists(atPath: script) else { return nil }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = [python, script, "--calls", "\(calls)", "--matmuls", "\(matmuls)", "--repeats", "\(repeats)",
+                             "--threads", "\(threads)"]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return nil }
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { return nil }
+        return try? JSONDecoder().decode([String: Double].self, from: data)
+    }
+}
+
+/// Prints rows under a header with aligned columns.
+func printTable(_ header: [String], _ rows: [[String]]) {
+    let widths = header.indices.map { i in ([header] + rows).map { $0[i].count }.max()! }
+    func line(_ cells: [String]) -> String {
+        cells.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  ")
+    }
+    print(line(header))
+    print(widths.map { String(repeating: "-", count: $0) }.joined(separator: "  "))
+    rows.forEach { print(line($0)) }
+}

@@ -1,0 +1,17 @@
+import ArgumentParser
+
+@main
+struct TextCraftor: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "textcraftor",
+        abstract: "Fine-tune Stable Diffusion's CLIP text encoder against differentiable rewards (TextCraftor, CVPR 2024).",
+        discussion: """
+            TextCraftor freezes the UNet and the VAE and trains only the text encoder, so that images sampled from the \
+            frozen model score higher on reward models (aesthetics, PickScore, HPSv2, CLIP alignment). The fine-tuned \
+            encoder is a drop-in replacement for the original.
+
+            Start with `textcraftor doctor` to check the installation.
+            """,
+        subcommands: [Doctor.self, Bench.self]
+    )
+}
