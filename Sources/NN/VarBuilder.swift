@@ -159,7 +159,6 @@ public enum WeightLoadingError: Error, CustomStringConvertible, Equatable {
     case duplicateKey(String, first: String, second: String)
     case mismatch(origin: String, missing: [(key: String, shape: [Int])], unused: [String],
                   mismatched: [(key: String, checkpoint: [Int], model: [Int])])
-    case stateDict(String)
 
     public var description: String {
         switch self {
@@ -169,7 +168,6 @@ public enum WeightLoadingError: Error, CustomStringConvertible, Equatable {
             return "\(path): unknown weights format (expected .safetensors, .bin, .pt, .pth or .ckpt)"
         case .missingKey(let key, let origin): return "\(origin): no tensor named '\(key)'"
         case .duplicateKey(let key, let first, let second): return "'\(key)' is in both \(first) and \(second)"
-        case .stateDict(let message): return message
         case .mismatch(let origin, let missing, let unused, let mismatched):
             var parts: [String] = []
             for m in mismatched {

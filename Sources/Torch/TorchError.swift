@@ -30,7 +30,7 @@ extension Torch {
         defer { scope.depth -= 1 }
         let result = try body()
         if let error = scope.firstError {
-            if scope.depth == 1 { scope.firstError = nil }
+            scope.firstError = nil  // reported once: an enclosing scope whose code catches it goes on
             throw error
         }
         return result

@@ -76,11 +76,21 @@ import Testing
         let resumed = start.clone().requiringGrad()
         let b = AdamW(parameters: [resumed], learningRate: 0.05)
         run(0..<3, b, resumed)
-        let (tensors, metadata) = b.state()
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("adamw-\(UUID().uuidString).safetensors")
+        defer { try? FileManager.default.removeItem(at: file) }
+        try b.save(to: file)
         let c = AdamW(parameters: [resumed], learningRate: 123)  // hyper-parameters come back from the state
-        try c.load(state: tensors, metadata: metadata)
+        try c.load(from: file)
+        #expect(c.learningRate == 0.05)
         run(3..<6, c, resumed)
         #expect(resumed.toArray(Float.self) == straight.toArray(Float.self))
-        #expect(throws: TorchError.self) { try c.load(state: tensors, metadata: ["optimizer": "SGD"]) }
+        let (tensors, _) = b.state()
+        #expect(throws: TorchError(op: "AdamW.load", message: "the state is not an AdamW state (optimizer = SGD)")) {
+            try c.load(state: tensors, metadata: ["optimizer": "SGD"])
+        }
+        let other = AdamW(parameters: [resumed, resumed])
+        #expect(throws: TorchError(op: "AdamW.load", message: "the state is for 1 parameters, the optimizer has 2")) {
+            try other.load(from: file)
+        }
     }
 }

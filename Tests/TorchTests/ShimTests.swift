@@ -25,6 +25,12 @@ import CTorch
                 return bad + Tensor.zeros([9, 9])  // fails again on the placeholder; not the error reported
             }
         }
+        // A nested scope's error that the code catches does not resurface in the enclosing scope.
+        let total = try? Torch.catching {
+            _ = try? Torch.catching { Tensor.zeros([2]).reshape([3]) }
+            return Tensor.ones([3]).sum().item()
+        }
+        #expect(total == 3)
         // The scope is clean afterwards: a good computation does not throw.
         #expect((try? Torch.catching { Tensor.ones([2]).sum().item() }) == 2)
     }
