@@ -19,6 +19,7 @@ let package = Package(
     products: [
         .library(name: "Torch", targets: ["Torch"]),
         .library(name: "NN", targets: ["NN"]),
+        .library(name: "StableDiffusion", targets: ["StableDiffusion"]),
         .executable(name: "textcraftor", targets: ["textcraftor"]),
     ],
     dependencies: [
@@ -35,13 +36,19 @@ let package = Package(
             dependencies: ["CTorch", .product(name: "ZIPFoundation", package: "ZIPFoundation")]
         ),
         .target(name: "NN", dependencies: ["Torch"]),
+        .target(name: "StableDiffusion", dependencies: ["Torch", "NN"], resources: [.copy("Resources")]),
         .executableTarget(
             name: "textcraftor",
-            dependencies: ["Torch", "NN", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "Torch", "NN", "StableDiffusion", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             linkerSettings: rpath
         ),
         .testTarget(name: "TorchTests", dependencies: ["Torch", "CTorch"], resources: [.copy("Fixtures")], linkerSettings: rpath),
         .testTarget(name: "NNTests", dependencies: ["NN"], resources: [.copy("Fixtures")], linkerSettings: rpath),
+        .testTarget(
+            name: "StableDiffusionTests", dependencies: ["StableDiffusion"], resources: [.copy("Fixtures")],
+            linkerSettings: rpath),
     ],
     cxxLanguageStandard: .cxx17
 )
