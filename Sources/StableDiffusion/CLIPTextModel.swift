@@ -1,0 +1,156 @@
+import Foundation
+import NN
+import Torch
+
+/// transformers' `CLIPTextConfig` (a text encoder's `config.json`), with its defaults.
+public struct CLIPTextConfig: Codable, Sendable, Equatable {
+    public var vocab_size = 49408
+    public var hidden_size = 512
+    public var intermediate_size = 2048
+    public var num_hidden_layers = 12
+    public var num_attention_heads = 8
+    public var max_position_embeddings = 77
+    public var hidden_act = "quick_gelu"
+    public var layer_norm_eps = 1e-5
+    public var projection_dim: Int? = 512
+    public var bos_token_id: Int? = 49406
+    public var eos_token_id: Int? = 49407
+    public var pad_token_id: Int? = 1
+
+    public init() {}
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        func value<T: Decodable>(_ key: CodingKeys, _ fallback: T) throws -> T {
+            try c.decodeIfPresent(T.self, forKey: key) ?? fallback
+        }
+        let d = CLIPTextConfig()
+        vocab_size = try value(.vocab_size, d.vocab_size)
+        hidden_size = try value(.hidden_size, d.hidden_size)
+        intermediate_size = try value(.intermediate_size, d.intermediate_size)
+        num_hidden_layers = try value(.num_hidden_layers, d.num_hidden_layers)
+        num_attention_heads = try value(.num_attention_heads, d.num_attention_heads)
+        max_position_embeddings = try value(.max_position_embeddings, d.max_position_embeddings)
+        hidden_act = try value(.hidden_act, d.hidden_act)
+        layer_norm_eps = try value(.layer_norm_eps, d.layer_norm_eps)
+        projection_dim = try value(.projection_dim, d.projection_dim)
+        bos_token_id = try value(.bos_token_id, d.bos_token_id)
+        eos_token_id = try value(.eos_token_id, d.eos_token_id)
+        pad_token_id = try value(.pad_token_id, d.pad_token_id)
+    }
+
+    static let activations = ["quick_gelu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu"]
+
+    /// The activation of `hidden_act` (transformers' ACT2FN names).
+    func activation(file: String) throws -> @Sendable (Tensor) -> Tensor {
+        switch hidden_act {
+        case "quick_gelu": { $0.quickGelu() }
+        case "gelu": { $0.gelu() }
+        case "gelu_new", "gelu_pytorch_tanh": { $0.gelu(approximate: true) }
+        case "relu": { $0.relu() }
+        case "silu": { $0.silu() }
+        default:
+            throw StableDiffusionError.unsupported(file: file, key: "hidden_act", value: hidden_act, supported: Self.activations)
+        }
+    }
+}
+
+/// What the text encoder returns, as transformers' `BaseModelOutputWithPooling`.
+public struct CLIPTextOutput {
+    /// The last layer's states after `final_layer_norm`: [B, L, D]. Stable Diffusion conditions on this.
+    public let lastHiddenState: Tensor
+    /// The final state at each prompt's end-of-text token: [B, D].
+    public let pooledOutput: Tensor
+    /// When asked for: the embeddings, then the output of every layer (before the final norm), L+1 tensors.
+    public let hiddenStates: [Tensor]?
+}
+
+/// transformers' `CLIPTextModel` in its checkpoint layout (`text_model.embeddings...`, `text_model.encoder.layers.N`,
+/// `text_model.final_layer_norm`): the text tower of Stable Diffusion, and the model TextCraftor fine-tunes.
+public final class CLIPTextModel: Module {
+    public let scope: ParameterScope
+    public let config: CLIPTextConfig
+    let tokenEmbedding: Embedding
+    let positionEmbedding: Embedding
+    let layers: [CLIPEncoderLayer]
+    let finalLayerNorm: LayerNorm
+
+    /// `vb` points at the model root; the `text_model.` prefix of real checkpoints is found by itself.
+    public init(_ vb: VarBuilder, config: CLIPTextConfig, configFile: String = "config.json") throws {
+        scope = vb.scope
+        self.config = config
+        let root = vb.contains("text_model.embeddings.token_embedding.weight") || !vb.contains("embeddings.token_embedding.weight")
+            ? vb.pp("text_model") : vb
+        let embeddings = root.pp("embeddings")
+        tokenEmbedding = Embedding(embeddings.pp("token_embedding"), count: config.vocab_size, dimension: config.hidden_size)
+        positionEmbedding = Embedding(
+            embeddings.pp("position_embedding"), count: config.max_position_embeddings, dimension: config.hidden_size)
+        // Older checkpoints store the position_ids buffer (0..<77); the positions are recomputed, so it is skipped.
+        embeddings.ignore("position_ids")
+        let activation = try config.activation(file: configFile)
+        layers = (0..<config.num_hidden_layers).map {
+            CLIPEncoderLayer(root.pp("encoder").pp("layers").pp($0), config: config, activation: activation)
+        }
+        finalLayerNorm = LayerNorm(root.pp("final_layer_norm"), size: config.hidden_size, eps: config.layer_norm_eps)
+    }
+
+    /// Encodes token ids [B, L] (int64 or int32). Causal self-attention, as CLIP's text tower.
+    public func callAsFunction(_ inputIds: Tensor, outputHiddenStates: Bool = false) -> CLIPTextOutput {
+        let ids = inputIds.dtype == .int64 ? inputIds : inputIds.to(.int64)
+        let length = ids.size(1)
+        let positions = Tensor.arange(Double(length), device: ids.device).unsqueeze(0)
+        var hidden = tokenEmbedding(ids) + positionEmbedding(positions)
+        var states = outputHiddenStates ? [hidden] : nil
+        for layer in layers {
+            hidden = layer(hidden)
+            states?.append(hidden)
+        }
+        let last = finalLayerNorm(hidden)
+        return CLIPTextOutput(lastHiddenState: last, pooledOutput: pool(last, ids), hiddenStates: states)
+    }
+
+    /// The state at the end-of-text token. Configs with `eos_token_id == 2` (the original SD text encoders, from
+    /// before transformers fixed the id) take the position of the largest id, which is the end token in CLIP's
+    /// vocabulary; others take the first position holding `eos_token_id`. Same rule as transformers 4.x.
+    func pool(_ states: Tensor, _ ids: Tensor) -> Tensor {
+        let eos = config.eos_token_id ?? 2
+        let position = eos == 2 ? ids.argmax(dim: -1) : ids.eq(Double(eos)).to(.int32).argmax(dim: -1)
+        let index = position.reshape([-1, 1, 1]).expand([ids.size(0), 1, states.size(2)])
+        return states.gather(dim: 1, index: index).squeeze(1)
+    }
+
+    /// Reads `config.json` and the weights (`model.safetensors`, `pytorch_model.bin`, or a variant such as
+    /// `model.fp16.safetensors`) of a text encoder folder, strictly.
+    public static func load(_ weights: any WeightSource, configFile: URL, dtype: DType? = nil, device: Device = .cpu) throws
+        -> CLIPTextModel
+    {
+        let config = try decodeConfig(CLIPTextConfig.self, from: configFile)
+        return try VarBuilder(weights, dtype: dtype, device: device).build {
+            try CLIPTextModel($0, config: config, configFile: configFile.path)
+        }
+    }
+}
+
+/// One pre-norm transformer block of the CLIP text tower.
+final class CLIPEncoderLayer: Module {
+    let scope: ParameterScope
+    let layerNorm1, layerNorm2: LayerNorm
+    let selfAttention: MultiHeadAttention
+    let fc1, fc2: Linear
+    let activation: @Sendable (Tensor) -> Tensor
+
+    init(_ vb: VarBuilder, config: CLIPTextConfig, activation: @escaping @Sendable (Tensor) -> Tensor) {
+        scope = vb.scope
+        layerNorm1 = LayerNorm(vb.pp("layer_norm1"), size: config.hidden_size, eps: config.layer_norm_eps)
+        selfAttention = MultiHeadAttention(vb.pp("self_attn"), dimension: config.hidden_size, heads: config.num_attention_heads)
+        layerNorm2 = LayerNorm(vb.pp("layer_norm2"), size: config.hidden_size, eps: config.layer_norm_eps)
+        fc1 = Linear(vb.pp("mlp").pp("fc1"), inFeatures: config.hidden_size, outFeatures: config.intermediate_size)
+        fc2 = Linear(vb.pp("mlp").pp("fc2"), inFeatures: config.intermediate_size, outFeatures: config.hidden_size)
+        self.activation = activation
+    }
+
+    func callAsFunction(_ x: Tensor) -> Tensor {
+        let h = x + selfAttention(layerNorm1(x), isCausal: true)
+        return h + fc2(activation(fc1(layerNorm2(h))))
+    }
+}
