@@ -12,6 +12,12 @@ struct TextCraftor: ParsableCommand {
 
             Start with `textcraftor doctor` to check the installation.
             """,
-        subcommands: [Doctor.self, Bench.self]
+        subcommands: [Doctor.self, Inspect.self, Bench.self]
     )
+}
+
+/// A user-facing failure of a command: ArgumentParser prints it as one line and exits with status 1.
+struct CommandError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
 }

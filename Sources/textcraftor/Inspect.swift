@@ -1,0 +1,68 @@
+import ArgumentParser
+import Foundation
+import NN
+import Torch
+
+struct Inspect: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List the tensors (name, dtype, shape) of a checkpoint or of a model folder.",
+        discussion: """
+            Reads .safetensors (memory-mapped, nothing is loaded), torch.save files (.bin, .pt, .pth, .ckpt; the \
+            state_dict entry when there is one) and folders: every weights file below a diffusers folder, by component.
+            """)
+
+    @Argument(help: "A weights file or a folder.", completion: .file())
+    var path: String
+
+    @Flag(help: "One JSON object per tensor instead of a table.")
+    var json = false
+
+    func run() throws {
+        let url = URL(fileURLWithPath: path)
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isFolder) else {
+            throw CommandError("\(path): no such file or folder")
+        }
+        let files = isFolder.boolValue ? try weightFiles(below: url) : [url]
+        guard !files.isEmpty else { throw CommandError("\(path): no weights files (.safetensors, .bin, .pt, .pth, .ckpt) below it") }
+        var total = 0
+        for file in files {
+            let source = try Weights.open(file)
+            let rows = source.keys.map { key -> (String, DType, [Int]) in
+                let info = source.info(key)!
+                return (key, info.dtype, info.shape)
+            }
+            let count = rows.reduce(0) { $0 + $1.2.reduce(1, *) }
+            total += count
+            if json {
+                for (name, dtype, shape) in rows {
+                    let object: [String: Any] = ["file": file.path, "name": name, "dtype": dtype.description, "shape": shape]
+                    let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
+                    print(String(decoding: data, as: UTF8.self))
+                }
+                continue
+            }
+            print("\(file.path): \(rows.count) tensors, \(formatCount(count)) values")
+            printTable(["name", "dtype", "shape"], rows.map { [$0.0, $0.1.description, "\($0.2)"] })
+            print()
+        }
+        if !json && files.count > 1 { print("total: \(formatCount(total)) values in \(files.count) files") }
+    }
+
+    /// Weights files in a folder and its component subfolders, sorted by path.
+    func weightFiles(below folder: URL) throws -> [URL] {
+        let extensions: Set<String> = ["safetensors", "bin", "pt", "pth", "ckpt"]
+        guard let walker = FileManager.default.enumerator(at: folder, includingPropertiesForKeys: nil) else { return [] }
+        return walker.compactMap { $0 as? URL }.filter { extensions.contains($0.pathExtension) }.sorted { $0.path < $1.path }
+    }
+}
+
+/// 123_456_789 -> "123.5M".
+func formatCount(_ n: Int) -> String {
+    switch n {
+    case 1_000_000_000...: String(format: "%.2fB", Double(n) / 1e9)
+    case 1_000_000...: String(format: "%.1fM", Double(n) / 1e6)
+    case 1_000...: String(format: "%.1fK", Double(n) / 1e3)
+    default: "\(n)"
+    }
+}
