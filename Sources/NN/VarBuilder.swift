@@ -20,27 +20,42 @@ public enum Initializer: Sendable {
 public struct VarBuilder {
     let store: ParameterStore
     public let prefix: String
+    /// Other paths the checkpoint may keep this module under (old names), tried in order after `prefix`.
+    let aliasPrefixes: [String]
 
     /// Tensors come from `source`, converted to `dtype` (floating-point tensors only) and moved to `device`.
     public init(_ source: any WeightSource, dtype: DType? = nil, device: Device = .cpu) {
         store = ParameterStore(source: source, dtype: dtype, device: device, generator: nil)
         prefix = ""
+        aliasPrefixes = []
     }
 
     /// Tensors are created fresh, by each `get`'s initializer, drawing from `generator`.
     public init(initializingWith generator: Generator, dtype: DType = .float32, device: Device = .cpu) {
         store = ParameterStore(source: nil, dtype: dtype, device: device, generator: generator)
         prefix = ""
+        aliasPrefixes = []
     }
 
-    init(store: ParameterStore, prefix: String) {
+    init(store: ParameterStore, prefix: String, aliasPrefixes: [String] = []) {
         self.store = store
         self.prefix = prefix
+        self.aliasPrefixes = aliasPrefixes
     }
 
     /// The builder one level down: `vb.pp("down_blocks").pp(0)`.
-    public func pp(_ name: String) -> VarBuilder { VarBuilder(store: store, prefix: key(name)) }
+    public func pp(_ name: String) -> VarBuilder {
+        VarBuilder(store: store, prefix: key(name), aliasPrefixes: aliasPrefixes.map { "\($0).\(name)" })
+    }
     public func pp(_ index: Int) -> VarBuilder { pp(String(index)) }
+
+    /// The builder one level down at `name`, whose tensors may also be stored under the old name `alias`
+    /// (`vb.pp("to_q", alias: "query")` finds `query.weight` when `to_q.weight` is absent). Tensors are handed out
+    /// under the new name, so the model saves them that way.
+    public func pp(_ name: String, alias: String) -> VarBuilder {
+        let child = pp(name)
+        return VarBuilder(store: store, prefix: child.prefix, aliasPrefixes: child.aliasPrefixes + [key(alias)])
+    }
 
     public func key(_ name: String) -> String { prefix.isEmpty ? name : "\(prefix).\(name)" }
 
@@ -48,17 +63,24 @@ public struct VarBuilder {
     public var device: Device { store.device }
 
     /// Whether the checkpoint has `name` under this path (always false when initializing).
-    public func contains(_ name: String) -> Bool { store.source?.info(key(name)) != nil }
+    public func contains(_ name: String) -> Bool {
+        ([key(name)] + aliasKeys(name)).contains { store.source?.info($0) != nil }
+    }
+
+    /// `name` under each alias path of this builder.
+    func aliasKeys(_ name: String) -> [String] { aliasPrefixes.map { "\($0).\(name)" } }
 
     /// The tensor at `name` (or the first alias the checkpoint has), checked against `shape`. A missing key or a
     /// wrong shape is recorded for `finish()`, and a zero tensor of the asked shape stands in meanwhile.
     public func get(_ shape: [Int], _ name: String, aliases: [String] = [], initializer: Initializer = .zeros) -> Tensor {
-        store.get(shape: shape, key: key(name), aliases: aliases.map(key), initializer: initializer, required: true)!
+        store.get(
+            shape: shape, key: key(name), aliases: aliases.map(key) + aliasKeys(name), initializer: initializer,
+            required: true)!
     }
 
     /// Like `get`, but a key the checkpoint lacks is fine (nil), for optional tensors such as `position_ids`.
     public func optional(_ shape: [Int], _ name: String) -> Tensor? {
-        store.get(shape: shape, key: key(name), aliases: [], initializer: .zeros, required: false)
+        store.get(shape: shape, key: key(name), aliases: aliasKeys(name), initializer: .zeros, required: false)
     }
 
     /// Marks checkpoint keys under this path as deliberately unused (tensors a model recomputes, such as buffers).

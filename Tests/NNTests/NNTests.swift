@@ -113,6 +113,44 @@ func maxDifference(_ a: Tensor, _ b: Tensor) -> Double { (a - b).abs().max().ite
         #expect(vb.scope.namedTensors.map(\.name) == ["to_q.weight", "to_q.bias"])  // handed out under the new name
     }
 
+    @Test func legacyProjectionNamesLoadUnderTheNewNames() throws {
+        // The same attention stored under diffusers' names and under the VAE's pre-0.14 names gives the same output.
+        let fresh = MultiHeadAttention(
+            VarBuilder(initializingWith: Generator(seed: 7)).pp("attn"), dimension: 8, heads: 1, names: .diffusers)
+        let renames = ["to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"]
+        var old: [String: Tensor] = [:]
+        for (name, tensor) in fresh.stateDict(prefix: "attn") {
+            let renamed = renames.reduce(name) { $0.replacingOccurrences(of: ".\($1.key).", with: ".\($1.value).") }
+            old[renamed] = tensor
+        }
+        #expect(old["attn.proj_attn.weight"] != nil)
+        let legacy = MultiHeadAttention.ProjectionNames(query: "query", key: "key", value: "value", output: "proj_attn")
+        let vb = VarBuilder(TensorDictionary(old))
+        let loaded = try vb.build {
+            MultiHeadAttention($0.pp("attn"), dimension: 8, heads: 1, names: .diffusers, legacyNames: legacy)
+        }
+        #expect(loaded.namedParameters.map(\.name).sorted() == fresh.namedParameters.map(\.name).sorted())
+        let x = Tensor.randn([2, 5, 8], generator: Generator(seed: 8))
+        #expect(maxDifference(loaded(x), fresh(x)) == 0)
+        // The new names still load as they are.
+        _ = try VarBuilder(TensorDictionary(fresh.stateDict(prefix: "attn"))).build {
+            MultiHeadAttention($0.pp("attn"), dimension: 8, heads: 1, names: .diffusers, legacyNames: legacy)
+        }
+    }
+
+    @Test func upcastAttentionRunsHalfPrecisionScoresInFloat32() throws {
+        let vb = VarBuilder(initializingWith: Generator(seed: 9))
+        let attention = MultiHeadAttention(vb, dimension: 8, heads: 2, names: .diffusers, upcast: true)
+        let x = Tensor.randn([1, 6, 8], generator: Generator(seed: 10)) * 30  // large scores
+        let reference = attention(x)
+        let half = MultiHeadAttention(
+            VarBuilder(TensorDictionary(attention.stateDict()), dtype: .bfloat16), dimension: 8, heads: 2,
+            names: .diffusers, upcast: true)
+        let out = half(x.to(.bfloat16))
+        #expect(out.dtype == .bfloat16)
+        #expect(maxDifference(out.to(.float32), reference) < 0.05 * reference.abs().max().item())
+    }
+
     @Test func trainableSubmoduleGetsGradientsAndTheRestStaysFrozen() throws {
         let m = try load("tiny.safetensors")
         m.fc.setTrainable(true)
