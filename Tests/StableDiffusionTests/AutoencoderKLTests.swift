@@ -29,4 +29,42 @@ import Torch
         #expect(stdError < 1e-4)
         #expect(decodeError < 1e-4)
     }
+
+    @Test func oldAttentionNamesLoadUnderTheNewNames() throws {
+        let source = try Weights.open(TinySD.sd2.folder.appendingPathComponent("vae"))
+        #expect(source.keys.contains("encoder.mid_block.attentions.0.proj_attn.weight"))
+        let names = try vae(.sd2).namedParameters.map(\.name)
+        #expect(names.count == source.keys.count)
+        #expect(names.contains("encoder.mid_block.attentions.0.to_out.0.weight"))
+        #expect(names.contains("decoder.mid_block.attentions.0.to_q.bias"))
+        #expect(!names.contains { $0.contains("proj_attn") || $0.contains(".query.") })
+    }
+
+    @Test func sampleDrawsNoiseLikeDiffusers() throws {
+        let vae = try vae(.sd15)
+        let posterior = withNoGrad { vae.encode(try! TinySD.sd15.output("vae.image")) }
+        let drawn = posterior.sample(generator: Generator(seed: 42))
+        // diffusers: mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(42))
+        let noise = Tensor.randn([1, 4, 8, 8], generator: Generator(seed: 42))
+        #expect(maxAbsDifference(drawn, posterior.mean + posterior.std * noise) == 0)
+        #expect(maxAbsDifference(posterior.mode(), posterior.mean) == 0)
+        #expect(maxAbsDifference(posterior.std, (posterior.logvar * 0.5).exp()) == 0)
+    }
+
+    @Test func unsupportedBlockTypeIsNamed() throws {
+        let folder = try temporaryFolder("vae")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let data = try Data(contentsOf: TinySD.sd15.folder.appendingPathComponent("vae/config.json"))
+        var json = try JSONSerialization.jsonObject(with: data) as! [String: Any]
+        json["up_block_types"] = ["UpDecoderBlock2D", "AttnUpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"]
+        let config = folder.appendingPathComponent("config.json")
+        try JSONSerialization.data(withJSONObject: json).write(to: config)
+        try FileManager.default.copyItem(
+            at: TinySD.sd15.folder.appendingPathComponent("vae/diffusion_pytorch_model.safetensors"),
+            to: folder.appendingPathComponent("diffusion_pytorch_model.safetensors"))
+        #expect(throws: StableDiffusionError.unsupported(
+            file: config.path, key: "up_block_types", value: "AttnUpDecoderBlock2D", supported: ["UpDecoderBlock2D"])) {
+            try AutoencoderKL.load(folder: folder)
+        }
+    }
 }
