@@ -200,3 +200,20 @@ import Torch
         #expect(difference > 0 && difference < 1e-2)
     }
 }
+
+extension UNet2DConditionModelTests {
+    /// Half precision runs end to end (sd2 has upcast_attention, so its attention runs in float32 inside).
+    @Test(arguments: [(TinySD.sd15, DType.float16), (TinySD.sd2, DType.float16), (TinySD.sd2, DType.bfloat16)])
+    func halfPrecisionStaysCloseToFloat32(model: TinySD, dtype: DType) throws {
+        let unet = try UNet2DConditionModel.load(folder: model.folder.appendingPathComponent("unet"), dtype: dtype)
+        let out = withNoGrad {
+            unet(
+                try! model.output("unet.sample").to(dtype), timestep: try! model.output("unet.timesteps"),
+                encoderHiddenStates: try! model.output("unet.context").to(dtype))
+        }
+        #expect(out.dtype == dtype)
+        let difference = maxAbsDifference(out, try model.output("unet.out"))
+        print("UNet \(model) in \(dtype): max |out - diffusers float32| = \(difference)")
+        #expect(difference < (dtype == .float16 ? 1e-2 : 1e-1))  // measured: 3.3e-3 (fp16), 3.3e-2 (bf16)
+    }
+}
