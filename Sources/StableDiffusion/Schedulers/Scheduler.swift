@@ -207,10 +207,14 @@ func perItem(_ values: [Float], like tensor: Tensor) -> Tensor {
     return Tensor(values, shape: shape).to(dtype: tensor.dtype, device: tensor.device)
 }
 
-/// Standard normal noise shaped like `tensor`, as diffusers' `randn_tensor` draws it. The generator must belong to
-/// the tensor's device.
+/// Standard normal noise shaped like `tensor`, as diffusers' `randn_tensor` draws it: a CPU generator draws on the
+/// CPU and the noise moves to the tensor's device (so CUDA runs seeded on the CPU repeat CPU runs).
 func noise(like tensor: Tensor, generator: Generator?) -> Tensor {
-    Tensor.randn(tensor.shape, dtype: tensor.dtype, generator: generator, device: tensor.device)
+    guard let generator, generator.device != tensor.device else {
+        return Tensor.randn(tensor.shape, dtype: tensor.dtype, generator: generator, device: tensor.device)
+    }
+    precondition(generator.device == .cpu, "a \(generator.device) generator cannot make noise for a \(tensor.device) tensor")
+    return Tensor.randn(tensor.shape, dtype: tensor.dtype, generator: generator, device: .cpu).to(tensor.device)
 }
 
 /// The `--steps` check shared by every scheduler.
