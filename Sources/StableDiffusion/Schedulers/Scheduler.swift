@@ -5,9 +5,11 @@ import Torch
 /// `scaleModelInput(x, t)` and `step` turns its output into the next, less noisy sample. Step math is tensor ops
 /// with scalar coefficients, so gradients flow through it to the model output and to the sample.
 ///
-/// Timesteps are `Double`: Euler with "linspace" spacing (its default) gives fractional ones (999, 946.42, ...),
-/// which the UNet embeds as they are; the others give whole numbers. Multistep schedulers keep state (DPM-Solver's
-/// previous outputs, PNDM's history), which `setTimesteps` resets.
+/// Timesteps are `Double`: Euler with "linspace" spacing (its default) gives fractional ones (25 steps: 999,
+/// 957.375, 915.75, ...), which the UNet embeds as they are; the others give whole numbers. Their count is not always
+/// the step count: PNDM repeats one (SD1.5, 10 steps: 901, 801, 801, 701, ..., 1) and diffusers' "trailing" spacing
+/// gives one more for some counts (61 steps end at -1); the loop runs over all of them, as diffusers' does.
+/// Multistep schedulers keep state (DPM-Solver's previous outputs, PNDM's history), which `setTimesteps` resets.
 public protocol Scheduler: AnyObject {
     /// The config it was made from, with its class name.
     var config: SchedulerConfig { get }
