@@ -127,9 +127,11 @@ private func writeConfig(_ json: String) throws -> URL {
             let toSample = try #require(grads[0]), toConst = try #require(grads[1])
             let expectedSample = try f.tensor("grad.\(g.case).sample"), expectedConst = try f.tensor("grad.\(g.case).const")
             #expect(maxAbs(toSample, expectedSample) <= 1e-5, "\(g.case): d/dsample off by \(maxAbs(toSample, expectedSample))")
-            #expect(maxAbs(toConst, expectedConst) <= 1e-5, "\(g.case): d/dconst off by \(maxAbs(toConst, expectedConst))")
-            // Not vacuous: the gradient is far from zero.
-            #expect(toSample.abs().max().item() > 0.1)
+            // The gradient to the model's conditioning is small (~0.01): checked relative to its size.
+            let constScale = expectedConst.abs().max().item()
+            #expect(maxAbs(toConst, expectedConst) <= 1e-4 * constScale, "\(g.case): d/dconst off by \(maxAbs(toConst, expectedConst))")
+            // Not vacuous: both gradients are far from zero.
+            #expect(toSample.abs().max().item() > 0.1 && constScale > 1e-3)
         }
     }
 
