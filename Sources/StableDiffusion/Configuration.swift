@@ -7,7 +7,11 @@ public func decodeConfig<T: Decodable>(_ type: T.Type, from url: URL) throws -> 
         throw StableDiffusionError.missingFile(url.path)
     }
     do {
-        return try JSONDecoder().decode(T.self, from: data)
+        // Python's json writes non-finite floats as bare -Infinity / NaN (DPMSolverMultistepScheduler saves
+        // "lambda_min_clipped": -Infinity); JSON5 reads them.
+        let decoder = JSONDecoder()
+        decoder.allowsJSON5 = true
+        return try decoder.decode(T.self, from: data)
     } catch let error as DecodingError {
         throw StableDiffusionError.invalidConfig(file: url.path, message: describe(error))
     } catch {

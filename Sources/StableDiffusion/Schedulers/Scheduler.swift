@@ -1,0 +1,275 @@
+import Foundation
+import Torch
+
+/// A diffusion sampler as diffusers' schedulers are: `setTimesteps`, then for each of `timesteps` the model runs on
+/// `scaleModelInput(x, t)` and `step` turns its output into the next, less noisy sample. Step math is tensor ops
+/// with scalar coefficients, so gradients flow through it to the model output and to the sample.
+///
+/// Timesteps are `Double`: Euler with "linspace" spacing (its default) gives fractional ones (25 steps: 999,
+/// 957.375, 915.75, ...), which the UNet embeds as they are; the others give whole numbers. Their count is not always
+/// the step count: PNDM repeats one (SD1.5, 10 steps: 901, 801, 801, 701, ..., 1) and diffusers' "trailing" spacing
+/// gives one more for some counts (61 steps end at -1); the loop runs over all of them, as diffusers' does.
+/// Multistep schedulers keep state (DPM-Solver's previous outputs, PNDM's history), which `setTimesteps` resets.
+public protocol Scheduler: AnyObject {
+    /// The config it was made from, with its class name.
+    var config: SchedulerConfig { get }
+    /// The training noise schedule (betas, cumulative alphas).
+    var noiseSchedule: NoiseSchedule { get }
+    /// The timesteps to run, highest first, as diffusers produces them; empty until `setTimesteps`.
+    var timesteps: [Double] { get }
+    /// The standard deviation of the initial noise: latents are `randn * initNoiseSigma`.
+    var initNoiseSigma: Double { get }
+    /// The estimate of the clean sample made by the last `step` (nil before the first, and for PNDM).
+    var predOriginalSample: Tensor? { get }
+
+    /// Chooses `count` inference steps and resets the state of a previous run. Throws for a count below 1 or above
+    /// the training timesteps.
+    func setTimesteps(_ count: Int) throws
+    /// The model's input for `timestep` (Euler divides by sqrt(sigma² + 1); the others return the sample).
+    func scaleModelInput(_ sample: Tensor, timestep: Double) -> Tensor
+    /// One denoising step: the sample at the previous (lower) timestep. `eta` is DDIM's weight of DDPM noise (0:
+    /// deterministic), which the others ignore, as diffusers' pipeline passes it only to DDIM. `generator` feeds the
+    /// schedulers that add noise (DDIM with eta > 0, Euler with s_churn > 0); nil uses the default generator.
+    func step(modelOutput: Tensor, timestep: Double, sample: Tensor, generator: Generator?, eta: Double) -> Tensor
+    /// The forward process: `original` noised to each of `timesteps` (one per batch item, or one for all).
+    func addNoise(original: Tensor, noise: Tensor, timesteps: [Double]) -> Tensor
+}
+
+extension Scheduler {
+    /// A step without noise from eta (DDIM deterministic).
+    public func step(modelOutput: Tensor, timestep: Double, sample: Tensor, generator: Generator? = nil) -> Tensor {
+        step(modelOutput: modelOutput, timestep: timestep, sample: sample, generator: generator, eta: 0)
+    }
+}
+
+/// The schedulers implemented, by diffusers class name.
+public enum SchedulerKind: String, Sendable, CaseIterable {
+    case ddim = "DDIMScheduler"
+    case euler = "EulerDiscreteScheduler"
+    case dpmSolver = "DPMSolverMultistepScheduler"
+    case pndm = "PNDMScheduler"
+
+    /// The name a command line uses: ddim, euler, dpm, pndm.
+    public var shortName: String {
+        switch self {
+        case .ddim: "ddim"
+        case .euler: "euler"
+        case .dpmSolver: "dpm"
+        case .pndm: "pndm"
+        }
+    }
+
+    /// A short name (any case) or a diffusers class name.
+    public init?(name: String) {
+        if let kind = SchedulerKind(rawValue: name) {
+            self = kind
+        } else if let kind = SchedulerKind.allCases.first(where: { $0.shortName == name.lowercased() }) {
+            self = kind
+        } else {
+            return nil
+        }
+    }
+}
+
+/// The scheduler the config names, or `overrideClass` (ddim | euler | dpm | pndm, or a diffusers class name) made
+/// from the same config, as `XScheduler.from_config(pipe.scheduler.config)` makes it.
+/// `configFile`, when given, is the path errors name (else `config.file`).
+public func makeScheduler(config: SchedulerConfig, overrideClass: String? = nil, configFile: String? = nil) throws
+    -> any Scheduler
+{
+    var config = config
+    if let configFile { config.file = configFile }
+    let kind: SchedulerKind
+    if let overrideClass {
+        guard let chosen = SchedulerKind(name: overrideClass) else {
+            let names = SchedulerKind.allCases.map(\.shortName).joined(separator: ", ")
+            throw StableDiffusionError.invalidArgument("--scheduler \"\(overrideClass)\" is not supported (supported: \(names))")
+        }
+        kind = chosen
+    } else {
+        guard let named = SchedulerKind(rawValue: config.className) else {
+            throw StableDiffusionError.unsupported(
+                file: config.file, key: SchedulerConfig.CodingKeys.className.rawValue, value: config.className,
+                supported: SchedulerKind.allCases.map(\.rawValue))
+        }
+        kind = named
+    }
+    let converted = config.converted(to: kind.rawValue)
+    switch kind {
+    case .ddim: return try DDIMScheduler(config: converted)
+    case .euler: return try EulerDiscreteScheduler(config: converted)
+    case .dpmSolver: return try DPMSolverMultistepScheduler(config: converted)
+    case .pndm: return try PNDMScheduler(config: converted)
+    }
+}
+
+// MARK: the training noise schedule
+
+/// Betas and the cumulative products of 1 - beta, in float32 as diffusers holds them (computed the same way, so the
+/// values are bit-identical: torch's linspace, and cumprod accumulating in double as ATen's CPU kernel does).
+public struct NoiseSchedule: Sendable {
+    public let betas: [Float]
+    public let alphasCumprod: [Float]
+
+    /// `zeroTerminalSNRClamp`: Euler and DPM-Solver replace the last cumulative alpha of a rescaled schedule (0) by
+    /// 2^-24 so that sigma stays finite; DDIM keeps the 0.
+    init(config: SchedulerConfig, rescaleZeroTerminalSNR: Bool, zeroTerminalSNRClamp: Bool = false) throws {
+        try config.requirePositive(.numTrainTimesteps, config.numTrainTimesteps)
+        var betas: [Float]
+        if let trained = config.trainedBetas {
+            guard trained.count == config.numTrainTimesteps else {
+                throw StableDiffusionError.invalidConfig(
+                    file: config.file,
+                    message: "key \"trained_betas\" has \(trained.count) values, num_train_timesteps is \(config.numTrainTimesteps)")
+            }
+            betas = trained.map { Float($0) }
+        } else {
+            enum BetaSchedule: String, CaseIterable {
+                case linear
+                case scaledLinear = "scaled_linear"
+                case squaredCos = "squaredcos_cap_v2"
+            }
+            let count = config.numTrainTimesteps
+            switch try config.checked(.betaSchedule, config.betaSchedule, among: BetaSchedule.allCases) {
+            case .linear:
+                betas = Tensor.linspace(config.betaStart, config.betaEnd, count: count, dtype: .float32).toArray(Float.self)
+            case .scaledLinear:
+                betas = Tensor.linspace(pow(config.betaStart, 0.5), pow(config.betaEnd, 0.5), count: count, dtype: .float32)
+                    .pow(2).toArray(Float.self)
+            case .squaredCos:
+                betas = NoiseSchedule.cosineBetas(count)
+            }
+        }
+        if rescaleZeroTerminalSNR { betas = NoiseSchedule.rescaledToZeroTerminalSNR(betas) }
+        var alphasCumprod = NoiseSchedule.cumprod(betas.map { 1 - $0 })
+        if rescaleZeroTerminalSNR && zeroTerminalSNRClamp { alphasCumprod[alphasCumprod.count - 1] = 0x1p-24 }
+        self.betas = betas
+        self.alphasCumprod = alphasCumprod
+    }
+
+    /// diffusers' `betas_for_alpha_bar` with the cosine alpha-bar of improved DDPM, max beta 0.999.
+    static func cosineBetas(_ count: Int) -> [Float] {
+        func alphaBar(_ t: Double) -> Double { pow(cos((t + 0.008) / 1.008 * Double.pi / 2), 2) }
+        return (0..<count).map { i in
+            let t1 = Double(i) / Double(count), t2 = Double(i + 1) / Double(count)
+            return Float(min(1 - alphaBar(t2) / alphaBar(t1), 0.999))
+        }
+    }
+
+    /// `torch.cumprod` of float32 values on the CPU: a double accumulator, each partial product rounded to float.
+    static func cumprod(_ values: [Float]) -> [Float] {
+        var product = 1.0
+        return values.map { value in
+            product *= Double(value)
+            return Float(product)
+        }
+    }
+
+    /// diffusers' `rescale_zero_terminal_snr` (Lin et al. 2023, Algorithm 1), in libtorch's float32 ops as diffusers
+    /// runs it (torch's float32 sqrt is not always the correctly rounded one, so Swift's would differ in the last bit).
+    static func rescaledToZeroTerminalSNR(_ betas: [Float]) -> [Float] {
+        let count = betas.count
+        let root = Tensor(cumprod(betas.map { 1 - $0 })).sqrt()
+        let first = root[0].clone(), last = root[count - 1].clone()
+        let shifted = (root - last) * (first / (first - last))
+        let alphasBar = shifted.pow(2)
+        let alphas = Tensor.cat([
+            alphasBar.slice(dim: 0, start: 0, end: 1),
+            alphasBar.slice(dim: 0, start: 1) / alphasBar.slice(dim: 0, start: 0, end: count - 1),
+        ])
+        return (1 - alphas).toArray(Float.self)
+    }
+
+    /// alphas_cumprod[t] with Python's indexing, where -1 is the last (diffusers' "trailing" spacing can produce a
+    /// timestep -1, and it then reads the last value).
+    func alphaCumprod(at timestep: Int) -> Double {
+        Double(alphasCumprod[timestep < 0 ? timestep + alphasCumprod.count : timestep])
+    }
+
+    /// sqrt((1 - ᾱ) / ᾱ) per training timestep, in float32 as diffusers computes it.
+    var sigmas: [Float] { alphasCumprod.map { ((1 - $0) / $0).squareRoot() } }
+
+    /// The DDPM forward process: sqrt(ᾱ_t) x + sqrt(1 - ᾱ_t) ε, with ᾱ looked up per timestep.
+    func addNoise(original: Tensor, noise: Tensor, timesteps: [Double]) -> Tensor {
+        let indices = timesteps.map { t -> Int in
+            precondition(t == t.rounded() && Int(t) < alphasCumprod.count, "addNoise: timestep \(t) is not a training timestep")
+            return Int(t)
+        }
+        // In float32 as diffusers does (1 - ᾱ rounds in float32 before the root).
+        let alphas = indices.map { Float(alphaCumprod(at: $0)) }
+        let signal = alphas.map { $0.squareRoot() }
+        let noiseScale = alphas.map { (1 - $0).squareRoot() }
+        return perItem(signal, like: original) * original + perItem(noiseScale, like: original) * noise
+    }
+}
+
+/// One coefficient per batch item, shaped [n, 1, 1, ...] to broadcast over `like`, in its dtype and on its device.
+func perItem(_ values: [Float], like tensor: Tensor) -> Tensor {
+    let shape = [values.count] + Array(repeating: 1, count: max(tensor.rank - 1, 0))
+    return Tensor(values, shape: shape).to(dtype: tensor.dtype, device: tensor.device)
+}
+
+/// Standard normal noise shaped like `tensor`, as diffusers' `randn_tensor` draws it: a CPU generator draws on the
+/// CPU and the noise moves to the tensor's device (so CUDA runs seeded on the CPU repeat CPU runs).
+func noise(like tensor: Tensor, generator: Generator?) -> Tensor {
+    guard let generator, generator.device != tensor.device else {
+        return Tensor.randn(tensor.shape, dtype: tensor.dtype, generator: generator, device: tensor.device)
+    }
+    precondition(generator.device == .cpu, "a \(generator.device) generator cannot make noise for a \(tensor.device) tensor")
+    return Tensor.randn(tensor.shape, dtype: tensor.dtype, generator: generator, device: .cpu).to(tensor.device)
+}
+
+/// The `--steps` check shared by every scheduler.
+func checkStepCount(_ count: Int, _ config: SchedulerConfig) throws {
+    guard count >= 1 else { throw StableDiffusionError.invalidArgument("--steps must be at least 1 (got \(count))") }
+    guard count <= config.numTrainTimesteps else {
+        throw StableDiffusionError.invalidArgument(
+            "--steps must be at most \(config.numTrainTimesteps), the scheduler's num_train_timesteps (got \(count))")
+    }
+}
+
+// MARK: numpy, to the bit
+
+/// The few numpy functions diffusers spaces timesteps with, reproduced operation by operation in float64 so that
+/// the timesteps and interpolated sigmas equal diffusers' exactly.
+enum NumPy {
+    /// `np.linspace(start, stop, num)`: i * step + start, the last point set to stop.
+    static func linspace(_ start: Double, _ stop: Double, _ num: Int) -> [Double] {
+        guard num > 0 else { return [] }
+        let div = num - 1
+        let delta = stop - start
+        guard div > 0 else { return [0 * delta + start] }
+        let step = delta / Double(div)
+        var y = (0..<num).map { i in
+            step == 0 ? Double(i) / Double(div) * delta + start : Double(i) * step + start
+        }
+        y[num - 1] = stop
+        return y
+    }
+
+    /// `np.arange(start, stop, step)` for floats: ceil((stop - start) / step) values; after the first two, numpy fills
+    /// start + i * (second - start), not start + i * step.
+    static func arange(_ start: Double, _ stop: Double, _ step: Double) -> [Double] {
+        let length = Int(((stop - start) / step).rounded(.up))
+        guard length > 0 else { return [] }
+        guard length > 1 else { return [start] }
+        let second = start + step
+        let delta = second - start
+        return [start, second] + (2..<max(length, 2)).map { start + Double($0) * delta }
+    }
+
+    /// `np.round`: halves to even.
+    static func round(_ x: Double) -> Double { x.rounded(.toNearestOrEven) }
+
+    /// `np.interp(x, np.arange(len(fp)), fp)`, clamped to the ends.
+    static func interp(_ x: Double, _ fp: [Float]) -> Double {
+        let last = fp.count - 1
+        if x.isNaN { return x }
+        if x >= Double(last) { return Double(fp[last]) }
+        if x <= 0 { return Double(fp[0]) }
+        let j = Int(x.rounded(.down))
+        if Double(j) == x { return Double(fp[j]) }
+        let slope = (Double(fp[j + 1]) - Double(fp[j])) / (Double(j + 1) - Double(j))
+        return slope * (x - Double(j)) + Double(fp[j])
+    }
+}
