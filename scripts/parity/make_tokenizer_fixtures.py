@@ -99,6 +99,7 @@ HAND_WRITTEN = [
     "email@example.com #hashtag @user $100 50% ^_^ (parens) [brackets] {braces} <angle>",
     "a<|endoftext|>b <|ENDOFTEXT|> <|startoftext|>start",
     "İstanbul Ⅻ ǲ Kelvin K",
+    "ypogegrammeni a\u0345b !\u0345! \u03b1\u0345 \u1fb3 \u0391\u0345",    # U+0345 matches no alternative
     "\x1b[31mred\x1b[0m terminal escape",
     "control\x00chars\x07here\u200bzero\u200dwidth\ufeffbom\x7f",
     "C1 controls \x80 \x85 \x93quoted\x94",
