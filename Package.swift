@@ -36,7 +36,11 @@ let package = Package(
             dependencies: ["CTorch", .product(name: "ZIPFoundation", package: "ZIPFoundation")]
         ),
         .target(name: "NN", dependencies: ["Torch"]),
-        .target(name: "StableDiffusion", dependencies: ["Torch", "NN"], resources: [.copy("Resources")]),
+        // zlib, to read gzip resources (the tokenizer's merges). Named apart from ZIPFoundation's own `CZLib` module,
+        // which only exists on Linux.
+        .systemLibrary(name: "SystemZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"]), .brew(["zlib"])]),
+        .target(
+            name: "StableDiffusion", dependencies: ["Torch", "NN", "SystemZlib"], resources: [.copy("Resources")]),
         .executableTarget(
             name: "textcraftor",
             dependencies: [
