@@ -1,0 +1,42 @@
+import ArgumentParser
+import Foundation
+import StableDiffusion
+
+struct Tokenize: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print the CLIP token ids and tokens of prompts, one JSON object per line.",
+        discussion: """
+            Uses the tokenizer of --model (its tokenizer/ folder), or --tokenizer (a tokenizer folder with vocab.json \
+            and merges.txt, or an open_clip bpe_simple_vocab_16e6.txt.gz), or else the bundled CLIP vocabulary. Ids \
+            include <|startoftext|> and <|endoftext|>; prompts longer than --max-length tokens are truncated, with a \
+            warning naming the dropped words.
+            """)
+
+    @Option(help: "A diffusers model folder whose tokenizer/ to use.", completion: .directory) var model: String?
+    @Option(help: "A tokenizer folder or a bpe_simple_vocab_16e6.txt.gz file.", completion: .file()) var tokenizer: String?
+    @Option(help: "Context length (ids are truncated to it).") var maxLength = 77
+    @Flag(help: "Pad the ids to --max-length, as the model sees them.") var pad = false
+    @Argument(help: "Prompts.") var prompts: [String]
+
+    func run() throws {
+        guard model == nil || tokenizer == nil else { throw CommandError("give --model or --tokenizer, not both") }
+        guard maxLength >= 2 else { throw CommandError("--max-length must be at least 2 (got \(maxLength))") }
+        let clip: CLIPTokenizer
+        if let model {
+            clip = try CLIPTokenizer(directory: URL(fileURLWithPath: model).appendingPathComponent("tokenizer"))
+        } else if let tokenizer {
+            clip = tokenizer.hasSuffix(".gz")
+                ? try CLIPTokenizer(openCLIPMerges: URL(fileURLWithPath: tokenizer))
+                : try CLIPTokenizer(directory: URL(fileURLWithPath: tokenizer))
+        } else {
+            clip = try CLIPTokenizer.bundled()
+        }
+        let (ids, dropped) = clip.tokenize(prompts, maxLength: maxLength, padding: pad)
+        for (i, prompt) in prompts.enumerated() {
+            if let words = dropped[i] { warn("prompt \(i + 1) is longer than \(maxLength) tokens; dropped: \(words)") }
+            let object: [String: Any] = ["prompt": prompt, "ids": ids[i].map(Int.init), "tokens": clip.tokens(ids[i])]
+            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
+            print(String(decoding: data, as: UTF8.self))
+        }
+    }
+}
