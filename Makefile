@@ -28,9 +28,11 @@ test:
 demo: release
 	$(BIN) doctor
 
-## make bench: engine benchmarks, side by side with Python torch when $(PYTHON) can import it.
+## make bench: engine and Stable Diffusion benchmarks, side by side with Python torch / diffusers when $(PYTHON)
+## can import them.
 bench: release
 	$(BIN) bench ops --python "$(PYTHON)"
+	$(BIN) bench sd --python "$(PYTHON)"
 
 doctor: release
 	$(BIN) doctor

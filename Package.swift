@@ -50,6 +50,8 @@ let package = Package(
         ),
         .testTarget(name: "TorchTests", dependencies: ["Torch", "CTorch"], resources: [.copy("Fixtures")], linkerSettings: rpath),
         .testTarget(name: "NNTests", dependencies: ["NN"], resources: [.copy("Fixtures")], linkerSettings: rpath),
+        // Runs the built `textcraftor` binary as a user would (it is built because the target depends on it).
+        .testTarget(name: "CLITests", dependencies: ["textcraftor"], linkerSettings: rpath),
         .testTarget(
             name: "StableDiffusionTests", dependencies: ["StableDiffusion"], resources: [.copy("Fixtures")],
             linkerSettings: rpath),

@@ -5,7 +5,7 @@ import Torch
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks, printed side by side with the same work in Python torch when one is installed.",
-        subcommands: [BenchOps.self])
+        subcommands: [BenchOps.self, BenchSD.self])
 }
 
 /// Per-op overhead and matmul throughput of our engine against Python torch, measured the same way in both:
@@ -32,21 +32,12 @@ struct BenchOps: ParsableCommand {
         let threadCount = Torch.threadCount
         let ours = measure()
         let reference = runReference(threads: threadCount)
-        print("op benchmark, \(threadCount) thread(s), best of \(repeats) (libtorch \(Torch.runtimeVersion ?? "?"))")
-        let header = ["measure", "swift", "python torch", "ratio"]
-        var rows: [[String]] = []
-        for (key, label, unit, higherIsBetter) in BenchOps.measures {
-            let s = ours[key]!
-            let p = reference?[key]
-            let ratio = p.map { higherIsBetter ? s / $0 : $0 / s }
-            rows.append([label, String(format: "%.3f %@", s, unit), p.map { String(format: "%.3f %@", $0, unit) } ?? "-",
-                         ratio.map { String(format: "%.2fx", $0) } ?? "-"])
-        }
-        printTable(header, rows)
-        if reference == nil { print("(no reference: \(python) cannot import torch; set --python or TEXTCRAFTOR_PYTHON)") }
+        printComparison(
+            "op benchmark, \(threadCount) thread(s), best of \(repeats) (libtorch \(Torch.runtimeVersion ?? "?"))",
+            measures: BenchOps.measures, ours: ours, reference: reference, python: python)
     }
 
-    static let measures: [(String, String, String, Bool)] = [
+    static let measures: [(key: String, label: String, unit: String, higherIsBetter: Bool)] = [
         ("add_us", "add, 1-element tensors", "µs/op", false),
         ("relu_us", "relu, 1-element tensor", "µs/op", false),
         ("linear_us", "linear 1x8 @ 8x8", "µs/op", false),
@@ -77,11 +68,18 @@ struct BenchOps: ParsableCommand {
     }
 
     func runReference(threads: Int) -> [String: Double]? {
+        runPythonReference(python: python, script: script, arguments: [
+            "--calls", "\(calls)", "--matmuls", "\(matmuls)", "--repeats", "\(repeats)", "--threads", "\(threads)",
+        ])
+    }
+}
+
+/// Runs a reference script that prints one JSON object of numbers; nil when it cannot run (no torch, say).
+func runPythonReference(python: String, script: String, arguments: [String]) -> [String: Double]? {
         guard FileManager.default.fileExists(atPath: script) else { return nil }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [python, script, "--calls", "\(calls)", "--matmuls", "\(matmuls)", "--repeats", "\(repeats)",
-                             "--threads", "\(threads)"]
+        process.arguments = [python, script] + arguments
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = FileHandle.nullDevice
@@ -90,7 +88,21 @@ struct BenchOps: ParsableCommand {
         process.waitUntilExit()
         guard process.terminationStatus == 0 else { return nil }
         return try? JSONDecoder().decode([String: Double].self, from: data)
+}
+
+/// Prints our numbers beside the reference's, with ratios (above 1: Swift is better).
+func printComparison(_ title: String, measures: [(key: String, label: String, unit: String, higherIsBetter: Bool)],
+                     ours: [String: Double], reference: [String: Double]?, python: String) {
+    print(title)
+    var rows: [[String]] = []
+    for m in measures {
+        let s = ours[m.key]!, p = reference?[m.key]
+        let ratio = p.map { m.higherIsBetter ? s / $0 : $0 / s }
+        rows.append([m.label, String(format: "%.3f %@", s, m.unit), p.map { String(format: "%.3f %@", $0, m.unit) } ?? "-",
+                     ratio.map { String(format: "%.2fx", $0) } ?? "-"])
     }
+    printTable(["measure", "swift", "python", "ratio"], rows)
+    if reference == nil { print("(no reference: \(python) cannot run it; set --python or TEXTCRAFTOR_PYTHON)") }
 }
 
 /// Prints rows under a header with aligned columns.

@@ -1,0 +1,85 @@
+import Foundation
+import Testing
+
+/// The `textcraftor` binary beside this test bundle, run with arguments; returns exit status, stdout and stderr.
+func textcraftor(_ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
+    var products = Bundle.main.bundleURL
+    while !FileManager.default.fileExists(atPath: products.appendingPathComponent("textcraftor").path), products.path != "/" {
+        products.deleteLastPathComponent()
+    }
+    let process = Process()
+    process.executableURL = products.appendingPathComponent("textcraftor")
+    process.arguments = arguments
+    let out = Pipe(), err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+}
+
+/// The repository root (this file is Tests/CLITests/CLITests.swift).
+let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+let tinySD15 = repository.appendingPathComponent("Tests/StableDiffusionTests/Fixtures/sd/tiny-sd15").path
+
+func temporaryOutput() -> URL {
+    FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID().uuidString)")
+}
+
+@Suite struct CLITests {
+    @Test(arguments: [
+        (["--steps", "0"], "Error: --steps must be at least 1 (got 0)"),
+        (["--guidance=-1"], "Error: --guidance must not be negative (got -1.0)"),
+        (["--height", "60"], "Error: --height must be a positive multiple of 8 (got 60)"),
+        (["--scheduler", "heun"], "Error: --scheduler \"heun\" is not supported (supported: ddim, euler, dpm, pndm)"),
+        (["--dtype", "int8"], "Error: --dtype int8: expected float32, float16 or bfloat16"),
+    ])
+    func badGenerateFlagsFailInOneLineAndWriteNothing(flags: [String], message: String) throws {
+        let out = temporaryOutput()
+        let run = try textcraftor(["generate", "--model", tinySD15, "--prompt", "x", "--out", out.path] + flags)
+        #expect(run.status == 1)
+        #expect(run.err.trimmingCharacters(in: .whitespacesAndNewlines) == message)
+        #expect(!FileManager.default.fileExists(atPath: out.path), "the output folder was created")
+    }
+
+    @Test func missingModelFolderIsNamed() throws {
+        let out = temporaryOutput()
+        let run = try textcraftor(["generate", "--model", "/nonexistent/sd", "--prompt", "x", "--out", out.path])
+        #expect(run.status == 1)
+        #expect(run.err == "Error: /nonexistent/sd: no such file or folder\n")
+        #expect(!FileManager.default.fileExists(atPath: out.path))
+    }
+
+    @Test func generateWritesImagesMetadataAndLatents() throws {
+        let out = temporaryOutput()
+        defer { try? FileManager.default.removeItem(at: out) }
+        let run = try textcraftor([
+            "generate", "--model", tinySD15, "--prompt", "a red circle", "--prompt", "a square", "--images-per-prompt", "2",
+            "--steps", "3", "--seed", "7", "--scheduler", "ddim", "--out", out.path, "--save-latents",
+        ])
+        #expect(run.status == 0, "\(run.err)")
+        let files = try FileManager.default.contentsOfDirectory(atPath: out.path).sorted()
+        #expect(files == ["0000.png", "0001.png", "0002.png", "0003.png", "latents.safetensors", "metadata.json"])
+        let metadata = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("metadata.json"))) as! [String: Any]
+        #expect(metadata["seed"] as? Int == 7)
+        #expect(metadata["steps"] as? Int == 3)
+        #expect(metadata["scheduler_class"] as? String == "DDIMScheduler")
+        #expect(metadata["prompts"] as? [String] == ["a red circle", "a square"])
+        #expect(run.err.contains("generate 100% 3/3"))
+    }
+
+    @Test func tokenizePrintsIdsAndTokens() throws {
+        let run = try textcraftor(["tokenize", "a photo of an astronaut riding a horse"])
+        #expect(run.status == 0)
+        #expect(run.out.contains(#""ids":[49406,320,1125,539,550,18376,6765,320,4558,49407]"#))
+        #expect(run.out.contains(#""tokens":["<|startoftext|>","a</w>","photo</w>""#))
+    }
+
+    @Test func inspectListsAFolder() throws {
+        let run = try textcraftor(["inspect", tinySD15 + "/unet"])
+        #expect(run.status == 0)
+        #expect(run.out.contains("conv_in.weight"))
+        #expect(run.out.contains("[8, 4, 3, 3]"))
+    }
+}
