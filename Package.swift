@@ -20,6 +20,7 @@ let package = Package(
         .library(name: "Torch", targets: ["Torch"]),
         .library(name: "NN", targets: ["NN"]),
         .library(name: "StableDiffusion", targets: ["StableDiffusion"]),
+        .library(name: "Rewards", targets: ["Rewards"]),
         .executable(name: "textcraftor", targets: ["textcraftor"]),
     ],
     dependencies: [
@@ -41,15 +42,20 @@ let package = Package(
         .systemLibrary(name: "SystemZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"]), .brew(["zlib"])]),
         .target(
             name: "StableDiffusion", dependencies: ["Torch", "NN", "SystemZlib"], resources: [.copy("Resources")]),
+        // libpng and libjpeg(-turbo) from the system, for reading images to score.
+        .systemLibrary(name: "CImageCodecs", providers: [.apt(["libpng-dev", "libjpeg62-turbo-dev"])]),
+        .target(name: "Rewards", dependencies: ["Torch", "NN", "StableDiffusion", "CImageCodecs"]),
         .executableTarget(
             name: "textcraftor",
             dependencies: [
-                "Torch", "NN", "StableDiffusion", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "Torch", "NN", "StableDiffusion", "Rewards",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             linkerSettings: rpath
         ),
         .testTarget(name: "TorchTests", dependencies: ["Torch", "CTorch"], resources: [.copy("Fixtures")], linkerSettings: rpath),
         .testTarget(name: "NNTests", dependencies: ["NN"], resources: [.copy("Fixtures")], linkerSettings: rpath),
+        .testTarget(name: "RewardsTests", dependencies: ["Rewards"], resources: [.copy("Fixtures")], linkerSettings: rpath),
         // Runs the built `textcraftor` binary as a user would (it is built because the target depends on it).
         .testTarget(name: "CLITests", dependencies: ["textcraftor"], linkerSettings: rpath),
         .testTarget(

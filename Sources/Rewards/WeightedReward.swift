@@ -1,0 +1,42 @@
+import Torch
+
+/// Several rewards combined as TextCraftor's objective: total = Σ γᵢ · scaleᵢ · Rᵢ (the loss is its negative).
+/// The scales bring the rewards to comparable sizes; the defaults are the authors' (METHOD.md).
+public final class WeightedReward {
+    public struct Term {
+        public let reward: any Reward
+        public var gamma: Double
+        public var scale: Double
+    }
+
+    /// The authors' scales: aesthetic 3, PickScore 1, HPSv2 100, CLIP 100.
+    public static let defaultScales = ["aesthetic": 3.0, "pickscore": 1.0, "hpsv2": 100.0, "clip": 100.0]
+
+    public private(set) var terms: [Term] = []
+
+    public init() {}
+
+    /// Adds a reward with weight `gamma` and its default scale unless one is given.
+    public func add(_ reward: any Reward, gamma: Double = 1, scale: Double? = nil) {
+        terms.append(Term(reward: reward, gamma: gamma, scale: scale ?? Self.defaultScales[reward.name] ?? 1))
+    }
+
+    /// Each reward's raw scores [B] by name, and the weighted total [B]. Differentiable with respect to the images.
+    public func evaluate(_ images: Tensor, prompts: [String]) throws -> (total: Tensor, terms: [(name: String, scores: Tensor)]) {
+        precondition(!terms.isEmpty, "WeightedReward: no rewards added")
+        var total: Tensor? = nil
+        var parts: [(name: String, scores: Tensor)] = []
+        for term in terms {
+            let scores = try term.reward.score(images, prompts: prompts)
+            parts.append((term.reward.name, scores))
+            let weighted = scores * (term.gamma * term.scale)
+            total = total.map { $0 + weighted } ?? weighted
+        }
+        return (total!, parts)
+    }
+
+    /// Sets the preprocessing of every reward.
+    public func setPreprocessing(_ mode: PreprocessingMode) {
+        for term in terms { term.reward.preprocessing = mode }
+    }
+}
