@@ -42,8 +42,8 @@ let package = Package(
         .systemLibrary(name: "SystemZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"]), .brew(["zlib"])]),
         .target(
             name: "StableDiffusion", dependencies: ["Torch", "NN", "SystemZlib"], resources: [.copy("Resources")]),
-        // libpng and libjpeg(-turbo) from the system, for reading images to score.
-        .systemLibrary(name: "CImageCodecs", providers: [.apt(["libpng-dev", "libjpeg62-turbo-dev"])]),
+        // PNG and JPEG decoding over the system's libpng and libjpeg(-turbo) (apt: libpng-dev libjpeg62-turbo-dev).
+        .target(name: "CImageCodecs", linkerSettings: [.linkedLibrary("png16"), .linkedLibrary("jpeg")]),
         .target(name: "Rewards", dependencies: ["Torch", "NN", "StableDiffusion", "CImageCodecs"]),
         .executableTarget(
             name: "textcraftor",

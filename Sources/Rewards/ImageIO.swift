@@ -1,0 +1,45 @@
+import CImageCodecs
+import Foundation
+import Torch
+
+/// Reads PNG and JPEG files (by their signature, not their name) as RGB tensors in [0, 1].
+public enum ImageIO {
+    /// [3, H, W] float32 in [0, 1]. Grey, palette and 16-bit PNGs become 8-bit RGB; alpha is dropped.
+    public static func read(_ url: URL) throws -> Tensor {
+        guard let data = FileManager.default.contents(atPath: url.path) else {
+            throw RewardError.invalidImage(file: url.path, message: "cannot read the file")
+        }
+        let png: [UInt8] = [0x89, 0x50, 0x4E, 0x47]
+        let jpeg: [UInt8] = [0xFF, 0xD8, 0xFF]
+        let decode: (UnsafePointer<UInt8>?, Int, UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?,
+                     UnsafeMutablePointer<Int32>?, UnsafeMutablePointer<Int32>?, UnsafeMutablePointer<CChar>?, Int) -> Int32
+        if data.starts(with: png) {
+            decode = tc_decode_png
+        } else if data.starts(with: jpeg) {
+            decode = tc_decode_jpeg
+        } else {
+            throw RewardError.invalidImage(file: url.path, message: "not a PNG or JPEG image")
+        }
+        var pixels: UnsafeMutablePointer<UInt8>?
+        var width: Int32 = 0, height: Int32 = 0
+        var message = [CChar](repeating: 0, count: 256)
+        let status = data.withUnsafeBytes { bytes in
+            decode(bytes.bindMemory(to: UInt8.self).baseAddress, bytes.count, &pixels, &width, &height, &message, message.count)
+        }
+        guard status == 0, let pixels else {
+            let text = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            throw RewardError.invalidImage(file: url.path, message: "cannot decode the image: \(text)")
+        }
+        defer { tc_free(pixels) }
+        let bytes = UnsafeRawBufferPointer(start: pixels, count: Int(width) * Int(height) * 3)
+        let hwc = try Tensor(bytes: bytes, shape: [Int(height), Int(width), 3], dtype: .uint8)
+        return hwc.permute([2, 0, 1]).to(.float32) / 255
+    }
+
+    /// Image files in a folder (by extension: png, jpg, jpeg), sorted by name.
+    public static func imageFiles(in folder: URL) throws -> [URL] {
+        try FileManager.default.contentsOfDirectory(at: folder, includingPropertiesForKeys: nil)
+            .filter { ["png", "jpg", "jpeg"].contains($0.pathExtension.lowercased()) }
+            .sorted { $0.lastPathComponent < $1.lastPathComponent }
+    }
+}
