@@ -42,16 +42,21 @@ public struct CLIPTextConfig: Codable, Sendable, Equatable {
     static let activations = ["quick_gelu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu"]
 
     /// The activation of `hidden_act` (transformers' ACT2FN names).
-    func activation(file: String) throws -> @Sendable (Tensor) -> Tensor {
-        switch hidden_act {
-        case "quick_gelu": { $0.quickGelu() }
-        case "gelu": { $0.gelu() }
-        case "gelu_new", "gelu_pytorch_tanh": { $0.gelu(approximate: true) }
-        case "relu": { $0.relu() }
-        case "silu": { $0.silu() }
-        default:
-            throw StableDiffusionError.unsupported(file: file, key: "hidden_act", value: hidden_act, supported: Self.activations)
-        }
+    func activation(file: String, key: String = "hidden_act") throws -> @Sendable (Tensor) -> Tensor {
+        try clipActivation(hidden_act, file: file, key: key)
+    }
+}
+
+/// transformers' ACT2FN for the names CLIP configs use (`hidden_act` of the text and the vision tower).
+func clipActivation(_ name: String, file: String, key: String = "hidden_act") throws -> @Sendable (Tensor) -> Tensor {
+    switch name {
+    case "quick_gelu": { $0.quickGelu() }
+    case "gelu": { $0.gelu() }
+    case "gelu_new", "gelu_pytorch_tanh": { $0.gelu(approximate: true) }
+    case "relu": { $0.relu() }
+    case "silu": { $0.silu() }
+    default:
+        throw StableDiffusionError.unsupported(file: file, key: key, value: name, supported: CLIPTextConfig.activations)
     }
 }
 
@@ -76,20 +81,33 @@ public final class CLIPTextModel: Module {
     let finalLayerNorm: LayerNorm
 
     /// `vb` points at the model root; the `text_model.` prefix of real checkpoints is found by itself.
-    public init(_ vb: VarBuilder, config: CLIPTextConfig, configFile: String = "config.json") throws {
-        scope = vb.scope
-        self.config = config
+    public convenience init(_ vb: VarBuilder, config: CLIPTextConfig, configFile: String = "config.json") throws {
         let root = vb.contains("text_model.embeddings.token_embedding.weight") || !vb.contains("embeddings.token_embedding.weight")
             ? vb.pp("text_model") : vb
+        try self.init(tower: root, scope: vb.scope, config: config, configFile: configFile)
+    }
+
+    /// `tower` points at the tower itself (`text_model` in a `CLIPModel` checkpoint); the parameters are named
+    /// relative to `scope` (the tower's own path when nil). `configKey` is where `config` sits in `configFile`
+    /// (`text_config` in a `CLIPModel`'s), for errors.
+    public init(
+        tower root: VarBuilder, scope: ParameterScope? = nil, config: CLIPTextConfig, configFile: String = "config.json",
+        configKey: String? = nil
+    ) throws {
+        self.scope = scope ?? root.scope
+        self.config = config
         let embeddings = root.pp("embeddings")
         tokenEmbedding = Embedding(embeddings.pp("token_embedding"), count: config.vocab_size, dimension: config.hidden_size)
         positionEmbedding = Embedding(
             embeddings.pp("position_embedding"), count: config.max_position_embeddings, dimension: config.hidden_size)
         // Older checkpoints store the position_ids buffer (0..<77); the positions are recomputed, so it is skipped.
         embeddings.ignore("position_ids")
-        let activation = try config.activation(file: configFile)
+        let activation = try config.activation(file: configFile, key: configKey.map { "\($0).hidden_act" } ?? "hidden_act")
         layers = (0..<config.num_hidden_layers).map {
-            CLIPEncoderLayer(root.pp("encoder").pp("layers").pp($0), config: config, activation: activation)
+            CLIPEncoderLayer(
+                root.pp("encoder").pp("layers").pp($0), hiddenSize: config.hidden_size,
+                intermediateSize: config.intermediate_size, heads: config.num_attention_heads,
+                layerNormEps: config.layer_norm_eps, activation: activation, isCausal: true)
         }
         finalLayerNorm = LayerNorm(root.pp("final_layer_norm"), size: config.hidden_size, eps: config.layer_norm_eps)
     }
@@ -131,26 +149,32 @@ public final class CLIPTextModel: Module {
     }
 }
 
-/// One pre-norm transformer block of the CLIP text tower.
+/// One pre-norm transformer block of CLIP (`layer_norm1`, `self_attn`, `layer_norm2`, `mlp.fc1`, `mlp.fc2`): causal in
+/// the text tower, bidirectional in the vision tower.
 final class CLIPEncoderLayer: Module {
     let scope: ParameterScope
     let layerNorm1, layerNorm2: LayerNorm
     let selfAttention: MultiHeadAttention
     let fc1, fc2: Linear
     let activation: @Sendable (Tensor) -> Tensor
+    let isCausal: Bool
 
-    init(_ vb: VarBuilder, config: CLIPTextConfig, activation: @escaping @Sendable (Tensor) -> Tensor) {
+    init(
+        _ vb: VarBuilder, hiddenSize: Int, intermediateSize: Int, heads: Int, layerNormEps: Double,
+        activation: @escaping @Sendable (Tensor) -> Tensor, isCausal: Bool
+    ) {
         scope = vb.scope
-        layerNorm1 = LayerNorm(vb.pp("layer_norm1"), size: config.hidden_size, eps: config.layer_norm_eps)
-        selfAttention = MultiHeadAttention(vb.pp("self_attn"), dimension: config.hidden_size, heads: config.num_attention_heads)
-        layerNorm2 = LayerNorm(vb.pp("layer_norm2"), size: config.hidden_size, eps: config.layer_norm_eps)
-        fc1 = Linear(vb.pp("mlp").pp("fc1"), inFeatures: config.hidden_size, outFeatures: config.intermediate_size)
-        fc2 = Linear(vb.pp("mlp").pp("fc2"), inFeatures: config.intermediate_size, outFeatures: config.hidden_size)
+        layerNorm1 = LayerNorm(vb.pp("layer_norm1"), size: hiddenSize, eps: layerNormEps)
+        selfAttention = MultiHeadAttention(vb.pp("self_attn"), dimension: hiddenSize, heads: heads)
+        layerNorm2 = LayerNorm(vb.pp("layer_norm2"), size: hiddenSize, eps: layerNormEps)
+        fc1 = Linear(vb.pp("mlp").pp("fc1"), inFeatures: hiddenSize, outFeatures: intermediateSize)
+        fc2 = Linear(vb.pp("mlp").pp("fc2"), inFeatures: intermediateSize, outFeatures: hiddenSize)
         self.activation = activation
+        self.isCausal = isCausal
     }
 
     func callAsFunction(_ x: Tensor) -> Tensor {
-        let h = x + selfAttention(layerNorm1(x), isCausal: true)
+        let h = x + selfAttention(layerNorm1(x), isCausal: isCausal)
         return h + fc2(activation(fc1(layerNorm2(h))))
     }
 }
