@@ -67,3 +67,17 @@ import Torch
         #expect(F.relativeError(shared, repeated) == 0)
     }
 }
+
+/// The real checkpoint, when `TEXTCRAFTOR_HPSV2` names `HPS_v2_compressed.pt` or `HPS_v2.1_compressed.pt`: it loads
+/// strictly into the ViT-H-14 preset and scores in the range HPSv2 gives (cosines around 0.2-0.3).
+@Suite struct HPSv2RealCheckpointTests {
+    static let path = ProcessInfo.processInfo.environment["TEXTCRAFTOR_HPSV2"]
+
+    @Test(.enabled(if: path != nil, "set TEXTCRAFTOR_HPSV2 to an HPSv2 checkpoint"))
+    func realCheckpointLoadsAndScores() throws {
+        let reward = try HPSv2Reward.load(checkpoint: URL(fileURLWithPath: Self.path!))
+        let images = Tensor.rand([1, 3, 256, 256], generator: Generator(seed: 0))
+        let score = try reward.score(images, prompts: ["random noise"]).item()
+        #expect(score > -0.5 && score < 0.5, "HPSv2 score \(score)")
+    }
+}
