@@ -57,6 +57,15 @@ public struct VarBuilder {
         return VarBuilder(store: store, prefix: child.prefix, aliasPrefixes: child.aliasPrefixes + [key(alias)])
     }
 
+    /// This builder, whose tensors may also be stored with `wrapper` in front of their whole path: a model saved
+    /// from inside a wrapper module, such as PyTorch's DistributedDataParallel (`module.visual.proj` for
+    /// `visual.proj`): `vb.allowingWrapper("module")`. The unwrapped name wins when a checkpoint has both (the other
+    /// is then an unused key), and tensors are handed out under the unwrapped name.
+    public func allowingWrapper(_ wrapper: String) -> VarBuilder {
+        let wrapped = prefix.isEmpty ? wrapper : "\(wrapper).\(prefix)"
+        return VarBuilder(store: store, prefix: prefix, aliasPrefixes: aliasPrefixes + [wrapped])
+    }
+
     public func key(_ name: String) -> String { prefix.isEmpty ? name : "\(prefix).\(name)" }
 
     public var dtype: DType? { store.dtype }
