@@ -83,3 +83,49 @@ func temporaryOutput() -> URL {
         #expect(run.out.contains("[8, 4, 3, 3]"))
     }
 }
+
+@Suite struct ScoreCommandTests {
+    let rewards = repository.appendingPathComponent("Tests/RewardsTests/Fixtures").path
+
+    func generated() throws -> URL {
+        let out = temporaryOutput()
+        let run = try textcraftor(["generate", "--model", tinySD15, "--prompt", "a red circle", "--prompt", "a square",
+                                   "--steps", "2", "--seed", "3", "--out", out.path])
+        #expect(run.status == 0, "\(run.err)")
+        return out
+    }
+
+    @Test func scoresAGeneratedFolderWithItsOwnPrompts() throws {
+        let out = try generated()
+        defer { try? FileManager.default.removeItem(at: out) }
+        let run = try textcraftor(["score", "--images", out.path, "--reward", "clip=\(rewards)/hf/clip:0.5",
+                                   "--reward", "pickscore=\(rewards)/hf/pickscore", "--json"])
+        #expect(run.status == 0, "\(run.err)")
+        let rows = run.out.split(separator: "\n").map { try! JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        #expect(rows.count == 3)
+        #expect(rows.last?["image"] as? String == "mean")
+        for row in rows {
+            let clip = row["clip"] as! Double, pick = row["pickscore"] as! Double, total = row["total"] as! Double
+            #expect(abs(total - (0.5 * 100 * clip + pick)) < 1e-4, "total is gamma x scale x score summed")
+        }
+    }
+
+    @Test func promptCountMustMatchTheImages() throws {
+        let out = try generated()
+        defer { try? FileManager.default.removeItem(at: out) }
+        let prompts = out.appendingPathComponent("prompts.txt")
+        try "only one\n".write(to: prompts, atomically: true, encoding: .utf8)
+        let run = try textcraftor(["score", "--images", out.appendingPathComponent("0000.png").path,
+                                   out.appendingPathComponent("0001.png").path, "--prompts", prompts.path,
+                                   "--reward", "clip=\(rewards)/hf/clip"])
+        #expect(run.status == 1)
+        #expect(run.err == "Error: \(prompts.path) has 1 prompts for 2 images: give one line per image\n")
+    }
+
+    @Test func notAnImageIsNamed() throws {
+        let bad = "\(rewards)/images/not-an-image.png"
+        let run = try textcraftor(["score", "--images", bad, "--prompt", "x", "--reward", "clip=\(rewards)/hf/clip"])
+        #expect(run.status == 1)
+        #expect(run.err == "Error: \(bad): not a PNG or JPEG image\n")
+    }
+}

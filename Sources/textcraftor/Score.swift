@@ -1,0 +1,153 @@
+import ArgumentParser
+import Foundation
+import Rewards
+import Torch
+
+struct Score: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Score images with reward models: one row per image with every reward and the weighted total.",
+        discussion: """
+            Rewards are given as NAME=PATH[:WEIGHT] (WEIGHT is the gamma, default 1; the total uses the authors' \
+            scales: aesthetic 3, pickscore 1, hpsv2 100, clip 100):
+              aesthetic=CLIP_DIR,HEAD.pth   a CLIP ViT-L/14 folder and the LAION MLP head (sac+logos+ava1-l14-linearMSE.pth)
+              pickscore=DIR                 PickScore_v1 (transformers CLIPModel folder)
+              hpsv2=FILE.pt                 HPS_v2_compressed.pt or HPS_v2.1_compressed.pt (open_clip ViT-H-14)
+              clip=DIR|FILE                 any CLIP: a transformers folder, or an open_clip checkpoint
+            Prompts: --prompt (one for all images), --prompts (a file, one line per image), or, for a folder written by \
+            `textcraftor generate`, the prompts in its metadata.json.
+            """)
+
+    @Option(name: .customLong("images"), parsing: .upToNextOption, help: "Image files (PNG, JPEG) or folders of them.")
+    var images: [String]
+    @Option(help: "One prompt for every image.") var prompt: String?
+    @Option(help: "A text file with one prompt per image, in order.", completion: .file()) var prompts: String?
+    @Option(name: .customLong("reward"), help: "NAME=PATH[:WEIGHT], repeatable.") var rewards: [String]
+    @Option(help: "evaluation (the reward models' own resize and crop) or training (the authors' pooling).")
+    var preprocessing = "evaluation"
+    @Option(help: "Images per forward pass.") var batchSize = 8
+    @Option(help: "cpu, cuda or cuda:N.") var device = "cpu"
+    @Flag(help: "One JSON object per image (and one for the mean) instead of a table.") var json = false
+
+    func run() throws {
+        guard let mode = PreprocessingMode(rawValue: preprocessing) else {
+            throw CommandError("--preprocessing \(preprocessing): expected evaluation or training")
+        }
+        guard let device = Device(device) else { throw CommandError("--device \(self.device): expected cpu, cuda or cuda:N") }
+        try device.ensureAvailable()
+        guard batchSize >= 1 else { throw CommandError("--batch-size must be at least 1 (got \(batchSize))") }
+        guard !rewards.isEmpty else { throw CommandError("give at least one --reward NAME=PATH") }
+        let files = try imageFiles()
+        let texts = try promptsForImages(files)
+        let weighted = WeightedReward()
+        for spec in rewards {
+            let (name, paths, gamma) = try parseReward(spec)
+            weighted.add(try RewardRegistry.load(name: name, paths: paths, device: device), gamma: gamma)
+        }
+        weighted.setPreprocessing(mode)
+
+        var rows: [(file: String, scores: [Double], total: Double)] = []
+        let bar = files.count > batchSize ? ProgressBar("score", total: files.count) : nil
+        for start in stride(from: 0, to: files.count, by: batchSize) {
+            let batch = Array(files[start..<min(start + batchSize, files.count)])
+            let result = try withNoGrad {
+                let images = try batch.map { try ImageIO.read($0) }
+                return try score(images, prompts: Array(texts[start..<start + batch.count]), weighted, device)
+            }
+            rows += result.enumerated().map { (batch[$0.offset].path, $0.element.scores, $0.element.total) }
+            bar?.update(start + batch.count)
+        }
+        report(rows, names: weighted.terms.map(\.reward.name))
+    }
+
+    /// Scores a batch; images of different sizes go one by one (each is resized by the preprocessing anyway).
+    func score(_ images: [Tensor], prompts: [String], _ weighted: WeightedReward, _ device: Device) throws
+        -> [(scores: [Double], total: Double)]
+    {
+        let sameSize = Set(images.map(\.shape)).count == 1
+        let groups = sameSize ? [Array(images.indices)] : images.indices.map { [$0] }
+        var out = [(scores: [Double], total: Double)](repeating: ([], 0), count: images.count)
+        for group in groups {
+            let batch = Tensor.stack(group.map { images[$0] }).to(device)
+            let (total, terms) = try weighted.evaluate(batch, prompts: group.map { prompts[$0] })
+            let totals = total.toArray(Double.self)
+            let perReward = terms.map { $0.scores.toArray(Double.self) }
+            for (k, i) in group.enumerated() { out[i] = (perReward.map { $0[k] }, totals[k]) }
+        }
+        return out
+    }
+
+    func imageFiles() throws -> [URL] {
+        var files: [URL] = []
+        for path in images {
+            var isFolder: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isFolder) else {
+                throw CommandError("\(path): no such file or folder")
+            }
+            files += isFolder.boolValue ? try ImageIO.imageFiles(in: URL(fileURLWithPath: path)) : [URL(fileURLWithPath: path)]
+        }
+        guard !files.isEmpty else { throw CommandError("no PNG or JPEG images in \(images.joined(separator: ", "))") }
+        return files
+    }
+
+    func promptsForImages(_ files: [URL]) throws -> [String] {
+        if let prompt { return Array(repeating: prompt, count: files.count) }
+        if let prompts {
+            guard let handle = FileHandle(forReadingAtPath: prompts) else {
+                throw CommandError("\(prompts): cannot read the prompts file")
+            }
+            let text = String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
+            let lines = text.split(whereSeparator: \.isNewline).map(String.init)
+            guard lines.count == files.count else {
+                throw CommandError("\(prompts) has \(lines.count) prompts for \(files.count) images: give one line per image")
+            }
+            return lines
+        }
+        // A folder written by `textcraftor generate`: its metadata names the prompt of each image.
+        if images.count == 1, let data = FileManager.default.contents(atPath: images[0] + "/metadata.json"),
+            let metadata = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+            let generated = metadata["prompts"] as? [String], let perPrompt = metadata["images_per_prompt"] as? Int,
+            let names = metadata["images"] as? [String]
+        {
+            let byName = Dictionary(uniqueKeysWithValues: names.enumerated().map { ($1, generated[$0 / perPrompt]) })
+            if let texts = try? files.map({ file in
+                guard let text = byName[file.lastPathComponent] else { throw CommandError("") }
+                return text
+            }) { return texts }
+        }
+        throw CommandError("give --prompt, or --prompts with one line per image")
+    }
+
+    /// "hpsv2=/path/HPS_v2.pt:0.5" -> ("hpsv2", ["/path/HPS_v2.pt"], 0.5); "aesthetic=a,b" has two paths.
+    func parseReward(_ spec: String) throws -> (String, [String], Double) {
+        guard let equals = spec.firstIndex(of: "=") else { throw CommandError("--reward \(spec): expected NAME=PATH[:WEIGHT]") }
+        let name = String(spec[..<equals])
+        var rest = String(spec[spec.index(after: equals)...])
+        var gamma = 1.0
+        if let colon = rest.lastIndex(of: ":"), let value = Double(rest[rest.index(after: colon)...]) {
+            gamma = value
+            rest = String(rest[..<colon])
+        }
+        guard !rest.isEmpty else { throw CommandError("--reward \(spec): no path given") }
+        return (name, rest.split(separator: ",").map(String.init), gamma)
+    }
+
+    func report(_ rows: [(file: String, scores: [Double], total: Double)], names: [String]) {
+        let count = Double(rows.count)
+        let means = names.indices.map { i in rows.reduce(0) { $0 + $1.scores[i] } / count }
+        let meanTotal = rows.reduce(0) { $0 + $1.total } / count
+        if json {
+            func line(_ object: [String: Any]) {
+                let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
+                print(String(decoding: data, as: UTF8.self))
+            }
+            for row in rows {
+                line(["image": row.file, "total": row.total].merging(zip(names, row.scores).map { ($0, $1 as Any) }) { $1 })
+            }
+            line(["image": "mean", "total": meanTotal].merging(zip(names, means).map { ($0, $1 as Any) }) { $1 })
+            return
+        }
+        func cells(_ values: [Double], _ total: Double) -> [String] { (values + [total]).map { String(format: "%.4f", $0) } }
+        printTable(["image"] + names + ["total"],
+                   rows.map { [$0.file] + cells($0.scores, $0.total) } + [["mean"] + cells(means, meanTotal)])
+    }
+}
