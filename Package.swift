@@ -21,6 +21,7 @@ let package = Package(
         .library(name: "NN", targets: ["NN"]),
         .library(name: "StableDiffusion", targets: ["StableDiffusion"]),
         .library(name: "Rewards", targets: ["Rewards"]),
+        .library(name: "TextCraftor", targets: ["TextCraftor"]),
         .executable(name: "textcraftor", targets: ["textcraftor"]),
     ],
     dependencies: [
@@ -45,16 +46,19 @@ let package = Package(
         // PNG and JPEG decoding over the system's libpng and libjpeg(-turbo) (apt: libpng-dev libjpeg62-turbo-dev).
         .target(name: "CImageCodecs", linkerSettings: [.linkedLibrary("png16"), .linkedLibrary("jpeg")]),
         .target(name: "Rewards", dependencies: ["Torch", "NN", "StableDiffusion", "CImageCodecs"]),
+        .target(name: "TextCraftor", dependencies: ["Torch", "NN", "StableDiffusion", "Rewards"]),
         .executableTarget(
             name: "textcraftor",
             dependencies: [
-                "Torch", "NN", "StableDiffusion", "Rewards",
+                "Torch", "NN", "StableDiffusion", "Rewards", "TextCraftor",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             linkerSettings: rpath
         ),
         .testTarget(name: "TorchTests", dependencies: ["Torch", "CTorch"], resources: [.copy("Fixtures")], linkerSettings: rpath),
         .testTarget(name: "NNTests", dependencies: ["NN"], resources: [.copy("Fixtures")], linkerSettings: rpath),
+        .testTarget(
+            name: "TextCraftorTests", dependencies: ["TextCraftor"], resources: [.copy("Fixtures")], linkerSettings: rpath),
         .testTarget(name: "RewardsTests", dependencies: ["Rewards"], resources: [.copy("Fixtures")], linkerSettings: rpath),
         // Runs the built `textcraftor` binary as a user would (it is built because the target depends on it).
         .testTarget(name: "CLITests", dependencies: ["textcraftor"], linkerSettings: rpath),
