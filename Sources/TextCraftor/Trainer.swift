@@ -1,0 +1,213 @@
+import Foundation
+import NN
+import Rewards
+import StableDiffusion
+import Torch
+
+/// Where the next prompts come from; its cursor goes into checkpoints so a resumed run sees the same prompts.
+public protocol PromptStream: AnyObject {
+    func next(_ count: Int) -> [String]
+    func cursor() throws -> Data
+    func restore(cursor: Data) throws
+}
+
+/// Prompts in file order, cycling.
+public final class OrderedPrompts: PromptStream {
+    public let prompts: [String]
+    var position = 0
+
+    public init(_ prompts: [String]) {
+        precondition(!prompts.isEmpty, "OrderedPrompts: no prompts")
+        self.prompts = prompts
+    }
+
+    public func next(_ count: Int) -> [String] {
+        (0..<count).map { _ in
+            defer { position = (position + 1) % prompts.count }
+            return prompts[position]
+        }
+    }
+
+    public func cursor() throws -> Data { try JSONEncoder().encode(position) }
+    public func restore(cursor: Data) throws { position = try JSONDecoder().decode(Int.self, from: cursor) }
+}
+
+/// The optimisation settings of a run (defaults: METHOD.md's, the authors' code).
+public struct TrainerSettings: Sendable {
+    public var learningRate = 1e-6
+    public var betas = (0.9, 0.999)
+    public var weightDecay = 1e-2
+    public var eps = 1e-8
+    /// Linear warm-up of the learning rate over this many steps (0: constant, as the authors).
+    public var warmupSteps = 0
+    public var batchSize = 1
+    public var gradAccumulation = 1
+    /// Clip the global gradient norm (off by default, as the authors).
+    public var maxGradNorm: Double? = nil
+    public var maxSteps = 1000
+    public var seed: UInt64 = 0
+    public var saveEvery = 500
+    public var keepCheckpoints = 3
+    /// Image size in pixels (default: the model's).
+    public var resolution: Int? = nil
+    public var sampling = SamplingSettings()
+
+    public init() {}
+
+    public func validate() throws {
+        try sampling.validate()
+        for (flag, value) in [("--batch-size", batchSize), ("--grad-accumulation", gradAccumulation), ("--max-steps", maxSteps),
+                              ("--save-every", saveEvery), ("--keep-checkpoints", keepCheckpoints)] where value < 1 {
+            throw TextCraftorError.invalidArgument("\(flag) must be at least 1 (got \(value))")
+        }
+        guard learningRate > 0, learningRate.isFinite else { throw TextCraftorError.invalidArgument("--lr must be positive (got \(learningRate))") }
+        guard warmupSteps >= 0 else { throw TextCraftorError.invalidArgument("--warmup-steps must not be negative (got \(warmupSteps))") }
+        if let maxGradNorm, !(maxGradNorm > 0) {
+            throw TextCraftorError.invalidArgument("--max-grad-norm must be positive (got \(maxGradNorm))")
+        }
+    }
+
+    /// The learning rate at a step (0-based): linear warm-up, then constant.
+    public func learningRate(at step: Int) -> Double {
+        warmupSteps > 0 ? learningRate * min(1, Double(step + 1) / Double(warmupSteps)) : learningRate
+    }
+}
+
+/// What the trainer reports after each step.
+public struct StepReport: Sendable {
+    public let step: Int
+    public let loss: Double
+    public let rewards: [String: Double]
+    public let learningRate: Double
+    public let gradNorm: Double
+    public let seconds: Double
+}
+
+/// Prompt-based TextCraftor: the text encoder is trained so that images sampled from the frozen UNet score higher.
+public final class Trainer {
+    public let pipeline: StableDiffusionPipeline
+    public let original: CLIPTextModel
+    public let rewards: WeightedReward
+    public let prompts: any PromptStream
+    public let settings: TrainerSettings
+    public let run: RunFolder
+    let textEncoderConfig: URL
+    let optimizer: AdamW
+    /// The run's CPU generator for the latent noise: one randn per step, drawn before anything else random.
+    let noise: Generator
+    public private(set) var step = 0
+    /// Checked after every step; when true the trainer saves a checkpoint and returns (SIGINT).
+    public var stopRequested: @Sendable () -> Bool = { false }
+
+    public var trainable: CLIPTextModel { pipeline.textEncoder }
+
+    public init(
+        pipeline: StableDiffusionPipeline, original: CLIPTextModel, textEncoderConfig: URL, rewards: WeightedReward,
+        prompts: any PromptStream, settings: TrainerSettings, run: RunFolder
+    ) throws {
+        try settings.validate()
+        self.pipeline = pipeline
+        self.original = original
+        self.textEncoderConfig = textEncoderConfig
+        self.rewards = rewards
+        self.prompts = prompts
+        self.settings = settings
+        self.run = run
+        rewards.setPreprocessing(.training)
+        original.setTrainable(false)
+        pipeline.unet.setTrainable(false)
+        pipeline.vae.setTrainable(false)
+        pipeline.textEncoder.setTrainable(true)
+        optimizer = AdamW(
+            parameters: pipeline.textEncoder.trainableParameters, learningRate: settings.learningRate, betas: settings.betas,
+            eps: settings.eps, weightDecay: settings.weightDecay)
+        noise = Generator(seed: settings.seed)
+    }
+
+    /// Continues from the newest complete checkpoint of the run folder.
+    public func resume() throws {
+        let checkpoint = try run.latestCheckpoint()
+        let state = try run.restore(checkpoint, model: trainable, optimizer: optimizer, generator: noise)
+        try prompts.restore(cursor: state.promptCursor)
+        step = state.step
+        try truncateMetrics(after: step)
+    }
+
+    /// Trains until `maxSteps` (or a stop request), saving every `saveEvery` steps and at the end.
+    public func train(onStep: (StepReport) -> Void = { _ in }) throws {
+        try run.prepare()
+        let size = settings.resolution ?? pipeline.defaultSize
+        let latentShape = [settings.batchSize, pipeline.unet.config.in_channels, size / pipeline.vaeScaleFactor, size / pipeline.vaeScaleFactor]
+        while step < settings.maxSteps {
+            if stopRequested() { break }
+            let start = Date()
+            optimizer.learningRate = settings.learningRate(at: step)
+            var loss = 0.0
+            var rewardSums: [String: Double] = [:]
+            for _ in 0..<settings.gradAccumulation {
+                let noiseTensor = Tensor.randn(latentShape, generator: noise)  // the step's first random draw
+                let outcome = try promptTrainingStep(
+                    pipeline: pipeline, trainable: trainable, original: original, rewards: rewards,
+                    prompts: prompts.next(settings.batchSize), initialNoise: noiseTensor, settings: settings.sampling,
+                    lossScale: 1 / Double(settings.gradAccumulation))
+                loss += outcome.loss / Double(settings.gradAccumulation)
+                for (name, mean) in outcome.rewards { rewardSums[name, default: 0] += mean / Double(settings.gradAccumulation) }
+            }
+            let gradNorm = clipGradients()
+            guard loss.isFinite else { throw TextCraftorError.nonFinite(step: step + 1, what: "loss") }
+            guard gradNorm.isFinite else { throw TextCraftorError.nonFinite(step: step + 1, what: "gradient norm") }
+            optimizer.step()
+            optimizer.zeroGrad()
+            step += 1
+            let report = StepReport(step: step, loss: loss, rewards: rewardSums, learningRate: optimizer.learningRate,
+                                    gradNorm: gradNorm, seconds: Date().timeIntervalSince(start))
+            try appendMetrics(report)
+            onStep(report)
+            if step % settings.saveEvery == 0 || step == settings.maxSteps { try save() }
+        }
+        if step < settings.maxSteps { try save() }  // stopped early: keep where we are
+    }
+
+    /// The optimizer's moments and counters (for tests and inspection).
+    public func optimizerState() -> (tensors: [String: Tensor], metadata: [String: String]) { optimizer.state() }
+
+    public func save() throws {
+        try run.save(model: trainable, modelConfig: textEncoderConfig, optimizer: optimizer, generator: noise,
+                     state: TrainingState(step: step, promptCursor: try prompts.cursor(), seed: settings.seed),
+                     keep: settings.keepCheckpoints)
+    }
+
+    /// The global gradient norm, clipped to `maxGradNorm` as `torch.nn.utils.clip_grad_norm_` does.
+    func clipGradients() -> Double {
+        let grads = optimizer.parameters.compactMap(\.grad)
+        let norm = grads.reduce(0.0) { $0 + $1.to(.float64).square().sum().item() }.squareRoot()
+        if let maxNorm = settings.maxGradNorm, norm.isFinite {
+            let coefficient = maxNorm / (norm + 1e-6)
+            if coefficient < 1 { withNoGrad { grads.forEach { $0 *= coefficient } } }
+        }
+        return norm
+    }
+
+    func appendMetrics(_ report: StepReport) throws {
+        var object: [String: Any] = ["step": report.step, "loss": report.loss, "lr": report.learningRate,
+                                     "grad_norm": report.gradNorm, "step_time": report.seconds]
+        for (name, value) in report.rewards { object[name] = value }
+        var line = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+        line.append(0x0A)
+        if !FileManager.default.fileExists(atPath: run.metrics.path) { _ = FileManager.default.createFile(atPath: run.metrics.path, contents: nil) }
+        let handle = try FileHandle(forWritingTo: run.metrics)
+        defer { try? handle.close() }
+        try handle.seekToEnd()
+        try handle.write(contentsOf: line)
+    }
+
+    /// On resume, drops metric lines of steps after the checkpoint (they will be done again).
+    func truncateMetrics(after step: Int) throws {
+        guard let data = FileManager.default.contents(atPath: run.metrics.path) else { return }
+        let kept = String(decoding: data, as: UTF8.self).split(separator: "\n").filter { line in
+            let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            return (object?["step"] as? Int ?? 0) <= step
+        }
+        try writeSynced(Data((kept.joined(separator: "\n") + (kept.isEmpty ? "" : "\n")).utf8), to: run.metrics)
+    }
+}
