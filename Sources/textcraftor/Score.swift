@@ -40,7 +40,7 @@ struct Score: ParsableCommand {
         let texts = try promptsForImages(files)
         let weighted = WeightedReward()
         for spec in rewards {
-            let (name, paths, gamma) = try parseReward(spec)
+            let (name, paths, gamma) = try parseRewardSpec(spec)
             weighted.add(try RewardRegistry.load(name: name, paths: paths, device: device), gamma: gamma)
         }
         weighted.setPreprocessing(mode)
@@ -115,20 +115,6 @@ struct Score: ParsableCommand {
             }) { return texts }
         }
         throw CommandError("give --prompt, or --prompts with one line per image")
-    }
-
-    /// "hpsv2=/path/HPS_v2.pt:0.5" -> ("hpsv2", ["/path/HPS_v2.pt"], 0.5); "aesthetic=a,b" has two paths.
-    func parseReward(_ spec: String) throws -> (String, [String], Double) {
-        guard let equals = spec.firstIndex(of: "=") else { throw CommandError("--reward \(spec): expected NAME=PATH[:WEIGHT]") }
-        let name = String(spec[..<equals])
-        var rest = String(spec[spec.index(after: equals)...])
-        var gamma = 1.0
-        if let colon = rest.lastIndex(of: ":"), let value = Double(rest[rest.index(after: colon)...]) {
-            gamma = value
-            rest = String(rest[..<colon])
-        }
-        guard !rest.isEmpty else { throw CommandError("--reward \(spec): no path given") }
-        return (name, rest.split(separator: ",").map(String.init), gamma)
     }
 
     func report(_ rows: [(file: String, scores: [Double], total: Double)], names: [String]) {

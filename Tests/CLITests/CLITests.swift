@@ -129,3 +129,98 @@ func temporaryOutput() -> URL {
         #expect(run.err == "Error: \(bad): not a PNG or JPEG image\n")
     }
 }
+
+@Suite(.serialized) struct TrainCommandTests {
+    let rewards = repository.appendingPathComponent("Tests/RewardsTests/Fixtures/hf").path
+
+    func promptFile(_ text: String) throws -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("prompts-\(UUID().uuidString).txt")
+        try text.write(to: url, atomically: true, encoding: .utf8)
+        return url
+    }
+
+    func train(_ out: URL, _ extra: [String], prompts: URL? = nil) throws -> (status: Int32, out: String, err: String) {
+        let file = try prompts ?? promptFile("a red circle\na blue square\n")
+        return try textcraftor(["train", "--model", tinySD15, "--prompts", file.path, "--reward", "aesthetic=\(rewards)/clip,\(rewards)/aesthetic.pth",
+                                "--out", out.path, "--sampling-steps", "2", "--grad-window", "1", "--lr", "1e-3"] + extra)
+    }
+
+    @Test(arguments: [
+        (["--grad-window", "3"], "Error: --grad-window must be between 1 and --sampling-steps (2); got 3"),
+        (["--reward", "vibes=/tmp"], "Error: unknown reward \"vibes\" (known: aesthetic, pickscore, hpsv2, clip)"),
+        (["--batch-size", "0"], "Error: --batch-size must be at least 1 (got 0)"),
+    ])
+    func badFlagsFailInOneLineAndWriteNothing(flags: [String], message: String) throws {
+        let out = temporaryOutput()
+        let run = try train(out, flags)
+        #expect(run.status == 1)
+        #expect(run.err.trimmingCharacters(in: .whitespacesAndNewlines) == message)
+        #expect(!FileManager.default.fileExists(atPath: out.path))
+    }
+
+    @Test func promptFilesMustExistAndHoldPrompts() throws {
+        let out = temporaryOutput()
+        let empty = try promptFile("\n\n")
+        var run = try train(out, [], prompts: empty)
+        #expect(run.err == "Error: \(empty.path): no prompts in the file\n")
+        run = try train(out, [], prompts: URL(fileURLWithPath: "/nonexistent/prompts.txt"))
+        #expect(run.err == "Error: /nonexistent/prompts.txt: no such prompt file\n")
+        #expect(run.status == 1)
+        #expect(!FileManager.default.fileExists(atPath: out.path))
+    }
+
+    @Test func rewardFileOfTheWrongKindIsNamed() throws {
+        let out = temporaryOutput()
+        let run = try train(out, ["--reward", "pickscore=\(rewards)/aesthetic.pth"])
+        #expect(run.status == 1)
+        #expect(run.err.hasPrefix("Error: \(rewards)/aesthetic.pth"), "\(run.err)")
+        #expect(!FileManager.default.fileExists(atPath: out.path))
+    }
+
+    @Test func unwritableOutputIsRefused() throws {
+        let run = try train(URL(fileURLWithPath: "/proc/textcraftor-run"), [])
+        #expect(run.status == 1)
+        #expect(run.err.hasPrefix("Error: --out /proc/textcraftor-run: cannot write there"), "\(run.err)")
+    }
+
+    @Test func resumeNeedsARun() throws {
+        let folder = temporaryOutput()
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let run = try textcraftor(["train", "--resume", folder.path])
+        #expect(run.status == 1)
+        #expect(run.err == "Error: \(folder.path): not a training run (no run.json)\n")
+    }
+
+    /// A run killed with SIGKILL mid-training and resumed ends with the weights of an uninterrupted run.
+    @Test func killedAndResumedRunMatchesAStraightRun() throws {
+        let straight = temporaryOutput(), killed = temporaryOutput()
+        defer { [straight, killed].forEach { try? FileManager.default.removeItem(at: $0) } }
+        let steps = ["--max-steps", "6", "--save-every", "1", "--seed", "5"]
+        #expect(try train(straight, steps).status == 0)
+
+        var products = Bundle.main.bundleURL
+        while !FileManager.default.fileExists(atPath: products.appendingPathComponent("textcraftor").path) { products.deleteLastPathComponent() }
+        let prompts = try promptFile("a red circle\na blue square\n")
+        let process = Process()
+        process.executableURL = products.appendingPathComponent("textcraftor")
+        process.arguments = ["train", "--model", tinySD15, "--prompts", prompts.path, "--reward", "aesthetic=\(rewards)/clip,\(rewards)/aesthetic.pth",
+                             "--out", killed.path, "--sampling-steps", "2", "--grad-window", "1", "--lr", "1e-3"] + steps
+        process.standardError = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let third = killed.appendingPathComponent("checkpoints/step-00000003/state.json")
+        while !FileManager.default.fileExists(atPath: third.path) && process.isRunning { usleep(20_000) }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        #expect(process.terminationReason == .uncaughtSignal, "the run finished before it could be killed")
+
+        let resumed = try textcraftor(["train", "--resume", killed.path])
+        #expect(resumed.status == 0, "\(resumed.err)")
+        let a = try Data(contentsOf: straight.appendingPathComponent("text_encoder/model.safetensors"))
+        let b = try Data(contentsOf: killed.appendingPathComponent("text_encoder/model.safetensors"))
+        #expect(a == b, "the resumed run's weights differ from the uninterrupted run's")
+        let metrics = try String(contentsOf: killed.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
+        #expect(metrics.split(separator: "\n").count == 6)
+    }
+}
