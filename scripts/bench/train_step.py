@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""The Python side of `textcraftor bench train`: one prompt-based TextCraftor training step in PyTorch, printed as
+one JSON line {"train_step_s": ..., "peak_rss_kb": ..., "loss": ...} (numbers only).
+
+The step is the one of scripts/parity/make_trainer_fixtures.py (imported from there, so both stay the same):
+trailing DDIM with --steps steps, eta 0, guidance 7.5; the first steps - window steps without grad on the frozen
+original encoder's embeddings, the last --window steps with grad on the trainable encoder's (uncond + cond), the latent
+chain kept; VAE decode; aesthetic and CLIP rewards with the training preprocessing;
+loss = -(3 * 1 * aesthetic + 100 * 0.5 * clip).mean(); backward; one AdamW step (lr 1e-3). By default every UNet call
+in the window runs under torch.utils.checkpoint (non-reentrant), as the authors do; --no-checkpoint keeps the
+activations instead.
+
+train_step_s is the best of --repeats wall-clock timings of zero_grad + forward + backward + optimizer step, after one
+warm-up step (models loaded once, outside the timing). peak_rss_kb is resource.getrusage(RUSAGE_SELF).ru_maxrss
+(kilobytes on Linux) at the end: the whole process, loading included. On CUDA, peak_cuda_mb is added.
+"""
+import argparse
+import json
+import logging
+import os
+import resource
+import sys
+import time
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "scripts", "parity"))
+
+import torch  # noqa: E402
+
+import make_trainer_fixtures as ref  # noqa: E402
+
+warnings.filterwarnings("ignore")
+logging.disable(logging.WARNING)
+for name in ["diffusers", "transformers"]:
+    logging.getLogger(name).setLevel(logging.ERROR)
+
+p = argparse.ArgumentParser()
+p.add_argument("--model", default=ref.SD, help="a diffusers Stable Diffusion folder")
+p.add_argument("--clip", default=os.path.join(ref.HF, "clip"), help="a transformers CLIPModel folder")
+p.add_argument("--aesthetic", default=os.path.join(ref.HF, "aesthetic.pth"), help="the LAION aesthetic head .pth")
+p.add_argument("--batch", type=int, default=2)
+p.add_argument("--steps", type=int, default=5, help="sampling steps")
+p.add_argument("--window", type=int, default=5, help="steps with gradient (the last ones)")
+p.add_argument("--size", type=int, default=64, help="image size in pixels")
+p.add_argument("--repeats", type=int, default=3)
+p.add_argument("--threads", type=int, default=0)
+p.add_argument("--device", default="cpu")
+p.add_argument("--no-checkpoint", action="store_true", help="plain autograd through the UNet calls")
+args = p.parse_args()
+if args.threads > 0:
+    torch.set_num_threads(args.threads)
+if not 0 <= args.window <= args.steps:
+    sys.exit(f"--window must be between 0 and --steps ({args.steps})")
+
+m = ref.Models(sd=args.model, clip=args.clip, aesthetic=args.aesthetic, device=args.device)
+te, te_frozen = m.fresh_text_encoder()
+opt = torch.optim.AdamW(te.parameters(), lr=ref.LR, betas=ref.BETAS, eps=ref.EPS, weight_decay=ref.WEIGHT_DECAY)
+prompts = [ref.PROMPTS[i % len(ref.PROMPTS)] for i in range(args.batch)]
+cuda = torch.device(args.device).type == "cuda"
+
+
+def step():
+    opt.zero_grad(set_to_none=True)
+    loss = ref.train_step(m, te, te_frozen, prompts, args.steps, args.window, height=args.size, width=args.size,
+                          checkpoint=not args.no_checkpoint)
+    loss.backward()
+    opt.step()
+    value = float(loss)  # waits for the device
+    if cuda:
+        torch.cuda.synchronize()
+    return value
+
+
+loss = step()
+times = []
+for _ in range(args.repeats):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+out = {"train_step_s": min(times), "peak_rss_kb": float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss),
+       "loss": loss}
+if cuda:
+    out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+print(json.dumps(out))
