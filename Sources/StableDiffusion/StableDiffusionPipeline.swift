@@ -30,8 +30,15 @@ public struct GenerationResult {
     public let initLatents: Tensor
     /// The final latents, before the VAE.
     public let latents: Tensor
+    /// The embeddings of the last UNet call: with a mix (and `finetunedSteps` above 0), the mixed ones.
     public let promptEmbeds: Tensor
     public let negativePromptEmbeds: Tensor?
+    /// With a mix: the pipeline's own encoder's embeddings, which conditioned the calls before `mixStart` (nil when
+    /// the mix conditioned every call, and without a mix).
+    public let originalPromptEmbeds: Tensor?
+    public let originalNegativePromptEmbeds: Tensor?
+    /// With a mix: the first UNet call (0-based) conditioned on it; the scheduler's call count when none was.
+    public let mixStart: Int?
     /// Words dropped from each prompt because it had more than 77 tokens (nil where nothing was dropped).
     public let truncatedWords: [String?]
 }
@@ -99,39 +106,73 @@ public final class StableDiffusionPipeline {
         textEncoder(tokenize(prompts).ids).lastHiddenState
     }
 
-    /// Samples images for the request, calling `progress(step, total)` after each denoising step.
+    /// Samples images for the request, calling `progress(step, total)` after each UNet call.
+    ///
+    /// With a `mix`, the last `mix.finetunedSteps` UNet calls (all by default) are conditioned on the mixed
+    /// embeddings of its encoders, and the calls before on this pipeline's own encoder; both halves of the guidance
+    /// context (the negative or empty prompts, and the prompts) are mixed. Without one, the pipeline's encoder
+    /// conditions every call, step for step as diffusers.
     public func generate(
-        _ request: GenerationRequest, scheduler: (any Scheduler)? = nil, progress: ((Int, Int) -> Void)? = nil
+        _ request: GenerationRequest, mix: EncoderMix? = nil, scheduler: (any Scheduler)? = nil,
+        progress: ((Int, Int) -> Void)? = nil
     ) throws -> GenerationResult {
         try validate(request)
         let height = request.height ?? defaultSize, width = request.width ?? defaultSize
         let scheduler = try scheduler ?? makeScheduler()
+        try scheduler.setTimesteps(request.steps)
+        let calls = scheduler.timesteps.count
+        if let mix { try validate(mix, unetCalls: calls) }
+        // The first UNet call conditioned on the mix (calls: none).
+        let mixStart = mix.map { calls - ($0.finetunedSteps ?? calls) }
         return try withNoGrad {
             let perPrompt = request.imagesPerPrompt
             let (ids, dropped) = tokenize(request.prompts)
-            let promptEmbeds = repeatPerPrompt(textEncoder(ids).lastHiddenState, perPrompt)
-            var negativeEmbeds: Tensor? = nil
+            var negativeIds: Tensor? = nil
             if request.usesGuidance {
                 let negatives = request.negativePrompts.map { $0.count == 1 ? Array(repeating: $0[0], count: request.prompts.count) : $0 }
                     ?? Array(repeating: "", count: request.prompts.count)
-                negativeEmbeds = repeatPerPrompt(encode(negatives), perPrompt)
+                negativeIds = tokenize(negatives).ids
             }
-            let context = negativeEmbeds.map { Tensor.cat([$0, promptEmbeds]) } ?? promptEmbeds
+            // Each encoder's embeddings, computed once for all the steps that use them.
+            var cache: [ObjectIdentifier: (prompt: Tensor, negative: Tensor?)] = [:]
+            func embeddings(_ encoder: CLIPTextModel) -> (prompt: Tensor, negative: Tensor?) {
+                if let hit = cache[ObjectIdentifier(encoder)] { return hit }
+                let embeds = (prompt: run(encoder, ids), negative: negativeIds.map { run(encoder, $0) })
+                cache[ObjectIdentifier(encoder)] = embeds
+                return embeds
+            }
+            func repeated(_ embeds: (prompt: Tensor, negative: Tensor?)) -> (prompt: Tensor, negative: Tensor?) {
+                (repeatPerPrompt(embeds.prompt, perPrompt), embeds.negative.map { repeatPerPrompt($0, perPrompt) })
+            }
+            func context(_ embeds: (prompt: Tensor, negative: Tensor?)) -> Tensor {
+                embeds.negative.map { Tensor.cat([$0, embeds.prompt]) } ?? embeds.prompt
+            }
+            let original = (mixStart ?? 1) > 0 ? repeated(embeddings(textEncoder)) : nil
+            var mixedEmbeds: (prompt: Tensor, negative: Tensor?)? = nil
+            if let mix, let mixStart, mixStart < calls {
+                let prompt = mixed(mix) { embeddings($0).prompt }
+                let negative = negativeIds == nil ? nil : mixed(mix) { embeddings($0).negative! }
+                mixedEmbeds = repeated((prompt, negative))
+            }
+            let originalContext = original.map(context), mixedContext = mixedEmbeds.map(context)
+            let last = mixedEmbeds ?? original!
 
-            try scheduler.setTimesteps(request.steps)
             // diffusers' prepare_latents: one randn from the seeded CPU generator, then scaled by the scheduler.
             let generator = Generator(seed: request.seed)
             let shape = [request.prompts.count * perPrompt, unet.config.in_channels, height / vaeScaleFactor, width / vaeScaleFactor]
             let initLatents = Tensor.randn(shape, generator: generator)
-            var latents = (initLatents * scheduler.initNoiseSigma).to(dtype: context.dtype, device: device)
+            var latents = (initLatents * scheduler.initNoiseSigma).to(dtype: last.prompt.dtype, device: device)
             for (i, t) in scheduler.timesteps.enumerated() {
+                let context = i < (mixStart ?? calls) ? originalContext! : mixedContext!
                 latents = denoise(latents, timestep: t, context: context, guidanceScale: request.guidanceScale,
                                   scheduler: scheduler, generator: generator, eta: request.eta)
-                progress?(i + 1, scheduler.timesteps.count)
+                progress?(i + 1, calls)
             }
             return GenerationResult(
-                images: toImages(decode(latents)), initLatents: initLatents, latents: latents, promptEmbeds: promptEmbeds,
-                negativePromptEmbeds: negativeEmbeds, truncatedWords: dropped)
+                images: toImages(decode(latents)), initLatents: initLatents, latents: latents, promptEmbeds: last.prompt,
+                negativePromptEmbeds: last.negative, originalPromptEmbeds: mix == nil ? nil : original?.prompt,
+                originalNegativePromptEmbeds: mix == nil ? nil : original?.negative, mixStart: mixStart,
+                truncatedWords: dropped)
         }
     }
 

@@ -1,0 +1,155 @@
+import Foundation
+import NN
+import Torch
+
+/// Which text encoders condition the UNet, in what proportions, and for which denoising steps: TextCraftor's
+/// controllable generation (interpolation and style mixing, METHOD.md).
+///
+/// The mixed embeddings are `Σ wᵢ · Tᵢ(prompt)`, for the prompts and for the negative (or empty) prompts alike, so
+/// both halves of the classifier-free guidance context are mixed. Each encoder runs once per generation, not once
+/// per step. They condition the last `finetunedSteps` UNet calls; the calls before use the pipeline's own encoder
+/// alone, as the authors sample (the first 10 of 25 DDIM steps with the original encoder, the last 15 fine-tuned).
+public struct EncoderMix {
+    /// One term of the weighted sum.
+    public struct Component {
+        /// nil: the pipeline's own (original) text encoder.
+        public var encoder: CLIPTextModel?
+        public var weight: Double
+        /// How messages name it: `original`, or the folder it was loaded from.
+        public var name: String
+
+        public init(encoder: CLIPTextModel?, weight: Double, name: String? = nil) {
+            self.encoder = encoder
+            self.weight = weight
+            self.name = name ?? (encoder == nil ? "original" : "fine-tuned")
+        }
+    }
+
+    public var components: [Component]
+    /// How many of the last UNet calls use the mix (nil: all). The `S − finetunedSteps` calls before use the
+    /// original encoder's embeddings; S is the scheduler's UNet calls (`timesteps.count`: PNDM's 10 steps are 11).
+    public var finetunedSteps: Int?
+
+    public init(_ components: [Component], finetunedSteps: Int? = nil) {
+        self.components = components
+        self.finetunedSteps = finetunedSteps
+    }
+
+    /// A fine-tuned encoder in place of the original one (for the last `finetunedSteps` calls).
+    public static func finetuned(_ encoder: CLIPTextModel, name: String? = nil, finetunedSteps: Int? = nil) -> EncoderMix {
+        EncoderMix([Component(encoder: encoder, weight: 1, name: name)], finetunedSteps: finetunedSteps)
+    }
+
+    /// Interpolation: `weight · e_finetuned + (1 − weight) · e_original`. 0 is the original encoder, 1 the
+    /// fine-tuned one; above 1 extrapolates past the fine-tuned encoder, away from the original (the paper uses
+    /// [0, 1]; beyond it the embeddings leave what either encoder produces, so expect artefacts as it grows).
+    public static func blend(_ finetuned: CLIPTextModel, weight: Double, name: String? = nil, finetunedSteps: Int? = nil)
+        -> EncoderMix
+    {
+        EncoderMix(
+            [Component(encoder: nil, weight: 1 - weight), Component(encoder: finetuned, weight: weight, name: name)],
+            finetunedSteps: finetunedSteps)
+    }
+
+    /// Style mixing: `Σ wᵢ · eᵢ` over encoders, nil standing for the original one (e.g. one encoder per reward with
+    /// weights [0.1, 0.7, 0.1, 0.1]). The weights are used as given; if they do not sum to 1, the embeddings are
+    /// scaled.
+    public static func mix(_ terms: [(encoder: CLIPTextModel?, weight: Double)], finetunedSteps: Int? = nil) -> EncoderMix {
+        EncoderMix(terms.map { Component(encoder: $0.encoder, weight: $0.weight) }, finetunedSteps: finetunedSteps)
+    }
+}
+
+extension StableDiffusionPipeline {
+    /// Loads a (fine-tuned) text encoder to mix with this pipeline's: a folder with `config.json` and
+    /// `model.safetensors` (or `pytorch_model.bin`, or a variant), keys `text_model.*`, as the trainer writes
+    /// `OUT/text_encoder/`. A folder without `config.json` that holds `text_encoder/` (a trainer's output folder, or
+    /// another diffusers model) is read from there. Loaded in this pipeline's dtype and device; its `hidden_size`
+    /// must be this pipeline's encoder's (the UNet's cross-attention width), which is checked before any weight is
+    /// read.
+    public func loadTextEncoder(folder: URL, variant: String? = nil) throws -> CLIPTextModel {
+        var folder = folder
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: folder.path, isDirectory: &isFolder), isFolder.boolValue else {
+            throw StableDiffusionError.missingFile(folder.path)
+        }
+        let nested = folder.appendingPathComponent("text_encoder")
+        if !FileManager.default.fileExists(atPath: folder.appendingPathComponent("config.json").path),
+            FileManager.default.fileExists(atPath: nested.appendingPathComponent("config.json").path)
+        {
+            folder = nested
+        }
+        let configFile = folder.appendingPathComponent("config.json")
+        let config = try decodeConfig(CLIPTextConfig.self, from: configFile)
+        let expected = textEncoder.config.hidden_size
+        guard config.hidden_size == expected else {
+            throw StableDiffusionError.invalidConfig(
+                file: configFile.path,
+                message: "hidden_size \(config.hidden_size) does not match the model's text encoder (\(expected))")
+        }
+        let weights = try componentWeights(in: folder, baseName: "model", binBaseName: "pytorch_model", variant: variant)
+        return try CLIPTextModel.load(weights, configFile: configFile, dtype: textEncoder.parameters.first?.dtype, device: device)
+    }
+
+    /// The UNet calls a request makes with a scheduler (the folder's when nil): `timesteps.count` after
+    /// `setTimesteps(request.steps)`, e.g. 11 for PNDM's 10 steps. The scheduler's timesteps are set as a side effect;
+    /// `generate` sets them again.
+    public func unetCalls(_ request: GenerationRequest, scheduler: (any Scheduler)? = nil) throws -> Int {
+        let scheduler = try scheduler ?? makeScheduler()
+        try scheduler.setTimesteps(request.steps)
+        return scheduler.timesteps.count
+    }
+
+    /// Checks a mix for `unetCalls` UNet calls without running anything: at least one encoder, finite weights, each
+    /// encoder's hidden size this pipeline's, `finetunedSteps` within 0...unetCalls.
+    public func validate(_ mix: EncoderMix, unetCalls: Int) throws {
+        guard !mix.components.isEmpty else { throw StableDiffusionError.invalidArgument("an encoder mix needs at least one encoder") }
+        let expected = textEncoder.config.hidden_size
+        for component in mix.components {
+            guard component.weight.isFinite else {
+                throw StableDiffusionError.invalidArgument(
+                    "the weight of text encoder \(component.name) must be a finite number (got \(component.weight))")
+            }
+            if let encoder = component.encoder, encoder.config.hidden_size != expected {
+                throw StableDiffusionError.invalidArgument(
+                    "text encoder \(component.name): hidden_size \(encoder.config.hidden_size) does not match the model's text encoder (\(expected))")
+            }
+        }
+        if let n = mix.finetunedSteps, n < 0 || n > unetCalls {
+            throw StableDiffusionError.invalidArgument(
+                "--finetuned-steps must be between 0 and \(unetCalls) (the scheduler's UNet calls); got \(n)")
+        }
+    }
+
+    /// The mixed embeddings of prompts, `Σ wᵢ · Tᵢ(prompts)`: [B, 77, D], each encoder run once.
+    public func encode(_ prompts: [String], mix: EncoderMix) -> Tensor {
+        let ids = tokenize(prompts).ids
+        var cache: [ObjectIdentifier: Tensor] = [:]
+        return mixed(mix) { encoder in
+            if let hit = cache[ObjectIdentifier(encoder)] { return hit }
+            let embeds = run(encoder, ids)
+            cache[ObjectIdentifier(encoder)] = embeds
+            return embeds
+        }
+    }
+
+    /// `encoder(ids).lastHiddenState` in this pipeline's dtype and device, whatever the encoder's.
+    func run(_ encoder: CLIPTextModel, _ ids: Tensor) -> Tensor {
+        let own = encoder.parameters.first
+        let input = own.map { ids.device == $0.device ? ids : ids.to($0.device) } ?? ids
+        let out = encoder(input).lastHiddenState
+        let dtype = textEncoder.parameters.first?.dtype ?? out.dtype
+        return out.dtype == dtype && out.device == device ? out : out.to(dtype: dtype, device: device)
+    }
+
+    /// `Σ wᵢ · embeds(encoderᵢ)`, skipping zero weights (a term 0 · e adds nothing to finite embeddings), so that
+    /// a blend of 0 or 1 runs one encoder and gives its embeddings exactly.
+    func mixed(_ mix: EncoderMix, _ embeds: (CLIPTextModel) -> Tensor) -> Tensor {
+        var sum: Tensor? = nil
+        for component in mix.components where component.weight != 0 {
+            let term = embeds(component.encoder ?? textEncoder) * component.weight
+            sum = sum.map { $0 + term } ?? term
+        }
+        // Every weight 0: zero embeddings, shaped as the original encoder's.
+        return sum ?? embeds(textEncoder).zerosLike()
+    }
+}

@@ -1,0 +1,108 @@
+import Foundation
+import StableDiffusion
+
+/// The text-encoder flags of `generate` (--text-encoder, --blend, --mix, --finetuned-steps): parsed and checked as
+/// text before the model loads, then loaded into an `EncoderMix` before anything is written.
+struct EncoderRecipe {
+    /// `original` for the model's own encoder, otherwise a folder as given.
+    static let originalName = "original"
+
+    /// The weighted terms: folder nil is the original encoder.
+    let terms: [(folder: String?, weight: Double)]
+    let textEncoder: String?
+    let blend: Double?
+    let isMix: Bool
+    let finetunedSteps: Int?
+
+    /// nil when no flag asks for another encoder.
+    init?(textEncoder: String?, blend: String?, mix: [String], finetunedSteps: Int?) throws {
+        if !mix.isEmpty, textEncoder != nil || blend != nil {
+            throw CommandError("--mix cannot be used with --text-encoder or --blend")
+        }
+        if blend != nil, textEncoder == nil { throw CommandError("--blend needs --text-encoder") }
+        if finetunedSteps != nil, textEncoder == nil, mix.isEmpty {
+            throw CommandError("--finetuned-steps needs --text-encoder or --mix")
+        }
+        self.finetunedSteps = finetunedSteps
+        self.textEncoder = textEncoder
+        if let textEncoder {
+            isMix = false
+            if let blend {
+                guard let w = Self.number(blend) else { throw CommandError("--blend \"\(blend)\" is not a number") }
+                guard w >= 0 else { throw CommandError("--blend must not be negative (got \(w))") }
+                self.blend = w
+                terms = [(nil, 1 - w), (textEncoder, w)]
+            } else {
+                self.blend = nil
+                terms = [(textEncoder, 1)]
+            }
+            return
+        }
+        guard !mix.isEmpty else { return nil }
+        isMix = true
+        self.blend = nil
+        var terms: [(folder: String?, weight: Double)] = [], seen: Set<String> = []
+        for entry in mix.flatMap({ $0.split(separator: ",", omittingEmptySubsequences: false) }).map(String.init) {
+            let trimmed = entry.trimmingCharacters(in: .whitespaces)
+            guard let equals = trimmed.lastIndex(of: "=") else { throw Self.badEntry(entry) }
+            let name = trimmed[..<equals].trimmingCharacters(in: .whitespaces)
+            let weightText = trimmed[trimmed.index(after: equals)...].trimmingCharacters(in: .whitespaces)
+            guard !name.isEmpty, !weightText.isEmpty else { throw Self.badEntry(entry) }
+            guard let weight = Self.number(weightText) else {
+                throw CommandError("--mix entry \"\(entry)\": weight \"\(weightText)\" is not a number")
+            }
+            guard weight >= 0 else { throw CommandError("--mix entry \"\(entry)\": weight must not be negative (got \(weight))") }
+            guard seen.insert(name).inserted else { throw CommandError("--mix names \"\(name)\" twice") }
+            terms.append((name == Self.originalName ? nil : name, weight))
+        }
+        self.terms = terms
+    }
+
+    static func badEntry(_ entry: String) -> CommandError {
+        CommandError("--mix entry \"\(entry)\": expected DIR=W (the model's own encoder is named \(originalName))")
+    }
+
+    /// A finite number, or nil (`nan` and `inf` are not weights).
+    static func number(_ text: String) -> Double? {
+        Double(text.trimmingCharacters(in: .whitespaces)).flatMap { $0.isFinite ? $0 : nil }
+    }
+
+    /// Loads each folder once (checking its config's hidden size before its weights) and checks the mix against
+    /// the scheduler's UNet calls.
+    func load(into pipeline: StableDiffusionPipeline, variant: String?, unetCalls: Int) throws -> EncoderMix {
+        var loaded: [String: CLIPTextModel] = [:]
+        var components: [EncoderMix.Component] = []
+        for (folder, weight) in terms {
+            guard let folder else {
+                components.append(EncoderMix.Component(encoder: nil, weight: weight, name: Self.originalName))
+                continue
+            }
+            let encoder = try loaded[folder] ?? pipeline.loadTextEncoder(folder: URL(fileURLWithPath: folder), variant: variant)
+            loaded[folder] = encoder
+            components.append(EncoderMix.Component(encoder: encoder, weight: weight, name: folder))
+        }
+        let mix = EncoderMix(components, finetunedSteps: finetunedSteps)
+        try pipeline.validate(mix, unetCalls: unetCalls)
+        let sum = terms.map(\.weight).reduce(0, +)
+        if isMix, abs(sum - 1) > 1e-9 { warn("--mix weights sum to \(sum), not 1: the embeddings are scaled by it") }
+        return mix
+    }
+
+    /// What metadata.json records: the flags as resolved (the blend weight 1 when only --text-encoder was given; the
+    /// fine-tuned calls resolved to all of them when --finetuned-steps was not).
+    func metadata(unetCalls: Int) -> [String: Any] {
+        [
+            "text_encoder": textEncoder ?? NSNull(),
+            "blend": textEncoder == nil ? NSNull() : blend ?? 1.0,
+            "mix": isMix ? terms.map { ["encoder": $0.folder ?? Self.originalName, "weight": $0.weight] as [String: Any] } : NSNull(),
+            "finetuned_steps": finetunedSteps ?? unetCalls,
+        ]
+    }
+
+    /// The same keys when the model's own encoder conditions every call.
+    static var noMetadata: [String: Any] {
+        [
+            "text_encoder": NSNull(), "blend": NSNull(), "mix": NSNull(), "finetuned_steps": NSNull(),
+        ]
+    }
+}
