@@ -124,7 +124,7 @@ public final class StableDiffusionPipeline {
         if let mix { try validate(mix, unetCalls: calls) }
         // The first UNet call conditioned on the mix (calls: none).
         let mixStart = mix.map { calls - ($0.finetunedSteps ?? calls) }
-        return try withNoGrad {
+        return withNoGrad {
             let perPrompt = request.imagesPerPrompt
             let (ids, dropped) = tokenize(request.prompts)
             var negativeIds: Tensor? = nil
