@@ -60,6 +60,7 @@ public struct PromptSource: Sendable, Equatable {
             prompts = text.split(whereSeparator: \.isNewline).map(String.init)
         case .tsv, .csv:
             let table = try DelimitedTable(text, kind == .tsv ? .tsv : .csv, fail: fail)
+            guard !table.header.isEmpty else { throw fail("no prompts") }
             let promptColumn = try table.column(column, fail: fail)
             var rows = table.rows
             for (name, value) in filters {

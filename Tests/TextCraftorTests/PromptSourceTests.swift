@@ -121,6 +121,8 @@ class TemporaryFolderSuite {
         #expect(message { try PromptSource(contentsOf: blank) } == "\(blank.path): no prompts")
         let headerOnly = try write("prompt\n", to: "h.csv", in: folder)
         #expect(message { try PromptSource(contentsOf: headerOnly) } == "\(headerOnly.path): no prompts")
+        let emptyTable = try write("\n\n", to: "e.tsv", in: folder)
+        #expect(message { try PromptSource(contentsOf: emptyTable) } == "\(emptyTable.path): no prompts")
         let emptyList = try write("[]", to: "e.json", in: folder)
         #expect(message { try PromptSource(contentsOf: emptyList) } == "\(emptyList.path): no prompts")
 
