@@ -27,6 +27,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/weichsel/ZIPFoundation", from: "0.9.19"),
+        // Training config files (TOML). toml++ underneath: typed values, line and column in parse errors.
+        .package(url: "https://github.com/LebJe/TOMLKit", exact: "0.6.0"),
     ],
     targets: [
         // libtorch's headers and libraries, as pkg-config describes them.
@@ -46,7 +48,9 @@ let package = Package(
         // PNG and JPEG decoding over the system's libpng and libjpeg(-turbo) (apt: libpng-dev libjpeg62-turbo-dev).
         .target(name: "CImageCodecs", linkerSettings: [.linkedLibrary("png16"), .linkedLibrary("jpeg")]),
         .target(name: "Rewards", dependencies: ["Torch", "NN", "StableDiffusion", "CImageCodecs"]),
-        .target(name: "TextCraftor", dependencies: ["Torch", "NN", "StableDiffusion", "Rewards"]),
+        .target(
+            name: "TextCraftor",
+            dependencies: ["Torch", "NN", "StableDiffusion", "Rewards", .product(name: "TOMLKit", package: "TOMLKit")]),
         .executableTarget(
             name: "textcraftor",
             dependencies: [
