@@ -18,8 +18,8 @@ public struct TrainingState: Codable, Equatable, Sendable {
     }
 }
 
-/// A training run's folder: `OUT/text_encoder/` (the latest weights, loadable by diffusers), `OUT/metrics.jsonl`,
-/// and `OUT/checkpoints/step-NNNNNNNN/` each holding `text_encoder/`, `optimizer.safetensors`,
+/// A training run's folder: `OUT/text_encoder/` (or `OUT/unet/`: the latest weights, loadable by diffusers),
+/// `OUT/metrics.jsonl`, and `OUT/checkpoints/step-NNNNNNNN/` each holding that folder, `optimizer.safetensors`,
 /// `generator.safetensors` and `state.json`. Every folder is written under a temporary name, its files fsynced, then
 /// renamed, so a crash (or SIGKILL) leaves either the previous checkpoint or the new one, never half of one.
 public struct RunFolder: Sendable {
@@ -29,6 +29,13 @@ public struct RunFolder: Sendable {
     public var textEncoder: URL { url.appendingPathComponent("text_encoder") }
 
     public init(_ url: URL) { self.url = url }
+
+    /// The trained component as diffusers lays it out: its folder name, weights file and config.
+    public struct Component: Sendable {
+        public let name: String
+        public let weights: String
+        public let config: URL
+    }
 
     /// Creates the folder, failing early (before any training) when it cannot be written.
     public func prepare() throws {
@@ -51,20 +58,20 @@ public struct RunFolder: Sendable {
 
     /// Writes a checkpoint and refreshes `OUT/text_encoder/`, then keeps only the newest `keep` checkpoints.
     public func save(
-        model: any Module, modelConfig: URL, optimizer: AdamW, generator: Generator, state: TrainingState, keep: Int
+        component: Component, model: any Module, optimizer: AdamW, generator: Generator, state: TrainingState, keep: Int
     ) throws {
         let name = String(format: "step-%08d", state.step)
         let final = checkpoints.appendingPathComponent(name)
         let temporary = checkpoints.appendingPathComponent(".tmp-\(name)")
         try? FileManager.default.removeItem(at: temporary)
         try FileManager.default.createDirectory(at: temporary, withIntermediateDirectories: true)
-        try writeModel(model, config: modelConfig, to: temporary.appendingPathComponent("text_encoder"))
+        try writeModel(model, component, to: temporary.appendingPathComponent(component.name))
         try optimizer.save(to: temporary.appendingPathComponent("optimizer.safetensors"))
         try Tensor.save(["state": generator.state], to: temporary.appendingPathComponent("generator.safetensors"))
         try writeSynced(try JSONEncoder().encode(state), to: temporary.appendingPathComponent("state.json"))
         try? FileManager.default.removeItem(at: final)
         try FileManager.default.moveItem(at: temporary, to: final)
-        try replaceFolder(textEncoder) { try writeModel(model, config: modelConfig, to: $0) }
+        try replaceFolder(url.appendingPathComponent(component.name)) { try writeModel(model, component, to: $0) }
         for old in completeCheckpoints().dropLast(max(keep, 1)) { try? FileManager.default.removeItem(at: old) }
     }
 
@@ -82,11 +89,13 @@ public struct RunFolder: Sendable {
     }
 
     /// Restores weights, optimizer and generator from a checkpoint folder; returns its state.
-    public func restore(_ checkpoint: URL, model: any Module, optimizer: AdamW, generator: Generator) throws -> TrainingState {
+    public func restore(
+        _ checkpoint: URL, component: Component, model: any Module, optimizer: AdamW, generator: Generator
+    ) throws -> TrainingState {
         do {
             let stateData = try Data(contentsOf: checkpoint.appendingPathComponent("state.json"))
             let state = try JSONDecoder().decode(TrainingState.self, from: stateData)
-            try model.load(try Weights.open(checkpoint.appendingPathComponent("text_encoder/model.safetensors")))
+            try model.load(try Weights.open(checkpoint.appendingPathComponent("\(component.name)/\(component.weights)")))
             try optimizer.load(from: checkpoint.appendingPathComponent("optimizer.safetensors"))
             let saved = try Tensor.load(safetensors: checkpoint.appendingPathComponent("generator.safetensors"))
             guard let generatorState = saved["state"] else {
@@ -101,11 +110,11 @@ public struct RunFolder: Sendable {
         }
     }
 
-    /// `config.json` + `model.safetensors` (keys as the checkpoint had them, `format: pt` as transformers expects).
-    func writeModel(_ model: any Module, config: URL, to folder: URL) throws {
+    /// `config.json` + the weights (keys as the checkpoint had them, `format: pt` as transformers expects).
+    func writeModel(_ model: any Module, _ component: Component, to folder: URL) throws {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        try model.save(to: folder.appendingPathComponent("model.safetensors"), metadata: ["format": "pt"])
-        try writeSynced(try Data(contentsOf: config), to: folder.appendingPathComponent("config.json"))
+        try model.save(to: folder.appendingPathComponent(component.weights), metadata: ["format": "pt"])
+        try writeSynced(try Data(contentsOf: component.config), to: folder.appendingPathComponent("config.json"))
     }
 
     /// Builds a folder's new contents beside it, then swaps it in.

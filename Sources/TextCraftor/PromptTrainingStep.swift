@@ -61,10 +61,13 @@ public struct StepOutcome {
 
 /// One prompt-based TextCraftor forward and backward: samples images for `prompts` from `initialNoise`, scores them,
 /// and accumulates d(loss)/d(parameters) into the trainable text encoder's `.grad` (loss = −mean Σ γ·scale·R).
+///
+/// `trainsTextEncoder` false is the UNet stage: `trainable` is then a frozen encoder (the fine-tuned one) whose
+/// embeddings condition the window, and the gradient accumulates into the UNet's parameters instead.
 public func promptTrainingStep(
     pipeline: StableDiffusionPipeline, trainable: CLIPTextModel, original: CLIPTextModel, rewards: WeightedReward,
     prompts: [String], initialNoise: Tensor, settings: SamplingSettings, mode: GradientMode = .windowed,
-    lossScale: Double = 1
+    lossScale: Double = 1, trainsTextEncoder: Bool = true
 ) throws -> StepOutcome {
     try settings.validate()
     let scheduler = try settings.makeScheduler(pipeline)
@@ -94,7 +97,7 @@ public func promptTrainingStep(
 
     switch mode {
     case .fullBackprop:
-        let context = trainable(ids).lastHiddenState
+        let context = trainsTextEncoder ? trainable(ids).lastHiddenState : withNoGrad { trainable(ids).lastHiddenState }
         for i in windowStart..<timesteps.count { z = denoise(z, i, context) }
         let (loss, outcome) = try lossOf(z)
         loss.backward()
@@ -112,19 +115,48 @@ public func promptTrainingStep(
         let final = z.detach().requiringGrad()
         let (loss, outcome) = try lossOf(final)
         var latentGradient = Autograd.grad(outputs: [loss], inputs: [final])[0]!
-        // 3. Back through the window one step at a time: recompute the step with a graph, take the vector-Jacobian
-        //    product with the incoming gradient, keep the context's part and pass the latent's part on.
+        // 3. Back through the window one step at a time: recompute the step with a graph and backpropagate the
+        //    incoming gradient through it (a vector-Jacobian product). The latent's part goes on to the step before;
+        //    the context's part is summed (text encoder), or the UNet's parameters accumulate theirs (UNet stage).
         let contextGradient = context.zerosLike()
         for (k, i) in (windowStart..<timesteps.count).enumerated().reversed() {
             let zIn = entering[k].detach().requiringGrad()
-            let c = context.detach().requiringGrad()
-            let zOut = denoise(zIn, i, c)
-            let grads = Autograd.grad(outputs: [zOut], inputs: [zIn, c], gradOutputs: [latentGradient])
-            latentGradient = grads[0]!
-            contextGradient += grads[1]!
+            let c = trainsTextEncoder ? context.detach().requiringGrad() : context
+            denoise(zIn, i, c).backward(gradient: latentGradient)
+            latentGradient = zIn.grad!
+            if trainsTextEncoder { contextGradient += c.grad! }
         }
         // 4. The summed embedding gradient through the text encoder, once.
-        trainable(ids).lastHiddenState.backward(gradient: contextGradient)
+        if trainsTextEncoder { trainable(ids).lastHiddenState.backward(gradient: contextGradient) }
         return outcome
     }
+}
+
+/// One direct fine-tuning step (METHOD.md's baseline): encode the images, noise them at t ~ U[tRange], predict the
+/// noise conditioned on the captions (no guidance), take the one-step estimate x̂0 = (z_t − √(1−ᾱ)·ε̂)/√ᾱ, decode
+/// and score it against the captions. Random draws, in order: the noise, the timesteps, the VAE's latent sample.
+public func directTrainingStep(
+    pipeline: StableDiffusionPipeline, textEncoder: CLIPTextModel, rewards: WeightedReward, images: Tensor,
+    captions: [String], timestepRange: ClosedRange<Int>, generator: Generator, lossScale: Double = 1,
+    trainsTextEncoder: Bool = true
+) throws -> StepOutcome {
+    let scheduler = try StableDiffusion.makeScheduler(config: pipeline.schedulerConfig, configFile: pipeline.schedulerConfigFile)
+    let factor = pipeline.vae.config.scaling_factor
+    let b = images.size(0)
+    let latentShape = [b, pipeline.unet.config.in_channels, images.size(2) / pipeline.vaeScaleFactor, images.size(3) / pipeline.vaeScaleFactor]
+    let noise = Tensor.randn(latentShape, generator: generator)
+    let steps = Tensor.randint(timestepRange.lowerBound, timestepRange.upperBound + 1, [b], generator: generator).toArray(Int64.self)
+    let timesteps = steps.map(Double.init)
+    let z0 = withNoGrad { pipeline.vae.encode(images * 2 - 1).sample(generator: generator) * factor }
+    let zt = scheduler.addNoise(original: z0, noise: noise, timesteps: timesteps)
+    let alphaBar = Tensor(steps.map { Float(scheduler.noiseSchedule.alphasCumprod[Int($0)]) }, shape: [b, 1, 1, 1])
+    let (ids, _) = pipeline.tokenize(captions)
+    let context = trainsTextEncoder ? textEncoder(ids).lastHiddenState : withNoGrad { textEncoder(ids).lastHiddenState }
+    let epsilon = pipeline.unet(zt, timestep: Tensor(timesteps.map(Float.init)), encoderHiddenStates: context)
+    let x0 = (zt - (1 - alphaBar).sqrt() * epsilon) / alphaBar.sqrt()
+    let decoded = (pipeline.vae.decode(x0 / factor) / 2 + 0.5).clamp(min: 0, max: 1)
+    let (total, terms) = try rewards.evaluate(decoded, prompts: captions)
+    let loss = -total.mean() * lossScale
+    loss.backward()
+    return StepOutcome(loss: loss.item() / lossScale, rewards: terms.map { ($0.name, $0.scores.mean().item()) }, images: decoded.detach())
 }

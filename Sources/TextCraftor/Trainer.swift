@@ -4,32 +4,40 @@ import Rewards
 import StableDiffusion
 import Torch
 
-/// Where the next prompts come from; its cursor goes into checkpoints so a resumed run sees the same prompts.
-public protocol PromptStream: AnyObject {
-    func next(_ count: Int) -> [String]
-    func cursor() throws -> Data
-    func restore(cursor: Data) throws
-}
+/// Batches from a `BatchSampler`, with its cursor as checkpoint data so that a resumed run sees the same batches.
+public final class SampledBatches<Element: Sendable> {
+    private var sampler: BatchSampler<Element>
 
-/// Prompts in file order, cycling.
-public final class OrderedPrompts: PromptStream {
-    public let prompts: [String]
-    var position = 0
-
-    public init(_ prompts: [String]) {
-        precondition(!prompts.isEmpty, "OrderedPrompts: no prompts")
-        self.prompts = prompts
+    public init(_ items: [Element], batchSize: Int, shuffle: Bool, seed: UInt64) throws {
+        sampler = try BatchSampler(items, batchSize: batchSize, shuffle: shuffle, seed: seed)
     }
 
-    public func next(_ count: Int) -> [String] {
-        (0..<count).map { _ in
-            defer { position = (position + 1) % prompts.count }
-            return prompts[position]
+    public func next() -> [Element] { sampler.next() }
+    public func cursor() throws -> Data { try JSONEncoder().encode(sampler.cursor) }
+    public func restore(cursor: Data) throws {
+        sampler = try BatchSampler(sampler.items, batchSize: sampler.batchSize, shuffle: sampler.shuffle,
+                                   resumingFrom: try JSONDecoder().decode(SamplerCursor.self, from: cursor))
+    }
+}
+
+/// What a run learns from: prompts (prompt-based TextCraftor) or images with captions (direct fine-tuning).
+public enum TrainingData {
+    case prompts(SampledBatches<String>)
+    case pairs(SampledBatches<ImageCaption>)
+
+    func cursor() throws -> Data {
+        switch self {
+        case .prompts(let batches): try batches.cursor()
+        case .pairs(let batches): try batches.cursor()
         }
     }
 
-    public func cursor() throws -> Data { try JSONEncoder().encode(position) }
-    public func restore(cursor: Data) throws { position = try JSONDecoder().decode(Int.self, from: cursor) }
+    func restore(cursor: Data) throws {
+        switch self {
+        case .prompts(let batches): try batches.restore(cursor: cursor)
+        case .pairs(let batches): try batches.restore(cursor: cursor)
+        }
+    }
 }
 
 /// The optimisation settings of a run (defaults: METHOD.md's, the authors' code).
@@ -50,6 +58,8 @@ public struct TrainerSettings: Sendable {
     public var keepCheckpoints = 3
     /// Image size in pixels (default: the model's).
     public var resolution: Int? = nil
+    /// Direct fine-tuning: the range the noising timestep is drawn from, uniformly.
+    public var timestepRange = 0...999
     public var sampling = SamplingSettings()
 
     public init() {}
@@ -83,52 +93,62 @@ public struct StepReport: Sendable {
     public let seconds: Double
 }
 
-/// Prompt-based TextCraftor: the text encoder is trained so that images sampled from the frozen UNet score higher.
+/// TextCraftor's trainer: the text encoder (or, in the second stage, the UNet) is trained so that images sampled
+/// from the model score higher on the rewards.
 public final class Trainer {
     public let pipeline: StableDiffusionPipeline
     public let original: CLIPTextModel
     public let rewards: WeightedReward
-    public let prompts: any PromptStream
+    public let data: TrainingData
     public let settings: TrainerSettings
+    public let target: TrainedNetwork
     public let run: RunFolder
-    let textEncoderConfig: URL
+    let component: RunFolder.Component
     let optimizer: AdamW
-    /// The run's CPU generator for the latent noise: one randn per step, drawn before anything else random.
+    /// The run's CPU generator: the latent noise is each step's first draw from it.
     let noise: Generator
     public private(set) var step = 0
     /// Checked after every step; when true the trainer saves a checkpoint and returns (SIGINT).
     public var stopRequested: @Sendable () -> Bool = { false }
 
-    public var trainable: CLIPTextModel { pipeline.textEncoder }
+    /// The module being trained.
+    public var trainable: any Module { target == .text ? pipeline.textEncoder : pipeline.unet }
 
+    /// `original`: the frozen encoder for the sampling steps before the window (prompt mode, text stage).
+    /// `modelFolder`: the diffusers folder, whose component config is copied next to the trained weights.
     public init(
-        pipeline: StableDiffusionPipeline, original: CLIPTextModel, textEncoderConfig: URL, rewards: WeightedReward,
-        prompts: any PromptStream, settings: TrainerSettings, run: RunFolder
+        pipeline: StableDiffusionPipeline, original: CLIPTextModel, modelFolder: URL, rewards: WeightedReward,
+        data: TrainingData, settings: TrainerSettings, target: TrainedNetwork = .text, run: RunFolder
     ) throws {
         try settings.validate()
         self.pipeline = pipeline
         self.original = original
-        self.textEncoderConfig = textEncoderConfig
         self.rewards = rewards
-        self.prompts = prompts
+        self.data = data
         self.settings = settings
+        self.target = target
         self.run = run
+        component = target == .text
+            ? RunFolder.Component(name: "text_encoder", weights: "model.safetensors",
+                                  config: modelFolder.appendingPathComponent("text_encoder/config.json"))
+            : RunFolder.Component(name: "unet", weights: "diffusion_pytorch_model.safetensors",
+                                  config: modelFolder.appendingPathComponent("unet/config.json"))
         rewards.setPreprocessing(.training)
         original.setTrainable(false)
-        pipeline.unet.setTrainable(false)
         pipeline.vae.setTrainable(false)
-        pipeline.textEncoder.setTrainable(true)
+        pipeline.textEncoder.setTrainable(target == .text)
+        pipeline.unet.setTrainable(target == .unet)
         optimizer = AdamW(
-            parameters: pipeline.textEncoder.trainableParameters, learningRate: settings.learningRate, betas: settings.betas,
-            eps: settings.eps, weightDecay: settings.weightDecay)
+            parameters: (target == .text ? pipeline.textEncoder as any Module : pipeline.unet).trainableParameters,
+            learningRate: settings.learningRate, betas: settings.betas, eps: settings.eps, weightDecay: settings.weightDecay)
         noise = Generator(seed: settings.seed)
     }
 
     /// Continues from the newest complete checkpoint of the run folder.
     public func resume() throws {
         let checkpoint = try run.latestCheckpoint()
-        let state = try run.restore(checkpoint, model: trainable, optimizer: optimizer, generator: noise)
-        try prompts.restore(cursor: state.promptCursor)
+        let state = try run.restore(checkpoint, component: component, model: trainable, optimizer: optimizer, generator: noise)
+        try data.restore(cursor: state.promptCursor)
         step = state.step
         try truncateMetrics(after: step)
     }
@@ -145,11 +165,24 @@ public final class Trainer {
             var loss = 0.0
             var rewardSums: [String: Double] = [:]
             for _ in 0..<settings.gradAccumulation {
-                let noiseTensor = Tensor.randn(latentShape, generator: noise)  // the step's first random draw
-                let outcome = try promptTrainingStep(
-                    pipeline: pipeline, trainable: trainable, original: original, rewards: rewards,
-                    prompts: prompts.next(settings.batchSize), initialNoise: noiseTensor, settings: settings.sampling,
-                    lossScale: 1 / Double(settings.gradAccumulation))
+                let outcome: StepOutcome
+                let scale = 1 / Double(settings.gradAccumulation)
+                switch data {
+                case .prompts(let batches):
+                    let noiseTensor = Tensor.randn(latentShape, generator: noise)  // the step's first random draw
+                    // The UNet stage samples with the (fine-tuned) encoder throughout: it is frozen there.
+                    outcome = try promptTrainingStep(
+                        pipeline: pipeline, trainable: pipeline.textEncoder, original: target == .text ? original : pipeline.textEncoder,
+                        rewards: rewards, prompts: batches.next(), initialNoise: noiseTensor, settings: settings.sampling,
+                        lossScale: scale, trainsTextEncoder: target == .text)
+                case .pairs(let batches):
+                    let batch = batches.next()
+                    let images = try Tensor.stack(batch.map { try Self.loadImage($0.image, size: size) })
+                    outcome = try directTrainingStep(
+                        pipeline: pipeline, textEncoder: pipeline.textEncoder, rewards: rewards, images: images,
+                        captions: batch.map(\.caption), timestepRange: settings.timestepRange, generator: noise,
+                        lossScale: scale, trainsTextEncoder: target == .text)
+                }
                 loss += outcome.loss / Double(settings.gradAccumulation)
                 for (name, mean) in outcome.rewards { rewardSums[name, default: 0] += mean / Double(settings.gradAccumulation) }
             }
@@ -172,9 +205,19 @@ public final class Trainer {
     public func optimizerState() -> (tensors: [String: Tensor], metadata: [String: String]) { optimizer.state() }
 
     public func save() throws {
-        try run.save(model: trainable, modelConfig: textEncoderConfig, optimizer: optimizer, generator: noise,
-                     state: TrainingState(step: step, promptCursor: try prompts.cursor(), seed: settings.seed),
+        try run.save(component: component, model: trainable, optimizer: optimizer, generator: noise,
+                     state: TrainingState(step: step, promptCursor: try data.cursor(), seed: settings.seed),
                      keep: settings.keepCheckpoints)
+    }
+
+    /// An image file as [3, size, size] in [0, 1]: the short side resized (bicubic, antialiased), centre-cropped.
+    static func loadImage(_ url: URL, size: Int) throws -> Tensor {
+        let image = try ImageIO.read(url).unsqueeze(0)
+        let (h, w) = (image.size(2), image.size(3))
+        let (newH, newW) = h <= w ? (size, max(size, w * size / h)) : (max(size, h * size / w), size)
+        let resized = (newH, newW) == (h, w) ? image
+            : Functional.interpolate(image, size: (newH, newW), mode: .bicubic, antialias: true).clamp(min: 0, max: 1)
+        return resized.narrow(dim: 2, start: (newH - size) / 2, length: size).narrow(dim: 3, start: (newW - size) / 2, length: size)[0]
     }
 
     /// The global gradient norm, clipped to `maxGradNorm` as `torch.nn.utils.clip_grad_norm_` does.

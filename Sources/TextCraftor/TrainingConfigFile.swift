@@ -47,7 +47,7 @@ public struct RewardOption: Sendable, Equatable, Codable {
 
 /// The trainer's options as a config file or the command line gives them: nil where not given. A config file gives
 /// one, the flags another, `file.overlaid(with: flags)` merges them (flags win), `resolved()` fills in the defaults.
-public struct TrainingOptions: Sendable, Equatable {
+public struct TrainingOptions: Sendable, Equatable, Codable {
     // Optimiser (AdamW)
     public var learningRate: Double?
     public var betas: AdamBetas?

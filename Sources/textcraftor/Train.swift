@@ -6,29 +6,14 @@ import StableDiffusion
 import TextCraftor
 import Torch
 
-/// Everything a run is started with; written to OUT/run.json so that `--resume OUT` needs no flags again.
-struct RunOptions: Codable {
-    var model: String
-    var prompts: String
+/// Everything a run is started with: written to OUT/run.json, so that `--resume OUT` needs no flags again.
+struct RunRecord: Codable {
+    var options: TrainingOptions
     var promptColumn: String?
-    var rewards: [String]
-    var lr = 1e-6
-    var betas = [0.9, 0.999]
-    var weightDecay = 1e-2
-    var eps = 1e-8
-    var warmupSteps = 0
-    var batchSize = 1
-    var gradAccumulation = 1
-    var maxGradNorm: Double?
-    var maxSteps = 1000
-    var seed: UInt64 = 0
-    var saveEvery = 500
-    var keepCheckpoints = 3
-    var samplingSteps = 25
-    var gradWindow = 5
-    var guidance = 7.5
+    var keepCheckpoints: Int?
     var resolution: Int?
-    var shuffle = false
+    var textEncoder: String?
+    var timestepRange: [Int]?
 }
 
 struct Train: ParsableCommand {
@@ -46,8 +31,19 @@ struct Train: ParsableCommand {
             """)
 
     @Option(help: "A diffusers model folder.", completion: .directory) var model: String?
+    @Option(help: "A TOML config file (keys as the flags, with underscores; flags override it).", completion: .file())
+    var config: String?
     @Option(help: "Prompts: a .txt (one per line), Parti .tsv (column Prompt), .csv (--prompt-column) or .json list.",
             completion: .file()) var prompts: String?
+    @Option(name: .customLong("mode"), help: "prompt (TextCraftor, default) or direct (paired images and captions).")
+    var modeFlag: String?
+    @Option(name: .customLong("train"), help: "text (the text encoder, default) or unet (the second stage).")
+    var trainFlag: String?
+    @Option(name: .customLong("data"), help: "Direct mode: a folder of images with metadata.jsonl or metadata.csv.",
+            completion: .directory) var dataFolder: String?
+    @Option(help: "Direct mode: the timestep range, LOW,HIGH (default 0,999).") var tRange: String?
+    @Option(help: "UNet stage: a fine-tuned text encoder folder to condition on (default: the model's).",
+            completion: .directory) var textEncoder: String?
     @Option(help: "The CSV column holding the prompts.") var promptColumn: String?
     @Option(name: .customLong("reward"), help: "NAME=PATH[:GAMMA], repeatable (see `textcraftor score --help`).")
     var rewards: [String] = []
@@ -73,53 +69,77 @@ struct Train: ParsableCommand {
     @Flag(help: "Shuffle the prompts (with their own generator; the noise stream stays the same).") var shuffle = false
 
     func run() throws {
-        let (options, outURL, resuming) = try resolveOptions()
+        let (record, outURL, resuming) = try resolveRecord()
+        let options = try record.options.resolved()
+        guard let model = record.options.model else { throw CommandError("give --model (a diffusers folder), or `model` in the config") }
+        guard let rewardSpecs = record.options.rewards, !rewardSpecs.isEmpty else {
+            throw CommandError("give at least one --reward NAME=PATH[:GAMMA], or [[reward]] in the config")
+        }
         var settings = TrainerSettings()
-        settings.learningRate = options.lr
-        guard options.betas.count == 2 else { throw CommandError("--betas: expected two numbers, e.g. 0.9,0.999") }
-        settings.betas = (options.betas[0], options.betas[1])
+        settings.learningRate = options.learningRate
+        settings.betas = options.betas.pair
         settings.weightDecay = options.weightDecay
         settings.eps = options.eps
         settings.warmupSteps = options.warmupSteps
         settings.batchSize = options.batchSize
-        settings.gradAccumulation = options.gradAccumulation
+        settings.gradAccumulation = options.gradientAccumulation
         settings.maxGradNorm = options.maxGradNorm
-        settings.maxSteps = options.maxSteps
+        settings.maxSteps = options.maxSteps ?? 1000
         settings.seed = options.seed
         settings.saveEvery = options.saveEvery
-        settings.keepCheckpoints = options.keepCheckpoints
-        settings.resolution = options.resolution
+        settings.keepCheckpoints = record.keepCheckpoints ?? 3
+        settings.resolution = record.resolution
+        if let range = record.timestepRange {
+            guard range.count == 2, range[0] >= 0, range[0] <= range[1], range[1] <= 999 else {
+                throw CommandError("--t-range: expected two timesteps LOW,HIGH with 0 <= LOW <= HIGH <= 999")
+            }
+            settings.timestepRange = range[0]...range[1]
+        }
         settings.sampling = SamplingSettings(
-            samplingSteps: options.samplingSteps, gradientWindow: options.gradWindow, guidanceScale: options.guidance)
+            samplingSteps: options.samplingSteps, gradientWindow: options.gradientWindow, guidanceScale: options.guidanceScale)
         try settings.validate()
-        guard !options.rewards.isEmpty else { throw CommandError("give at least one --reward NAME=PATH[:GAMMA]") }
 
-        let promptList = try loadPrompts(options)
-        let modelURL = URL(fileURLWithPath: options.model)
+        // Everything a user can get wrong is checked before the run folder is touched.
+        let data: TrainingData
+        switch options.mode {
+        case .prompt:
+            guard let prompts = record.options.prompts else { throw CommandError("give --prompts (a prompt file), or `prompts` in the config") }
+            let source = try PromptSource(contentsOf: URL(fileURLWithPath: prompts), column: record.promptColumn ?? "prompt")
+            data = .prompts(try SampledBatches(source.prompts, batchSize: options.batchSize, shuffle: options.shuffle, seed: options.seed))
+        case .direct:
+            guard let folder = record.options.data else { throw CommandError("--mode direct needs --data (images with metadata.jsonl or metadata.csv)") }
+            let pairs = try PairedData(contentsOf: URL(fileURLWithPath: folder)).pairs
+            data = .pairs(try SampledBatches(pairs, batchSize: options.batchSize, shuffle: options.shuffle, seed: options.seed))
+        }
+        let modelURL = URL(fileURLWithPath: model)
         let pipeline = try StableDiffusionPipeline.load(folder: modelURL)
-        if let resolution = options.resolution, resolution % pipeline.vaeScaleFactor != 0 {
-            throw CommandError("--resolution must be a multiple of \(pipeline.vaeScaleFactor) (got \(resolution))")
+        if let resolution = record.resolution, resolution <= 0 || resolution % pipeline.vaeScaleFactor != 0 {
+            throw CommandError("--resolution must be a positive multiple of \(pipeline.vaeScaleFactor) (got \(resolution))")
         }
         let textFolder = modelURL.appendingPathComponent("text_encoder")
         let original = try CLIPTextModel.load(
             try componentWeights(in: textFolder, baseName: "model", binBaseName: "pytorch_model"),
             configFile: textFolder.appendingPathComponent("config.json"))
+        if let textEncoder = record.textEncoder {
+            // The UNet stage on a fine-tuned encoder: its weights replace the pipeline's (same architecture).
+            let folder = URL(fileURLWithPath: textEncoder)
+            try pipeline.textEncoder.load(try componentWeights(in: folder, baseName: "model", binBaseName: "pytorch_model"))
+        }
         let weighted = WeightedReward()
-        for spec in options.rewards {
-            let (name, paths, gamma) = try parseRewardSpec(spec)
-            weighted.add(try RewardRegistry.load(name: name, paths: paths), gamma: gamma)
+        for reward in rewardSpecs {
+            weighted.add(try RewardRegistry.load(name: reward.name, paths: reward.paths), gamma: reward.gamma, scale: reward.scale)
         }
         let run = RunFolder(outURL)
         try run.prepare()
-        let trainer = try Trainer(
-            pipeline: pipeline, original: original, textEncoderConfig: textFolder.appendingPathComponent("config.json"),
-            rewards: weighted, prompts: OrderedPrompts(promptList), settings: settings, run: run)
+        let trainer = try Trainer(pipeline: pipeline, original: original, modelFolder: modelURL, rewards: weighted, data: data,
+                                  settings: settings, target: options.train, run: run)
         if resuming {
             try trainer.resume()
             FileHandle.standardError.write(Data("resuming \(outURL.path) at step \(trainer.step)\n".utf8))
         } else {
-            let json = try JSONEncoder().encode(options)
-            try json.write(to: outURL.appendingPathComponent("run.json"), options: .atomic)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try encoder.encode(record).write(to: outURL.appendingPathComponent("run.json"), options: .atomic)
         }
 
         let interrupt = Interrupt()
@@ -129,16 +149,47 @@ struct Train: ParsableCommand {
             let rewards = report.rewards.sorted { $0.key < $1.key }.map { "\($0.key) \(String(format: "%.4f", $0.value))" }
             bar.update(report.step, note: (["loss \(String(format: "%.4f", report.loss))"] + rewards).joined(separator: " "))
         }
+        let trained = options.train == .text ? "text_encoder" : "unet"
         if interrupt.requested {
             print("interrupted at step \(trainer.step): checkpoint saved; continue with --resume \(outURL.path)")
         } else {
-            print("trained \(trainer.step) steps; text encoder in \(run.textEncoder.path)")
+            print("trained \(trainer.step) steps; weights in \(outURL.appendingPathComponent(trained).path)")
         }
     }
 
-    /// run.json of the run being resumed (or the defaults), overlaid with the flags given.
-    func resolveOptions() throws -> (RunOptions, URL, Bool) {
-        var options: RunOptions
+    /// The options given by flags (nil where a flag is absent).
+    func flagOptions() throws -> TrainingOptions {
+        var betaPair: AdamBetas? = nil
+        if let betas {
+            let values = betas.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
+            guard values.count == 2 else { throw CommandError("--betas \(betas): expected two numbers, e.g. 0.9,0.999") }
+            betaPair = AdamBetas(values[0], values[1])
+        }
+        var mode: TrainingMode? = nil
+        if let modeFlag {
+            guard let m = TrainingMode(rawValue: modeFlag) else { throw CommandError("--mode \(modeFlag): expected prompt or direct") }
+            mode = m
+        }
+        var network: TrainedNetwork? = nil
+        if let trainFlag {
+            guard let t = TrainedNetwork(rawValue: trainFlag) else { throw CommandError("--train \(trainFlag): expected text or unet") }
+            network = t
+        }
+        let rewardOptions = try rewards.isEmpty ? nil : rewards.map { spec -> RewardOption in
+            let (name, paths, gamma) = try parseRewardSpec(spec)
+            return RewardOption(name: name, paths: paths, gamma: gamma)
+        }
+        return TrainingOptions(
+            learningRate: lr, betas: betaPair, weightDecay: weightDecay, eps: eps, warmupSteps: warmupSteps,
+            gradientAccumulation: gradAccumulation, maxGradNorm: maxGradNorm, samplingSteps: samplingSteps,
+            gradientWindow: gradWindow, guidanceScale: guidance, mode: mode, train: network, batchSize: batchSize,
+            maxSteps: maxSteps, saveEvery: saveEvery, seed: seed, shuffle: shuffle ? true : nil, model: model,
+            prompts: prompts, data: dataFolder, out: out, rewards: rewardOptions)
+    }
+
+    /// run.json of the run being resumed, or the --config file, overlaid with the flags given.
+    func resolveRecord() throws -> (RunRecord, URL, Bool) {
+        var record: RunRecord
         let outPath: String
         if let resume {
             guard out == nil || out == resume else { throw CommandError("--resume continues in its own folder: drop --out") }
@@ -146,56 +197,29 @@ struct Train: ParsableCommand {
             guard let data = FileManager.default.contents(atPath: url.path) else {
                 throw CommandError("\(resume): not a training run (no run.json)")
             }
-            do { options = try JSONDecoder().decode(RunOptions.self, from: data) } catch {
-                throw CommandError("\(url.path): not a valid run.json (\(error))")
+            do { record = try JSONDecoder().decode(RunRecord.self, from: data) } catch {
+                throw CommandError("\(url.path): not a valid run.json")
             }
             outPath = resume
         } else {
-            guard let model else { throw CommandError("give --model (a diffusers folder)") }
-            guard let prompts else { throw CommandError("give --prompts (a prompt file)") }
-            guard let out else { throw CommandError("give --out (the run folder)") }
+            let file = try config.map { try TrainingConfigFile.load(URL(fileURLWithPath: $0)) } ?? TrainingOptions()
+            record = RunRecord(options: file)
+            guard let out = out ?? file.out else { throw CommandError("give --out (the run folder), or `out` in the config") }
             if FileManager.default.fileExists(atPath: out + "/run.json") {
                 throw CommandError("\(out) already holds a run: continue it with --resume \(out), or choose another --out")
             }
-            options = RunOptions(model: model, prompts: prompts, rewards: rewards)
             outPath = out
         }
-        if let model { options.model = model }
-        if let prompts { options.prompts = prompts }
-        if let promptColumn { options.promptColumn = promptColumn }
-        if !rewards.isEmpty { options.rewards = rewards }
-        if let lr { options.lr = lr }
-        if let betas {
-            let values = betas.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
-            guard values.count == 2 else { throw CommandError("--betas \(betas): expected two numbers, e.g. 0.9,0.999") }
-            options.betas = values
+        record.options = record.options.overlaid(with: try flagOptions())
+        record.options.out = outPath
+        if let promptColumn { record.promptColumn = promptColumn }
+        if let keepCheckpoints { record.keepCheckpoints = keepCheckpoints }
+        if let resolution { record.resolution = resolution }
+        if let textEncoder { record.textEncoder = textEncoder }
+        if let tRange {
+            record.timestepRange = tRange.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         }
-        if let weightDecay { options.weightDecay = weightDecay }
-        if let eps { options.eps = eps }
-        if let warmupSteps { options.warmupSteps = warmupSteps }
-        if let batchSize { options.batchSize = batchSize }
-        if let gradAccumulation { options.gradAccumulation = gradAccumulation }
-        if let maxGradNorm { options.maxGradNorm = maxGradNorm }
-        if let maxSteps { options.maxSteps = maxSteps }
-        if let seed { options.seed = seed }
-        if let saveEvery { options.saveEvery = saveEvery }
-        if let keepCheckpoints { options.keepCheckpoints = keepCheckpoints }
-        if let samplingSteps { options.samplingSteps = samplingSteps }
-        if let gradWindow { options.gradWindow = gradWindow }
-        if let guidance { options.guidance = guidance }
-        if let resolution { options.resolution = resolution }
-        if shuffle { options.shuffle = true }
-        return (options, URL(fileURLWithPath: outPath), resume != nil)
-    }
-
-    func loadPrompts(_ options: RunOptions) throws -> [String] {
-        guard let handle = FileHandle(forReadingAtPath: options.prompts) else {
-            throw CommandError("\(options.prompts): no such prompt file")
-        }
-        let lines = String(decoding: handle.readDataToEndOfFile(), as: UTF8.self).split(whereSeparator: \.isNewline)
-            .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-        guard !lines.isEmpty else { throw CommandError("\(options.prompts): no prompts in the file") }
-        return lines
+        return (record, URL(fileURLWithPath: outPath), resume != nil)
     }
 }
 

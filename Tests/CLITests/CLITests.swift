@@ -146,9 +146,9 @@ func temporaryOutput() -> URL {
     }
 
     @Test(arguments: [
-        (["--grad-window", "3"], "Error: --grad-window must be between 1 and --sampling-steps (2); got 3"),
+        (["--grad-window", "3"], "Error: grad_window (3) is more than sampling_steps (2)"),
         (["--reward", "vibes=/tmp"], "Error: unknown reward \"vibes\" (known: aesthetic, pickscore, hpsv2, clip)"),
-        (["--batch-size", "0"], "Error: --batch-size must be at least 1 (got 0)"),
+        (["--batch-size", "0"], "Error: batch_size: expected an integer >= 1, found 0"),
     ])
     func badFlagsFailInOneLineAndWriteNothing(flags: [String], message: String) throws {
         let out = temporaryOutput()
@@ -162,9 +162,9 @@ func temporaryOutput() -> URL {
         let out = temporaryOutput()
         let empty = try promptFile("\n\n")
         var run = try train(out, [], prompts: empty)
-        #expect(run.err == "Error: \(empty.path): no prompts in the file\n")
+        #expect(run.err == "Error: \(empty.path): no prompts\n")
         run = try train(out, [], prompts: URL(fileURLWithPath: "/nonexistent/prompts.txt"))
-        #expect(run.err == "Error: /nonexistent/prompts.txt: no such prompt file\n")
+        #expect(run.err == "Error: /nonexistent/prompts.txt: no such file\n")
         #expect(run.status == 1)
         #expect(!FileManager.default.fileExists(atPath: out.path))
     }
@@ -222,5 +222,75 @@ func temporaryOutput() -> URL {
         #expect(a == b, "the resumed run's weights differ from the uninterrupted run's")
         let metrics = try String(contentsOf: killed.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
         #expect(metrics.split(separator: "\n").count == 6)
+    }
+}
+
+@Suite(.serialized) struct TrainModesTests {
+    let rewards = repository.appendingPathComponent("Tests/RewardsTests/Fixtures/hf").path
+
+    /// A TOML config gives the run; flags override it; the run records both in run.json.
+    @Test func configFileWithFlagOverrides() throws {
+        let folder = temporaryOutput()
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        try "a red circle\na blue square\n".write(to: folder.appendingPathComponent("prompts.txt"), atomically: true, encoding: .utf8)
+        try """
+            model = "\(tinySD15)"
+            prompts = "prompts.txt"
+            max_steps = 5
+            sampling_steps = 2
+            grad_window = 1
+            lr = 1e-3
+
+            [[reward]]
+            name = "aesthetic"
+            paths = ["\(rewards)/clip", "\(rewards)/aesthetic.pth"]
+            """.write(to: folder.appendingPathComponent("run.toml"), atomically: true, encoding: .utf8)
+        let out = folder.appendingPathComponent("out")
+        let run = try textcraftor(["train", "--config", folder.appendingPathComponent("run.toml").path, "--max-steps", "2", "--out", out.path])
+        #expect(run.status == 0, "\(run.err)")
+        let lines = try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == 2, "--max-steps 2 overrides the file's 5")
+        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("run.json"))) as! [String: Any]
+        let options = record["options"] as! [String: Any]
+        #expect(options["maxSteps"] as? Int == 2)
+        #expect(options["learningRate"] as? Double == 1e-3)
+    }
+
+    @Test func unetStageWritesADiffusersUNet() throws {
+        let out = temporaryOutput()
+        defer { try? FileManager.default.removeItem(at: out) }
+        let prompts = out.deletingLastPathComponent().appendingPathComponent("unet-prompts-\(UUID().uuidString).txt")
+        try "a red circle\n".write(to: prompts, atomically: true, encoding: .utf8)
+        let run = try textcraftor(["train", "--train", "unet", "--model", tinySD15, "--prompts", prompts.path,
+                                   "--reward", "aesthetic=\(rewards)/clip,\(rewards)/aesthetic.pth", "--out", out.path,
+                                   "--max-steps", "1", "--sampling-steps", "2", "--grad-window", "1", "--lr", "1e-3"])
+        #expect(run.status == 0, "\(run.err)")
+        let files = try FileManager.default.contentsOfDirectory(atPath: out.appendingPathComponent("unet").path).sorted()
+        #expect(files == ["config.json", "diffusion_pytorch_model.safetensors"])
+        #expect(!FileManager.default.fileExists(atPath: out.appendingPathComponent("text_encoder").path))
+    }
+
+    @Test func directModeTrainsOnCaptionedImages() throws {
+        let folder = temporaryOutput()
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let images = repository.appendingPathComponent("Tests/RewardsTests/Fixtures/images")
+        for name in ["rgb.png", "rgb.jpg"] {
+            try FileManager.default.copyItem(at: images.appendingPathComponent(name), to: folder.appendingPathComponent(name))
+        }
+        try """
+            {"file_name": "rgb.png", "text": "noise in colour"}
+            {"file_name": "rgb.jpg", "text": "the same, compressed"}
+            """.write(to: folder.appendingPathComponent("metadata.jsonl"), atomically: true, encoding: .utf8)
+        let out = folder.appendingPathComponent("out")
+        let run = try textcraftor(["train", "--mode", "direct", "--data", folder.path, "--model", tinySD15,
+                                   "--reward", "aesthetic=\(rewards)/clip,\(rewards)/aesthetic.pth", "--out", out.path,
+                                   "--max-steps", "2", "--batch-size", "2", "--t-range", "100,600", "--lr", "1e-3"])
+        #expect(run.status == 0, "\(run.err)")
+        #expect(FileManager.default.fileExists(atPath: out.appendingPathComponent("text_encoder/model.safetensors").path))
+        let missing = try textcraftor(["train", "--mode", "direct", "--model", tinySD15, "--reward", "clip=\(rewards)/clip",
+                                       "--out", folder.appendingPathComponent("out2").path])
+        #expect(missing.err == "Error: --mode direct needs --data (images with metadata.jsonl or metadata.csv)\n")
     }
 }

@@ -16,9 +16,9 @@ func makeTrainer(_ out: URL, maxSteps: Int, saveEvery: Int = 1, lr: Double = 1e-
     settings.batchSize = 2
     settings.seed = 7
     settings.sampling = SamplingSettings(samplingSteps: 3, gradientWindow: 2)
-    return try Trainer(pipeline: pipeline, original: original,
-                       textEncoderConfig: tinySD15.appendingPathComponent("text_encoder/config.json"), rewards: rewards,
-                       prompts: OrderedPrompts(fixturePrompts + ["a green triangle"]), settings: settings, run: RunFolder(out))
+    let prompts = try SampledBatches(fixturePrompts + ["a green triangle"], batchSize: 2, shuffle: true, seed: 3)
+    return try Trainer(pipeline: pipeline, original: original, modelFolder: tinySD15, rewards: rewards,
+                       data: .prompts(prompts), settings: settings, run: RunFolder(out))
 }
 
 @Suite(.serialized) struct TrainerTests {
