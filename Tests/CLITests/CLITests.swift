@@ -294,3 +294,24 @@ func temporaryOutput() -> URL {
         #expect(missing.err == "Error: --mode direct needs --data (images with metadata.jsonl or metadata.csv)\n")
     }
 }
+
+@Suite(.serialized) struct TrainingMemoryTests {
+    func peak(_ arguments: [String]) throws -> Double {
+        let run = try textcraftor(["bench", "train", "--model", tinySD15,
+                                   "--clip", repository.appendingPathComponent("Tests/RewardsTests/Fixtures/hf/clip").path,
+                                   "--aesthetic", repository.appendingPathComponent("Tests/RewardsTests/Fixtures/hf/aesthetic.pth").path,
+                                   "--size", "256", "--steps", "5", "--repeats", "1", "--json"] + arguments)
+        #expect(run.status == 0, "\(run.err)")
+        let object = try JSONSerialization.jsonObject(with: Data(run.out.utf8)) as! [String: Double]
+        return object["peak_rss_mb"]!
+    }
+
+    /// Peak memory does not grow with the window (each configuration in its own process, 256x256 so that
+    /// activations matter); plain backprop through the same window does, so the measure can tell.
+    @Test func peakMemoryDoesNotGrowWithTheWindow() throws {
+        let one = try peak(["--window", "1"]), five = try peak(["--window", "5"])
+        let full = try peak(["--window", "5", "--gradient", "full"])
+        #expect(five <= 1.3 * one, "window 5 peaks at \(five) MB, window 1 at \(one) MB")
+        #expect(full > five + 50, "full backprop (\(full) MB) should need more than the windowed walk-back (\(five) MB)")
+    }
+}

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import Rewards
 import Torch
 
 @testable import TextCraftor
@@ -33,5 +34,56 @@ import Torch
         let (pipeline, _, _, _) = try tinySetup()
         let scheduler = try SamplingSettings().makeScheduler(pipeline)
         #expect(scheduler.timesteps == stride(from: 999.0, through: 39, by: -40).map { $0 })
+    }
+}
+
+@Suite(.serialized) struct UNetStageAndFailureTests {
+    /// The UNet stage's walk-back gives the UNet's weights the gradient of plain backpropagation.
+    @Test func unetStageWindowedEqualsFullBackprop() throws {
+        let (pipeline, _, original, rewards) = try tinySetup()
+        pipeline.textEncoder.setTrainable(false)
+        pipeline.unet.setTrainable(true)
+        let noise = Tensor.randn([2, 4, 8, 8], generator: Generator(seed: 9))
+        let settings = SamplingSettings(samplingSteps: 4, gradientWindow: 3)
+        func run(_ mode: GradientMode) throws -> [String: Tensor] {
+            pipeline.unet.parameters.forEach { $0.zeroGrad() }
+            _ = try promptTrainingStep(pipeline: pipeline, trainable: pipeline.textEncoder, original: original, rewards: rewards,
+                                       prompts: fixturePrompts, initialNoise: noise, settings: settings, mode: mode,
+                                       trainsTextEncoder: false)
+            return Dictionary(uniqueKeysWithValues: pipeline.unet.namedParameters.map { ($0.name, ($0.tensor.grad ?? $0.tensor.zerosLike()).clone()) })
+        }
+        let full = try run(.fullBackprop), windowed = try run(.windowed)
+        let error = relativeError(windowed, full)
+        #expect(error <= 1e-4, "relative error \(error)")
+        #expect(pipeline.textEncoder.parameters.allSatisfy { $0.grad == nil })
+    }
+
+    /// A reward that gives NaN stops the run at that step, before the optimizer or a checkpoint touches anything.
+    @Test func nonFiniteLossStopsTheRunAndKeepsTheLastCheckpoint() throws {
+        final class Poisoned: Reward {
+            let name = "poison"
+            var preprocessing = PreprocessingMode.training
+            var calls = 0
+            func score(_ images: Tensor, prompts: [String]) throws -> Tensor {
+                calls += 1
+                return calls >= 3 ? images.mean([1, 2, 3]) * Double.nan : images.mean([1, 2, 3])
+            }
+        }
+        let out = temporaryRun()
+        defer { try? FileManager.default.removeItem(at: out) }
+        let (pipeline, _, original, _) = try tinySetup()
+        let rewards = WeightedReward()
+        rewards.add(Poisoned())
+        var settings = TrainerSettings()
+        settings.maxSteps = 5
+        settings.saveEvery = 1
+        settings.sampling = SamplingSettings(samplingSteps: 2, gradientWindow: 1)
+        let trainer = try Trainer(pipeline: pipeline, original: original, modelFolder: tinySD15, rewards: rewards,
+                                  data: .prompts(try SampledBatches(fixturePrompts, batchSize: 1, shuffle: false, seed: 0)),
+                                  settings: settings, run: RunFolder(out))
+        #expect(throws: TextCraftorError.nonFinite(step: 3, what: "loss")) { try trainer.train() }
+        #expect(RunFolder(out).completeCheckpoints().map(\.lastPathComponent) == ["step-00000001", "step-00000002"])
+        let metrics = try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
+        #expect(metrics.split(separator: "\n").count == 2)
     }
 }
