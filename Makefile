@@ -33,6 +33,7 @@ demo: release
 bench: release
 	$(BIN) bench ops --python "$(PYTHON)"
 	$(BIN) bench sd --python "$(PYTHON)"
+	$(BIN) bench train --python "$(PYTHON)"
 
 doctor: release
 	$(BIN) doctor
