@@ -1,4 +1,5 @@
 import Foundation
+import StableDiffusion
 
 /// One image and its caption, for direct fine-tuning.
 public struct ImageCaption: Sendable, Equatable {

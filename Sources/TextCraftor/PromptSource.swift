@@ -1,4 +1,5 @@
 import Foundation
+import StableDiffusion
 
 /// The kinds of prompt file the trainer reads.
 public enum PromptFileFormat: String, CaseIterable, Sendable, Codable {
@@ -259,32 +260,7 @@ struct DelimitedTable {
 
 // MARK: - JSON
 
-/// A parsed JSON value, so that shapes can be checked and named ("found a number") the same way on every platform.
-enum JSONValue: Decodable, Equatable {
-    case null
-    case bool(Bool)
-    case number(Double)
-    case string(String)
-    case array([JSONValue])
-    case object([String: JSONValue])
-
-    init(from decoder: any Decoder) throws {
-        let container = try decoder.singleValueContainer()
-        if container.decodeNil() {
-            self = .null
-        } else if let value = try? container.decode(Bool.self) {
-            self = .bool(value)
-        } else if let value = try? container.decode(Double.self) {
-            self = .number(value)
-        } else if let value = try? container.decode(String.self) {
-            self = .string(value)
-        } else if let value = try? container.decode([JSONValue].self) {
-            self = .array(value)
-        } else {
-            self = .object(try container.decode([String: JSONValue].self))
-        }
-    }
-
+extension JSONValue {
     /// Parses `text`; `fail` gets "malformed JSON", with the platform JSON parser's reason when it gives one.
     static func parse(_ text: String, fail: (String) -> TextCraftorError) throws -> JSONValue {
         let data = Data(text.utf8)
