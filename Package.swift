@@ -22,6 +22,7 @@ let package = Package(
         .library(name: "StableDiffusion", targets: ["StableDiffusion"]),
         .library(name: "Rewards", targets: ["Rewards"]),
         .library(name: "TextCraftor", targets: ["TextCraftor"]),
+        .library(name: "ShapesWorld", targets: ["ShapesWorld"]),
         .executable(name: "textcraftor", targets: ["textcraftor"]),
     ],
     dependencies: [
@@ -51,10 +52,12 @@ let package = Package(
         .target(
             name: "TextCraftor",
             dependencies: ["Torch", "NN", "StableDiffusion", "Rewards", .product(name: "TOMLKit", package: "TOMLKit")]),
+        // The embedded default world: procedural 32x32 scenes, captions, a held-out split, a pixel-only oracle.
+        .target(name: "ShapesWorld", dependencies: ["Torch"]),
         .executableTarget(
             name: "textcraftor",
             dependencies: [
-                "Torch", "NN", "StableDiffusion", "Rewards", "TextCraftor",
+                "Torch", "NN", "StableDiffusion", "Rewards", "TextCraftor", "ShapesWorld",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             linkerSettings: rpath
@@ -64,6 +67,7 @@ let package = Package(
         .testTarget(
             name: "TextCraftorTests", dependencies: ["TextCraftor"], resources: [.copy("Fixtures")], linkerSettings: rpath),
         .testTarget(name: "RewardsTests", dependencies: ["Rewards"], resources: [.copy("Fixtures")], linkerSettings: rpath),
+        .testTarget(name: "ShapesWorldTests", dependencies: ["ShapesWorld"], linkerSettings: rpath),
         // Runs the built `textcraftor` binary as a user would (it is built because the target depends on it).
         .testTarget(name: "CLITests", dependencies: ["textcraftor"], linkerSettings: rpath),
         .testTarget(
