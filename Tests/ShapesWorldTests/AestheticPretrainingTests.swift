@@ -14,7 +14,7 @@ import Torch
         #expect(pearsonCorrelation([1, 1, 1], [1, 2, 3]) == 0)
     }
 
-    /// A short run of the head's training (not the full one) on a briefly trained tiny CLIP: the error on fresh
+    /// A short run of the head's training (not the full one) on a tiny CLIP: the error on fresh
     /// held-out scenes falls to about the constant predictor's (the head calibrates), and the CLIP does not move.
     ///
     /// It does not (and cannot) assert that the predictions follow the oracle: the tiny CLIP's embeddings barely
@@ -23,8 +23,8 @@ import Torch
     /// steps (0.0–0.1 with a little ridge, and no better after 60 steps), and an MSE barely below the constant's. Contrastive training on clean
     /// renders with captions that never mention quality does not make the image tower see degradations.
     @Test func shortHeadTrainingCalibratesAndLeavesTheCLIPAlone() throws {
+        // A fresh tiny CLIP: 20 contrastive steps cost time and do not make its embeddings more telling (above).
         let clip = try CLIPPretrainer(seed: 1, batchSize: 32, learningRate: 2e-3)
-        for _ in 0..<20 { clip.step() }
         let trainer = try AestheticPretrainer(clip: clip.model, seed: 2, batchSize: 32, learningRate: 3e-3)
         #expect(trainer.head.inputWidth == 64)
         let clipWeights = clip.model.parameters.map { $0.detach().clone() }
