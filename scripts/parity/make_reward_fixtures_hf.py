@@ -27,7 +27,6 @@ Preprocessing, in tensor ops (what the Swift side does):
 The score through transformers' own CLIPImageProcessor (PIL, on the images quantised to uint8) is printed for
 information: it is not what the tests compare against.
 """
-import gzip
 import json
 import math
 import os
@@ -39,41 +38,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from clip_vocabulary import truncated_vocabulary
 from safetensors.torch import save_file
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 OUT = os.path.join(ROOT, "Tests", "RewardsTests", "Fixtures", "hf")
-MERGES = os.path.join(ROOT, "Sources", "StableDiffusion", "Resources", "bpe_simple_vocab_16e6.txt.gz")
 VOCAB_SIZE = 1000
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
 PROMPTS = ["a photo of a cat on a red sofa", "an astronaut riding a horse, oil painting"]
 
 
-def bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
 def write_tokenizer(folder, pad_token):
     """vocab.json + merges.txt of the first VOCAB_SIZE tokens of OpenAI CLIP's vocabulary, saved by transformers."""
-    merges = gzip.open(MERGES).read().decode("utf-8").split("\n")[1:]
-    merges = [tuple(m.split()) for m in merges[: VOCAB_SIZE - 512 - 2]]
-    vocab = bytes_to_unicode()
-    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab, merges = truncated_vocabulary(VOCAB_SIZE)
     tmp = tempfile.mkdtemp()
     json.dump({t: i for i, t in enumerate(vocab)}, open(os.path.join(tmp, "vocab.json"), "w"))
     with open(os.path.join(tmp, "merges.txt"), "w") as f:
-        f.write("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
     tok = CLIPTokenizer(os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt"), pad_token=pad_token,
                         model_max_length=77)
     tok.save_pretrained(folder)

@@ -32,19 +32,18 @@ import os
 import shutil
 import tempfile
 
-import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transform import image_transform
 from PIL import Image
+from clip_vocabulary import truncated_vocabulary
 from safetensors.torch import save_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 OUT = os.path.join(ROOT, "Tests", "RewardsTests", "Fixtures", "openclip")
-MERGES = os.path.join(ROOT, "Sources", "StableDiffusion", "Resources", "bpe_simple_vocab_16e6.txt.gz")
 BAD_PICKLE = os.path.join(ROOT, "Tests", "TorchTests", "Fixtures", "serialization", "bad_unknown_global.pt")
 VOCAB_SIZE = 1000
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -76,26 +75,9 @@ TOKENIZER_PROMPTS = PROMPTS + [
 ]
 
 
-def bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
 def write_tokenizer(folder):
     """Our tokenizer folder (vocab.json + merges.txt) and open_clip's SimpleTokenizer on the same first merges."""
-    merges = gzip.open(MERGES).read().decode("utf-8").split("\n")[1:]
-    merges = merges[: VOCAB_SIZE - 512 - 2]
-    vocab = bytes_to_unicode()
-    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    assert len(vocab) == VOCAB_SIZE
+    vocab, merges = truncated_vocabulary(VOCAB_SIZE)
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "vocab.json"), "w") as f:
         json.dump({t: i for i, t in enumerate(vocab)}, f, ensure_ascii=False)

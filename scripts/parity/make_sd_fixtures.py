@@ -15,7 +15,6 @@ Writes under Tests/StableDiffusionTests/Fixtures/sd/:
                the VAE's attention under the old names (query/key/value/proj_attn)
   outputs_sd15.safetensors, outputs_sd2.safetensors   inputs and outputs of each component and of full pipelines
 """
-import gzip
 import json
 import os
 import shutil
@@ -25,38 +24,23 @@ import numpy as np
 import torch
 from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
                        UNet2DConditionModel)
+from clip_vocabulary import truncated_vocabulary
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 OUT = os.path.join(ROOT, "Tests", "StableDiffusionTests", "Fixtures", "sd")
-MERGES = os.path.join(ROOT, "Sources", "StableDiffusion", "Resources", "bpe_simple_vocab_16e6.txt.gz")
 VOCAB_SIZE = 1000
-
-
-def bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
 
 
 def write_tokenizer(folder, pad_token):
     """vocab.json + merges.txt of the first VOCAB_SIZE tokens of OpenAI CLIP's vocabulary, saved by transformers."""
-    merges = gzip.open(MERGES).read().decode("utf-8").split("\n")[1:]
-    merges = [tuple(m.split()) for m in merges[: VOCAB_SIZE - 512 - 2]]
-    vocab = bytes_to_unicode()
-    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab, merges = truncated_vocabulary(VOCAB_SIZE)
     tmp = tempfile.mkdtemp()
     json.dump({t: i for i, t in enumerate(vocab)}, open(os.path.join(tmp, "vocab.json"), "w"))
     with open(os.path.join(tmp, "merges.txt"), "w") as f:
-        f.write("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
     tok = CLIPTokenizer(os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt"), pad_token=pad_token,
                         model_max_length=77)
     assert tok.fix_text is not None, "ftfy must be installed: the training-time tokenizer cleans text with it"
