@@ -1,3 +1,5 @@
+import Torch
+
 /// What a prompt states about a scene: any subset of the five attributes (nil: not stated).
 public struct PromptAttributes: Hashable, Sendable, Codable, CustomStringConvertible {
     public var shape: Shape?

@@ -1,4 +1,5 @@
 import Foundation
+import Torch
 
 /// ShapesWorld: the project's embedded default world. Tiny 32×32 RGB scenes of one shape on a plain background,
 /// their captions, a held-out split of attribute combinations, and an oracle that reads the attributes back from the
@@ -157,21 +158,6 @@ public enum Split: String, CaseIterable, Sendable, Hashable, Codable {
     public var scenes: [Scene] { Scene.all.filter { Split.of($0) == self } }
 
     public func contains(_ scene: Scene) -> Bool { Split.of(scene) == self }
-}
-
-/// SplitMix64 (Steele, Lea and Flood 2014): a tiny seeded generator, the same sequence everywhere.
-public struct SplitMix64: RandomNumberGenerator, Sendable {
-    public var state: UInt64
-
-    public init(seed: UInt64) { state = seed }
-
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 extension RandomNumberGenerator {

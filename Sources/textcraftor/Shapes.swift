@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ShapesWorld
+import Torch
 import StableDiffusion
 
 struct Shapes: ParsableCommand {

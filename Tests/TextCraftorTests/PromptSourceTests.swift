@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import Torch
 
 @testable import TextCraftor
 
