@@ -5,7 +5,10 @@ tokenizes exactly as the full one would with fewer merges: the 256 byte characte
 merges, and the two special tokens, in OpenAI CLIP's order.
 """
 import gzip
+import json
 import os
+import shutil
+import tempfile
 
 MERGES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "Sources", "StableDiffusion", "Resources",
                       "bpe_simple_vocab_16e6.txt.gz")
@@ -31,3 +34,21 @@ def truncated_vocabulary(size):
     tokens = tokens + [t + "</w>" for t in tokens] + ["".join(m.split()) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
     assert len(tokens) == size
     return tokens, merges
+
+
+def write_tokenizer(folder, size, pad_token):
+    """A transformers CLIPTokenizer folder of the first `size` tokens (vocab.json, merges.txt, special tokens),
+    padding with `pad_token` to 77. Checks that ftfy is active: the training-time tokenizer cleans text with it."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = truncated_vocabulary(size)
+    tmp = tempfile.mkdtemp()
+    json.dump({t: i for i, t in enumerate(vocab)}, open(os.path.join(tmp, "vocab.json"), "w"))
+    with open(os.path.join(tmp, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tok = CLIPTokenizer(os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt"), pad_token=pad_token,
+                        model_max_length=77)
+    assert tok.fix_text is not None, "ftfy must be installed: the training-time tokenizer cleans text with it"
+    tok.save_pretrained(folder)
+    shutil.rmtree(tmp)
+    return tok

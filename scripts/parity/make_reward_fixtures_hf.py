@@ -31,14 +31,13 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections import OrderedDict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from clip_vocabulary import truncated_vocabulary
+from clip_vocabulary import write_tokenizer
 from safetensors.torch import save_file
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
@@ -49,20 +48,6 @@ VOCAB_SIZE = 1000
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
 PROMPTS = ["a photo of a cat on a red sofa", "an astronaut riding a horse, oil painting"]
-
-
-def write_tokenizer(folder, pad_token):
-    """vocab.json + merges.txt of the first VOCAB_SIZE tokens of OpenAI CLIP's vocabulary, saved by transformers."""
-    vocab, merges = truncated_vocabulary(VOCAB_SIZE)
-    tmp = tempfile.mkdtemp()
-    json.dump({t: i for i, t in enumerate(vocab)}, open(os.path.join(tmp, "vocab.json"), "w"))
-    with open(os.path.join(tmp, "merges.txt"), "w") as f:
-        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
-    tok = CLIPTokenizer(os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt"), pad_token=pad_token,
-                        model_max_length=77)
-    tok.save_pretrained(folder)
-    shutil.rmtree(tmp)
-    return tok
 
 
 def perturb(model, seed):
@@ -111,7 +96,7 @@ def build_pickscore():
     cfg["text_config_dict"] = {k: cfg["text_config"][k] for k in TEXT_KEYS if k in cfg["text_config"]}
     cfg["text_config_dict"].update(hidden_act="gelu", intermediate_size=37)
     json.dump(cfg, open(cfg_path, "w"), indent=2, sort_keys=True)
-    write_tokenizer(folder, "!")
+    write_tokenizer(folder, VOCAB_SIZE, "!")
     loaded = CLIPModel.from_pretrained(folder).eval()
     assert loaded.config.text_config.hidden_act == "gelu"
     check_same(model, loaded)
@@ -123,7 +108,7 @@ def build_clip():
     shutil.rmtree(folder, ignore_errors=True)
     model = clip_model(2, "quick_gelu", 32, 40, 64, VOCAB_SIZE - 1, 2.6592)
     model.save_pretrained(folder, safe_serialization=True)
-    write_tokenizer(os.path.join(folder, "tokenizer"), "<|endoftext|>")
+    write_tokenizer(os.path.join(folder, "tokenizer"), VOCAB_SIZE, "<|endoftext|>")
     loaded = CLIPModel.from_pretrained(folder).eval()
     check_same(model, loaded)
     return loaded, CLIPTokenizer.from_pretrained(os.path.join(folder, "tokenizer"))

@@ -15,38 +15,21 @@ Writes under Tests/StableDiffusionTests/Fixtures/sd/:
                the VAE's attention under the old names (query/key/value/proj_attn)
   outputs_sd15.safetensors, outputs_sd2.safetensors   inputs and outputs of each component and of full pipelines
 """
-import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 import torch
 from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
                        UNet2DConditionModel)
-from clip_vocabulary import truncated_vocabulary
+from clip_vocabulary import write_tokenizer
 from safetensors.torch import load_file, save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 OUT = os.path.join(ROOT, "Tests", "StableDiffusionTests", "Fixtures", "sd")
 VOCAB_SIZE = 1000
-
-
-def write_tokenizer(folder, pad_token):
-    """vocab.json + merges.txt of the first VOCAB_SIZE tokens of OpenAI CLIP's vocabulary, saved by transformers."""
-    vocab, merges = truncated_vocabulary(VOCAB_SIZE)
-    tmp = tempfile.mkdtemp()
-    json.dump({t: i for i, t in enumerate(vocab)}, open(os.path.join(tmp, "vocab.json"), "w"))
-    with open(os.path.join(tmp, "merges.txt"), "w") as f:
-        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
-    tok = CLIPTokenizer(os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt"), pad_token=pad_token,
-                        model_max_length=77)
-    assert tok.fix_text is not None, "ftfy must be installed: the training-time tokenizer cleans text with it"
-    tok.save_pretrained(folder)
-    shutil.rmtree(tmp)
-    return tok
 
 
 def perturb(model, seed, cross_attention_scale=None):
@@ -118,7 +101,7 @@ def build(name, sd2):
     else:
         sched = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
                               set_alpha_to_one=False, steps_offset=1)
-    tok = write_tokenizer(os.path.join(folder, "tokenizer"), "!" if sd2 else "<|endoftext|>")
+    tok = write_tokenizer(os.path.join(folder, "tokenizer"), VOCAB_SIZE, "!" if sd2 else "<|endoftext|>")
     pipe = StableDiffusionPipeline(vae=va, text_encoder=te, tokenizer=tok, unet=un, scheduler=sched,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
