@@ -48,6 +48,9 @@ public struct CLIPTokenizer: Sendable {
     private let vocabulary: [String: Int32]
     private let tokenStrings: [Int32: String]
     private let bpe: BytePairEncoding
+    /// The merges in rank order, kept to write the tokenizer back out (`write(to:)`).
+    private let merges: [(String, String)]
+    private let specialTokens: (bos: String, eos: String, unknown: String, pad: String)
     /// The special tokens the text is split at before cleaning, longest first.
     private let addedTokens: [(scalars: [Unicode.Scalar], id: Int32)]
 
@@ -155,12 +158,55 @@ public struct CLIPTokenizer: Sendable {
         self.vocabulary = vocabulary
         tokenStrings = Dictionary(vocabulary.map { ($0.value, $0.key) }, uniquingKeysWith: { first, _ in first })
         bpe = BytePairEncoding(vocabulary: vocabulary, merges: merges, unknownId: unknownTokenId)
+        self.merges = merges
+        specialTokens = (bos, eos, unknown, pad)
         var added: [(scalars: [Unicode.Scalar], id: Int32)] = []
         for (token, id) in [(bos, bosTokenId), (eos, eosTokenId), (unknown, unknownTokenId), (pad, padTokenId)]
         where !token.isEmpty && !added.contains(where: { $0.id == id }) {
             added.append((Array(token.unicodeScalars), id))
         }
         addedTokens = added.sorted { $0.scalars.count > $1.scalars.count }
+    }
+
+    /// Writes the tokenizer as a transformers tokenizer folder (`vocab.json` in id order, `merges.txt` with its
+    /// `#version` header, `tokenizer_config.json`, `special_tokens_map.json`): what diffusers keeps in a model's
+    /// `tokenizer/`, and what `init(directory:)` reads back to the same tokenizer. Each file is written atomically.
+    public func write(to directory: URL) throws {
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        func quoted(_ text: String) -> String {
+            var out = "\""
+            for scalar in text.unicodeScalars {
+                switch scalar {
+                case "\"": out += "\\\""
+                case "\\": out += "\\\\"
+                case "\n": out += "\\n"
+                case "\r": out += "\\r"
+                case "\t": out += "\\t"
+                default:
+                    if scalar.value < 0x20 { out += String(format: "\\u%04x", scalar.value) } else { out.unicodeScalars.append(scalar) }
+                }
+            }
+            return out + "\""
+        }
+        let entries = vocabulary.sorted { $0.value < $1.value }.map { "\(quoted($0.key)): \($0.value)" }
+        let vocab = "{" + entries.joined(separator: ", ") + "}"
+        try Data(vocab.utf8).write(to: directory.appendingPathComponent("vocab.json"), options: .atomic)
+        let mergeLines = ["#version: 0.2"] + merges.map { "\($0.0) \($0.1)" }
+        try Data((mergeLines.joined(separator: "\n") + "\n").utf8)
+            .write(to: directory.appendingPathComponent("merges.txt"), options: .atomic)
+        let special: [String: Any] = [
+            "bos_token": specialTokens.bos, "eos_token": specialTokens.eos, "unk_token": specialTokens.unknown,
+            "pad_token": specialTokens.pad,
+        ]
+        var config = special
+        config["model_max_length"] = maxLength
+        config["tokenizer_class"] = "CLIPTokenizer"
+        config["do_lower_case"] = true
+        config["errors"] = "replace"
+        for (object, name) in [(special, "special_tokens_map.json"), (config, "tokenizer_config.json")] {
+            let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
+            try data.write(to: directory.appendingPathComponent(name), options: .atomic)
+        }
     }
 
     // MARK: - Encoding

@@ -94,6 +94,23 @@ enum Tokenizers {
         #expect(fixture.prompts.count >= 60)
     }
 
+    /// `write(to:)` gives a folder diffusers would ship: the same merges.txt byte for byte and the same vocab.json
+    /// mapping as the folders above, and it reads back to a tokenizer that encodes every fixture prompt alike.
+    @Test func writtenFolderReadsBackTheSame() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("written-tokenizer-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        try Tokenizers.bundledSD2.write(to: folder)
+        let reference = Tokenizers.folders.appendingPathComponent("sd2")
+        #expect(try Data(contentsOf: folder.appendingPathComponent("merges.txt"))
+            == Data(contentsOf: reference.appendingPathComponent("merges.txt")))
+        let decode = { (url: URL) in try JSONDecoder().decode([String: Int].self, from: Data(contentsOf: url.appendingPathComponent("vocab.json"))) }
+        #expect(try decode(folder) == decode(reference))
+        let back = try CLIPTokenizer(directory: folder)
+        #expect(back.padTokenId == 0 && back.maxLength == 77 && back.vocabularySize == 49408)
+        let texts = fixture.prompts.map(\.text)
+        #expect(back(texts).ids == Tokenizers.bundledSD2(texts).ids)
+    }
+
     @Test func knownPrompt() {
         let (ids, truncated) = Tokenizers.bundledSD1(["a photo of an astronaut riding a horse"])
         #expect(Array(ids[0].prefix(10)) == [49406, 320, 1125, 539, 550, 18376, 6765, 320, 4558, 49407])
