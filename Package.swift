@@ -53,7 +53,7 @@ let package = Package(
             name: "TextCraftor",
             dependencies: ["Torch", "NN", "StableDiffusion", "Rewards", .product(name: "TOMLKit", package: "TOMLKit")]),
         // The embedded default world: procedural 32x32 scenes, captions, a held-out split, a pixel-only oracle.
-        .target(name: "ShapesWorld", dependencies: ["Torch", "NN", "StableDiffusion", "Rewards"]),
+        .target(name: "ShapesWorld", dependencies: ["Torch", "NN", "StableDiffusion", "Rewards"], resources: [.copy("Resources")]),
         .executableTarget(
             name: "textcraftor",
             dependencies: [

@@ -138,10 +138,10 @@ public final class AestheticPretrainer {
             baselineMSE: targets.map { $0 - mean }.map { $0 * $0 }.reduce(0, +) / Double(count))
     }
 
-    /// Writes the head as safetensors under LAION's names (`layers.0.weight` … `layers.7.bias`), float32 on the
-    /// CPU, for `AestheticPredictor.load`.
-    public func save(to url: URL) throws {
-        let tensors = head.stateDict().mapValues { $0.to(dtype: .float32, device: .cpu).contiguous() }
+    /// Writes the head as safetensors under LAION's names (`layers.0.weight` … `layers.7.bias`), on the CPU in
+    /// `dtype`, for `AestheticPredictor.load`.
+    public func save(to url: URL, dtype: DType = .float32) throws {
+        let tensors = head.stateDict().mapValues { $0.to(dtype: dtype, device: .cpu).contiguous() }
         try Tensor.save(tensors, metadata: ["format": "pt", "source": "ShapesWorld aesthetic head"], to: url)
     }
 }

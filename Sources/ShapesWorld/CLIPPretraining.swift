@@ -38,14 +38,20 @@ public func contrastiveLoss(imageEmbeddings: Tensor, textEmbeddings: Tensor, log
     return (crossEntropy(logits) + crossEntropy(logits.T)) / 2
 }
 
-/// Trains the tiny CLIP contrastively on rendered scenes and their grammar captions (training split only).
+/// Trains the tiny CLIP contrastively on rendered scenes and their grammar captions (training split only). By
+/// default half the renders are degraded and most captions name the quality ("blurry, a large red circle ..."), so
+/// that the image embeddings carry quality, which the aesthetic head reads.
 public final class CLIPPretrainer {
     public let model: CLIPModel
     let optimizer: AdamW
     var random: SplitMix64
     public let batchSize: Int
+    public let recipe: SampleRecipe
 
-    public init(seed: UInt64, batchSize: Int = 64, learningRate: Double = 1e-3) throws {
+    public static let defaultRecipe = SampleRecipe(degradationProbability: 0.5, qualityWordProbability: 0.8)
+
+    public init(seed: UInt64, batchSize: Int = 64, learningRate: Double = 1e-3,
+                recipe: SampleRecipe = CLIPPretrainer.defaultRecipe) throws {
         let model = try CLIPModel(VarBuilder(initializingWith: Generator(seed: seed)), config: TinyCLIP.config(),
                                   tokenizer: try CLIPTokenizer.bundled())
         // transformers' CLIP initialisation for the embeddings (N(0, 0.02)): nn.Embedding's N(0, 1), our default,
@@ -61,6 +67,7 @@ public final class CLIPPretrainer {
         optimizer = AdamW(parameters: model.trainableParameters, learningRate: learningRate, weightDecay: 0.1)
         random = SplitMix64(seed: seed)
         self.batchSize = batchSize
+        self.recipe = recipe
     }
 
     /// A batch of scenes with one caption each; scenes are distinct so the diagonal is the only right match.
@@ -70,8 +77,8 @@ public final class CLIPPretrainer {
             let scene = Scene.random(split: split, using: &random)
             if !scenes.contains(scene) { scenes.append(scene) }
         }
-        let captions = scenes.map { Captions.caption(for: $0, seed: random.next()) }
-        return (Renderer.renderTensor(scenes), captions)
+        let samples = scenes.map { Sample.make($0, recipe: recipe, using: &random) }
+        return (Renderer.tensor(samples.map(\.pixels)), samples.map(\.caption))
     }
 
     func loss(_ images: Tensor, _ captions: [String]) -> Tensor {

@@ -48,10 +48,15 @@ public final class UNetPretrainer {
     var random: SplitMix64
     public let batchSize: Int
     public let captionDropout: Double
+    public let recipe: SampleRecipe
+
+    /// Half the renders degraded, half the captions naming the quality: a prompt silent about quality then draws
+    /// sharp and degraded images alike, and the text encoder has something to steer.
+    public static let defaultRecipe = SampleRecipe(degradationProbability: 0.5, qualityWordProbability: 0.5)
 
     public init(
         textEncoder: CLIPTextModel, tokenizer: CLIPTokenizer, vae: AutoencoderKL, seed: UInt64, batchSize: Int = 32,
-        learningRate: Double = 1e-3, captionDropout: Double = 0.1
+        learningRate: Double = 1e-3, captionDropout: Double = 0.1, recipe: SampleRecipe = UNetPretrainer.defaultRecipe
     ) throws {
         unet = try UNet2DConditionModel(
             VarBuilder(initializingWith: Generator(seed: seed)), config: TinyUNet.config(crossAttentionDim: textEncoder.config.hidden_size))
@@ -67,17 +72,16 @@ public final class UNetPretrainer {
         random = SplitMix64(seed: seed)
         self.batchSize = batchSize
         self.captionDropout = captionDropout
+        self.recipe = recipe
     }
 
     /// One AdamW step on a fresh batch of training scenes; returns the noise-prediction MSE.
     @discardableResult
     public func step() -> Double {
-        let scenes = (0..<batchSize).map { _ in Scene.random(split: .train, using: &random) }
-        let captions = scenes.map { scene -> String in
-            Double(random.next() % 10_000) / 10_000 < captionDropout ? "" : Captions.caption(for: scene, seed: random.next())
-        }
+        let samples = (0..<batchSize).map { _ in Sample.random(split: .train, recipe: recipe, using: &random) }
+        let captions = samples.map { random.unit() < captionDropout ? "" : $0.caption }
         let (latents, context) = withNoGrad {
-            let images = Renderer.renderTensor(scenes) * 2 - 1
+            let images = Renderer.tensor(samples.map(\.pixels)) * 2 - 1
             let latents = vae.encode(images).sample(generator: generator) * vae.config.scaling_factor
             return (latents, textEncoder(tokenIds(tokenizer, captions)).lastHiddenState)
         }

@@ -148,11 +148,7 @@ public final class VAEPretrainer {
     public func save(to folder: URL, scalingFactor: Double? = nil) throws {
         var config = model.config
         if let scalingFactor { config.scaling_factor = scalingFactor }
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        var json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(config)) as! [String: Any]
-        json["_class_name"] = "AutoencoderKL"
-        let data = try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys])
-        try data.write(to: folder.appendingPathComponent("config.json"), options: .atomic)
-        try model.save(to: folder.appendingPathComponent("diffusion_pytorch_model.safetensors"))
+        try ShapesBundle.writeComponent(config: config, className: "AutoencoderKL", weights: model.stateDict(), to: folder,
+                                        weightsName: "diffusion_pytorch_model.safetensors", dtype: .float32)
     }
 }
