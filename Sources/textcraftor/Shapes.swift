@@ -7,7 +7,7 @@ import StableDiffusion
 struct Shapes: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "ShapesWorld, the embedded default world: tiny procedural scenes, their captions and an oracle.",
-        subcommands: [Render.self])
+        subcommands: [Render.self, Pretrain.self, Eval.self])
 
     struct Render: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -69,6 +69,135 @@ struct Shapes: ParsableCommand {
             try PNG.encode(pixels: grid.pixels, width: grid.width, height: grid.height)
                 .write(to: folder.appendingPathComponent("grid.png"), options: .atomic)
             print("wrote \(count) \(split.rawValue) scenes, metadata.jsonl and grid.png to \(folder.path)")
+        }
+    }
+
+    struct Pretrain: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Train ShapesWorld's tiny models from scratch and write the bundle the demo runs on.",
+            discussion: """
+                Four stages, each with its own seed derived from --seed: a tiny CLIP (contrastive, on renders and \
+                captions, half of them degraded and named so: "blurry, a large red circle ..."), a tiny VAE \
+                (32x32x3 <-> 8x8x4, its scaling factor measured as 1/std of the latents), a tiny UNet on the frozen CLIP \
+                text tower (epsilon prediction, SD1.5's schedule, 10% caption dropout) and an aesthetic head (LAION's \
+                predictor shape) regressing the oracle's quality score from the CLIP image embedding.
+
+                Writes OUT as a diffusers folder (model_index.json, tokenizer/, text_encoder/, unet/, vae/, \
+                scheduler/) plus rewards/clip/ and rewards/aesthetic.safetensors and pretraining.json (plan, times, \
+                losses and measurements). Work goes to OUT.partial first; a stopped run continues from its last \
+                finished stage when run again with the same options. The default plan takes about an hour on 2 CPU \
+                cores; --scale 0.01 runs every stage briefly (a smoke test).
+                """)
+
+        @Option(help: "The bundle folder to write (must not exist).", completion: .directory) var out: String
+        @Option(help: "The seed of every stage.") var seed: UInt64 = 0
+        @Option(help: "Multiply every stage's steps by this (e.g. 0.01 for a quick check).") var scale = 1.0
+        @Option(help: "CLIP steps (default 2500).") var clipSteps: Int?
+        @Option(help: "VAE steps (default 1500).") var vaeSteps: Int?
+        @Option(help: "UNet steps (default 6000).") var unetSteps: Int?
+        @Option(help: "Aesthetic head steps (default 1500).") var aestheticSteps: Int?
+
+        func run() throws {
+            guard scale > 0 else { throw CommandError("--scale must be positive (got \(scale))") }
+            var plan = PretrainingPlan()
+            plan.seed = seed
+            if let clipSteps { plan.clipSteps = clipSteps }
+            if let vaeSteps { plan.vaeSteps = vaeSteps }
+            if let unetSteps { plan.unetSteps = unetSteps }
+            if let aestheticSteps { plan.aestheticSteps = aestheticSteps }
+            for stage in PretrainingStage.allCases where plan.steps(stage) < 1 {
+                throw CommandError("--\(stage.rawValue)-steps must be at least 1")
+            }
+            plan = plan.scaled(by: scale)
+            let output = URL(fileURLWithPath: out)
+            if FileManager.default.fileExists(atPath: output.path) {
+                throw CommandError("\(out) already exists: choose another --out or remove it")
+            }
+            let pretraining = ShapesPretraining(plan: plan, output: output)
+            var bar: ProgressBar?
+            var smoothed = 0.0
+            pretraining.onStep = { stage, step, total, loss in
+                if step == 1 {
+                    bar = ProgressBar(stage.rawValue, total: total)
+                    smoothed = loss
+                }
+                smoothed = 0.98 * smoothed + 0.02 * loss
+                bar?.update(step, note: "loss \(String(format: "%.4f", smoothed))")
+            }
+            pretraining.onStageEnd = { report, resumed in
+                let metrics = report.metrics.sorted { $0.key < $1.key }.map { "\($0.key) \(String(format: "%.4g", $0.value))" }
+                let head = resumed ? "\(report.stage.title): done in an earlier run" : report.stage.title
+                print("\(head): \(report.steps) steps in \(String(format: "%.0f", report.seconds)) s, loss "
+                    + "\(String(format: "%.4f", report.firstLoss)) -> \(String(format: "%.4f", report.lastLoss))"
+                    + (metrics.isEmpty ? "" : "; " + metrics.joined(separator: ", ")))
+            }
+            let record = try pretraining.run()
+            let seconds = record.stages.map(\.seconds).reduce(0, +)
+            print("wrote the ShapesWorld bundle to \(output.path) (\(String(format: "%.1f", seconds / 60)) min of training)")
+        }
+    }
+
+    struct Eval: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Score text encoders on ShapesWorld: rewards and oracle, as a table.",
+            discussion: """
+                Samples images for prompts of a split with the bundle's UNet and VAE, conditioned on each encoder in \
+                turn (the bundle's own first, then each --text-encoder), with the same noise for all, and prints the \
+                mean aesthetic reward, CLIP score, oracle alignment (share of the prompt's attributes the image shows) \
+                and oracle quality (1-10). --text-encoder takes a folder with config.json and model.safetensors, or a \
+                training run's folder (its text_encoder/ is used).
+                """)
+
+        @Option(help: "The bundle (default: the one shipped with the package).", completion: .directory) var model: String?
+        @Option(help: "A fine-tuned text encoder folder (repeatable).", completion: .directory) var textEncoder: [String] = []
+        @Option(help: "train or held-out.") var split = "held-out"
+        @Option(help: "How many prompts (distinct scenes).") var prompts = 24
+        @Option(help: "Images per prompt.") var imagesPerPrompt = 4
+        @Option(help: "DDIM steps.") var steps = 10
+        @Option(help: "Classifier-free guidance.") var guidance = 5.0
+        @Option(help: "Seed of the prompts and the noise.") var seed: UInt64 = 0
+        @Option(help: "Also write the table as JSON to this file.", completion: .file()) var json: String?
+
+        func run() throws {
+            guard let split = Split(rawValue: split) else { throw CommandError("--split \(self.split): expected train or held-out") }
+            for (flag, value) in [("--prompts", prompts), ("--images-per-prompt", imagesPerPrompt), ("--steps", steps)] where value < 1 {
+                throw CommandError("\(flag) must be at least 1 (got \(value))")
+            }
+            guard let bundle = model.map({ URL(fileURLWithPath: $0) }) ?? ShapesWorldBundle.url else {
+                throw CommandError("the ShapesWorld bundle is not installed with this binary: give --model")
+            }
+            let pipeline = try StableDiffusionPipeline.load(folder: bundle)
+            let judge = try ShapesJudge(bundle: bundle)
+            let prompts = ShapesPrompts.make(count: self.prompts, split: split, seed: seed &+ 101)
+            var rows: [(String, ShapesScores)] = []
+            var encoders: [(String, CLIPTextModel?)] = [("original", nil)]
+            for folder in textEncoder {
+                let encoder: CLIPTextModel
+                do { encoder = try pipeline.loadTextEncoder(folder: URL(fileURLWithPath: folder)) } catch {
+                    throw CommandError("--text-encoder \(folder): \(error)")
+                }
+                encoders.append((folder, encoder))
+            }
+            for (name, encoder) in encoders {
+                let evaluator = DemoEvaluator(
+                    pipeline: pipeline, original: pipeline.textEncoder, judge: judge, prompts: prompts,
+                    imagesPerPrompt: imagesPerPrompt, steps: steps, guidance: guidance, seed: seed &+ 303,
+                    finetuned: encoder)
+                rows.append((name, try evaluator.evaluate(label: name, blend: encoder == nil ? nil : 1).mean))
+            }
+            let width = max(14, rows.map(\.0.count).max()! + 2)
+            print("\(split.rawValue) prompts: \(prompts.count) x \(imagesPerPrompt) images, DDIM \(steps) steps, guidance \(guidance)")
+            print(DemoReport.header(width: width))
+            for (name, scores) in rows { print(DemoReport.row(name, scores, width: width)) }
+            if let json {
+                let object: [String: Any] = [
+                    "split": split.rawValue, "prompts": prompts.count, "images_per_prompt": imagesPerPrompt, "steps": steps,
+                    "guidance": guidance, "seed": seed,
+                    "encoders": rows.map { ["name": $0.0, "scores": DemoReport.scoresObject($0.1)] as [String: Any] },
+                ]
+                try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
+                    .write(to: URL(fileURLWithPath: json), options: .atomic)
+            }
         }
     }
 }
