@@ -31,7 +31,7 @@ struct Demo: ParsableCommand {
     @Option(help: "Held-out prompts to evaluate on.") var evalPrompts = 24
     @Option(help: "Images per prompt in evaluation.") var imagesPerPrompt = 4
     @Option(help: "Rows of the image grid.") var gridRows = 8
-    @Option(help: "AdamW learning rate.") var lr = 1e-3
+    @Option(help: "AdamW learning rate.") var lr = 1e-4
     @Option(help: "Prompts per step.") var batchSize = 8
     @Option(help: "DDIM steps per sample (training and evaluation).") var samplingSteps = 10
     @Option(help: "Last sampling steps with gradient.") var gradWindow = 3
