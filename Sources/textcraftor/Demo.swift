@@ -111,6 +111,13 @@ struct Demo: ParsableCommand {
         print("rewards: " + terms.map { "\($0.name) (gamma \($0.gamma))" }.joined(separator: ", ")
             + (noClipConstraint ? ", no CLIP constraint" : ""))
         let baseline = try evaluator.evaluate(label: "baseline", blend: nil)
+        // Training prompts too (ones the run samples from), so the report tells "did it learn" from "does it carry
+        // over to unseen shape-colour pairs".
+        let seenEvaluator = DemoEvaluator(pipeline: pipeline, original: original, judge: judge,
+                                          prompts: Array(trainPrompts.prefix(self.evalPrompts)),
+                                          imagesPerPrompt: imagesPerPrompt, steps: samplingSteps, guidance: guidance,
+                                          seed: seed &+ 404)
+        let seenBaseline = try seenEvaluator.evaluate(label: "baseline (training prompts)", blend: nil)
 
         // Prompt-based TextCraftor on the training prompts.
         var settings = TrainerSettings()
@@ -144,6 +151,7 @@ struct Demo: ParsableCommand {
 
         // The fine-tuned encoder and the blends between the two.
         let finetuned = try evaluator.evaluate(label: "fine-tuned", blend: 1)
+        let seenFinetuned = try seenEvaluator.evaluate(label: "fine-tuned (training prompts)", blend: 1)
         var blends: [(weight: Double, result: DemoEvaluation)] = []
         for weight in [0.25, 0.5, 0.75] {
             blends.append((weight, try evaluator.evaluate(label: "blend \(weight)", blend: weight)))
@@ -152,6 +160,7 @@ struct Demo: ParsableCommand {
         let report = DemoReport(
             bundle: bundle.path, terms: terms, clipConstraint: !noClipConstraint, settings: settings,
             trainPromptCount: trainPrompts.count, baseline: baseline, finetuned: finetuned, blends: blends,
+            seen: (seenBaseline.mean, seenFinetuned.mean),
             history: history, trainSeconds: trainSeconds, gridRows: min(gridRows, evalPrompts.count))
         try report.write(to: partial)
         if files.fileExists(atPath: output.path) { try files.removeItem(at: output) }

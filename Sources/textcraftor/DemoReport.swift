@@ -14,6 +14,8 @@ struct DemoReport {
     var baseline: DemoEvaluation
     var finetuned: DemoEvaluation
     var blends: [(weight: Double, result: DemoEvaluation)]
+    /// Means on training prompts (the same number of prompts and images), before and after.
+    var seen: (before: ShapesScores, after: ShapesScores)
     var history: [StepReport]
     var trainSeconds: Double
     var gridRows: Int
@@ -43,6 +45,13 @@ struct DemoReport {
             + String(format: "%10.3f %11.4f %10.1f%% %9.2f", s.aesthetic, s.clipScore, s.alignment * 100, s.quality)
     }
 
+    static func changeRow(_ before: ShapesScores, _ after: ShapesScores) -> String {
+        "change".padding(toLength: 14, withPad: " ", startingAt: 0)
+            + String(format: "%+9.1f%% %+10.1f%% %+8.1f pp %+8.1f%%", (after.aesthetic / before.aesthetic - 1) * 100,
+                     (after.clipScore / before.clipScore - 1) * 100, (after.alignment - before.alignment) * 100,
+                     (after.quality / before.quality - 1) * 100)
+    }
+
     func table() -> String {
         let row = { Self.row($0, $1) }
         var lines = [
@@ -52,9 +61,9 @@ struct DemoReport {
         ]
         for (weight, result) in blends { lines.append(row("blend \(weight)", result.mean)) }
         lines.append(row("fine-tuned", after))
-        lines.append("change".padding(toLength: 14, withPad: " ", startingAt: 0)
-            + String(format: "%+9.1f%% %+10.1f%% %+8.1f pp %+8.1f%%", aestheticChange * 100,
-                     (after.clipScore / before.clipScore - 1) * 100, alignmentChange, (after.quality / before.quality - 1) * 100))
+        lines.append(Self.changeRow(before, after))
+        lines += ["", "training prompts (sampled from in training):", Self.header(), row("original", seen.before),
+                  row("fine-tuned", seen.after), Self.changeRow(seen.before, seen.after)]
         return lines.joined(separator: "\n")
     }
 
@@ -179,6 +188,7 @@ struct DemoReport {
                 "history": history.map { ["step": $0.step, "loss": $0.loss, "rewards": $0.rewards] as [String: Any] },
             ] as [String: Any],
             "per_prompt": perPrompt,
+            "training_prompts": ["baseline": Self.scoresObject(seen.before), "finetuned": Self.scoresObject(seen.after)],
         ]
     }
 
@@ -229,6 +239,9 @@ struct DemoReport {
             <h2>Scores</h2>
             <table><tr><th></th><th>aesthetic</th><th>CLIP score</th><th>alignment</th><th>quality</th></tr>
             \(rows)</table>
+            <p>On \(Set(baseline.prompts).count) of the training prompts (sampled from during training), same settings:</p>
+            <table><tr><th></th><th>aesthetic</th><th>CLIP score</th><th>alignment</th><th>quality</th></tr>
+            <tr><td>original</td>\(cells(seen.before))</tr><tr><td><b>fine-tuned</b></td>\(cells(seen.after))</tr></table>
             <h2>Rewards during training</h2>
             \(curvesSVG())
             <h2>Images</h2>

@@ -33,6 +33,7 @@ import Testing
         #expect(abs(change["aesthetic_relative"]! - (finetuned["aesthetic"]! / baseline["aesthetic"]! - 1)) < 1e-12)
         #expect(abs(change["alignment_pp"]! - 100 * (finetuned["alignment"]! - baseline["alignment"]!)) < 1e-9)
         #expect((metrics["training"] as? [String: Any])?["history"].map { ($0 as! [Any]).count } == 2)
+        #expect((metrics["training_prompts"] as? [String: Any])?.count == 2)
         #expect(Set((metrics["blends"] as? [String: Any])?.keys ?? [:].keys) == ["0.25", "0.5", "0.75"])
         // The report stands alone: images inline, the chart inline.
         let html = try String(contentsOf: out.appendingPathComponent("report.html"), encoding: .utf8)
