@@ -141,8 +141,7 @@ public final class AestheticPretrainer {
     /// Writes the head as safetensors under LAION's names (`layers.0.weight` … `layers.7.bias`), on the CPU in
     /// `dtype`, for `AestheticPredictor.load`.
     public func save(to url: URL, dtype: DType = .float32) throws {
-        let tensors = head.stateDict().mapValues { $0.to(dtype: dtype, device: .cpu).contiguous() }
-        try Tensor.save(tensors, metadata: ["format": "pt", "source": "ShapesWorld aesthetic head"], to: url)
+        try ShapesBundle.saveWeights(head.stateDict(), dtype: dtype, metadata: ["source": "ShapesWorld aesthetic head"], to: url)
     }
 }
 

@@ -72,12 +72,7 @@ public final class CLIPPretrainer {
 
     /// A batch of scenes with one caption each; scenes are distinct so the diagonal is the only right match.
     func batch(split: Split) -> (images: Tensor, captions: [String]) {
-        var scenes: [Scene] = []
-        while scenes.count < batchSize {
-            let scene = Scene.random(split: split, using: &random)
-            if !scenes.contains(scene) { scenes.append(scene) }
-        }
-        let samples = scenes.map { Sample.make($0, recipe: recipe, using: &random) }
+        let samples = Scene.distinct(batchSize, split: split, using: &random).map { Sample.make($0, recipe: recipe, using: &random) }
         return (Renderer.tensor(samples.map(\.pixels)), samples.map(\.caption))
     }
 

@@ -15,6 +15,12 @@ public enum ShapesWorldBundle {
     public static func clip(in bundle: URL) -> URL { bundle.appendingPathComponent("rewards/clip") }
     /// The aesthetic head in a bundle.
     public static func aestheticHead(in bundle: URL) -> URL { bundle.appendingPathComponent("rewards/aesthetic.safetensors") }
+
+    /// The bundle's reward `name` (aesthetic or clip), loaded by `RewardRegistry` from the bundle's files.
+    public static func reward(_ name: String, in bundle: URL) throws -> any Reward {
+        let clip = clip(in: bundle).path
+        return try RewardRegistry.load(name: name, paths: name == "aesthetic" ? [clip, aestheticHead(in: bundle).path] : [clip])
+    }
 }
 
 /// Prompts for evaluation and training: quality-silent captions of distinct scenes of a split.
@@ -22,13 +28,7 @@ public enum ShapesPrompts {
     /// `count` captions of distinct random scenes of `split`, each from a random template (seeded).
     public static func make(count: Int, split: Split, seed: UInt64) -> [String] {
         var random = SplitMix64(seed: seed)
-        var scenes: [Scene] = []
-        let available = split.scenes.count
-        while scenes.count < min(count, available) {
-            let scene = Scene.random(split: split, using: &random)
-            if !scenes.contains(scene) { scenes.append(scene) }
-        }
-        return scenes.map { Captions.caption(for: $0, seed: random.next()) }
+        return Scene.distinct(count, split: split, using: &random).map { Captions.caption(for: $0, seed: random.next()) }
     }
 }
 
@@ -72,10 +72,8 @@ public final class ShapesJudge {
 
     /// The judge of a bundle: its `rewards/clip` and `rewards/aesthetic.safetensors`, in evaluation preprocessing.
     public convenience init(bundle: URL) throws {
-        let clipPath = ShapesWorldBundle.clip(in: bundle).path
-        let aesthetic = try RewardRegistry.load(
-            name: "aesthetic", paths: [clipPath, ShapesWorldBundle.aestheticHead(in: bundle).path])
-        let clip = try RewardRegistry.load(name: "clip", paths: [clipPath])
+        let aesthetic = try ShapesWorldBundle.reward("aesthetic", in: bundle)
+        let clip = try ShapesWorldBundle.reward("clip", in: bundle)
         aesthetic.preprocessing = .evaluation
         clip.preprocessing = .evaluation
         self.init(aesthetic: aesthetic, clip: clip)

@@ -166,11 +166,7 @@ public final class ShapesPretraining {
                 "reconstruction_mae_held_out": trainer.reconstructionError(split: .heldOut),
                 "scaling_factor": scaling,
             ]
-            var config = trainer.model.config
-            config.scaling_factor = scaling
-            try ShapesBundle.writeComponent(
-                config: config, className: "AutoencoderKL", weights: trainer.model.stateDict(), to: vaeFolder,
-                weightsName: "diffusion_pytorch_model.safetensors")
+            try trainer.save(to: vaeFolder, scalingFactor: scaling, dtype: ShapesBundle.storageType)
             try record(report(.vae, seconds, losses, metrics))
         }
         let vae = try AutoencoderKL.load(folder: vaeFolder, dtype: .float32)
@@ -208,19 +204,17 @@ public final class ShapesPretraining {
         return PretrainingRecord(plan: plan, stages: done, libtorch: Torch.compiledVersion)
     }
 
-    /// Runs a stage's steps; returns the seconds taken and the losses. With an optimizer, its learning rate follows
-    /// a cosine from its value down to a tenth of it over the stage.
-    func train(_ stage: PretrainingStage, optimizer: AdamW? = nil, step: () -> Double) -> (Double, [Double]) {
+    /// Runs a stage's steps; returns the seconds taken and the losses. The optimizer's learning rate follows a cosine
+    /// from its value down to a tenth of it over the stage.
+    func train(_ stage: PretrainingStage, optimizer: AdamW, step: () -> Double) -> (Double, [Double]) {
         let total = plan.steps(stage)
         let start = Date()
         var losses: [Double] = []
         losses.reserveCapacity(total)
-        let peak = optimizer?.learningRate ?? 0
+        let peak = optimizer.learningRate
         for i in 1...total {
-            if let optimizer {
-                let progress = total > 1 ? Double(i - 1) / Double(total - 1) : 0
-                optimizer.learningRate = peak * (0.1 + 0.9 * 0.5 * (1 + cos(Double.pi * progress)))
-            }
+            let progress = total > 1 ? Double(i - 1) / Double(total - 1) : 0
+            optimizer.learningRate = peak * (0.1 + 0.9 * 0.5 * (1 + cos(Double.pi * progress)))
             let loss = step()
             losses.append(loss)
             onStep?(stage, i, total, loss)
@@ -239,12 +233,10 @@ public final class ShapesPretraining {
 
 public enum ShapesWorldError: Error, CustomStringConvertible {
     case outputExists(String)
-    case invalidBundle(String)
 
     public var description: String {
         switch self {
         case .outputExists(let path): return "\(path) already exists: choose another --out or remove it"
-        case .invalidBundle(let message): return message
         }
     }
 }
@@ -263,23 +255,30 @@ public enum ShapesBundle {
         dtype: DType = storageType, extra: [String: Any] = ["_diffusers_version": "0.39.0"]
     ) throws {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        try writeConfig(config, adding: extra.merging(["_class_name": className]) { $1 },
+                        to: folder.appendingPathComponent("config.json"))
+        try saveWeights(weights, dtype: dtype, to: folder.appendingPathComponent(weightsName))
+    }
+
+    /// `config` as pretty JSON with `keys` added, written atomically.
+    static func writeConfig(_ config: some Encodable, adding keys: [String: Any], to url: URL) throws {
         var json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(config)) as! [String: Any]
-        json["_class_name"] = className
-        for (key, value) in extra { json[key] = value }
+        json.merge(keys) { $1 }
         let data = try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys])
-        try data.write(to: folder.appendingPathComponent("config.json"), options: .atomic)
+        try data.write(to: url, options: .atomic)
+    }
+
+    /// Weights as safetensors in `dtype` on the CPU, with transformers' `format: pt` metadata (and any `metadata`).
+    static func saveWeights(_ weights: [String: Tensor], dtype: DType = storageType, metadata: [String: String] = [:],
+                            to url: URL) throws {
         let tensors = weights.mapValues { $0.to(dtype: dtype, device: .cpu).contiguous() }
-        try Tensor.save(tensors, metadata: ["format": "pt"], to: folder.appendingPathComponent(weightsName))
+        try Tensor.save(tensors, metadata: metadata.merging(["format": "pt"]) { $1 }, to: url)
     }
 
     /// transformers' `config.json` for a model: the config with `architectures` and `torch_dtype`.
     static func writeTransformersConfig(_ config: some Encodable, architecture: String, modelType: String, to url: URL) throws {
-        var json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(config)) as! [String: Any]
-        json["architectures"] = [architecture]
-        json["model_type"] = modelType
-        json["torch_dtype"] = "float16"
-        let data = try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys])
-        try data.write(to: url, options: .atomic)
+        try writeConfig(config, adding: ["architectures": [architecture], "model_type": modelType, "torch_dtype": "float16"],
+                        to: url)
     }
 
     /// The whole CLIP as transformers' `CLIPModel` (`config.json`, `model.safetensors`); its tokenizer is CLIP's
@@ -288,8 +287,7 @@ public enum ShapesBundle {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         try writeTransformersConfig(model.config, architecture: "CLIPModel", modelType: "clip",
                                     to: folder.appendingPathComponent("config.json"))
-        let tensors = model.stateDict().mapValues { $0.to(dtype: storageType, device: .cpu).contiguous() }
-        try Tensor.save(tensors, metadata: ["format": "pt"], to: folder.appendingPathComponent("model.safetensors"))
+        try saveWeights(model.stateDict(), to: folder.appendingPathComponent("model.safetensors"))
     }
 
     /// The CLIP's text tower as SD's `text_encoder/` (transformers' `CLIPTextModel`: `text_model.*` keys).
@@ -297,9 +295,8 @@ public enum ShapesBundle {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         try writeTransformersConfig(model.config.text_config, architecture: "CLIPTextModel", modelType: "clip_text_model",
                                     to: folder.appendingPathComponent("config.json"))
-        let tensors = model.stateDict().filter { $0.key.hasPrefix("text_model.") }
-            .mapValues { $0.to(dtype: storageType, device: .cpu).contiguous() }
-        try Tensor.save(tensors, metadata: ["format": "pt"], to: folder.appendingPathComponent("model.safetensors"))
+        try saveWeights(model.stateDict().filter { $0.key.hasPrefix("text_model.") },
+                        to: folder.appendingPathComponent("model.safetensors"))
     }
 
     /// `scheduler/scheduler_config.json`: SD1.5's noise schedule.

@@ -115,6 +115,18 @@ public struct Scene: Hashable, Sendable, Codable, CustomStringConvertible {
         return Scene(shape: pair.shape, colour: pair.colour, size: size, position: position, background: background)
     }
 
+    /// `count` distinct random scenes of the split (all of them, in draw order, if it has fewer), drawn with
+    /// `random(split:using:)`, repeats skipped.
+    public static func distinct(_ count: Int, split: Split, using generator: inout some RandomNumberGenerator) -> [Scene] {
+        var scenes: [Scene] = []
+        let wanted = min(count, split.scenes.count)
+        while scenes.count < wanted {
+            let scene = random(split: split, using: &generator)
+            if !scenes.contains(scene) { scenes.append(scene) }
+        }
+        return scenes
+    }
+
     /// A uniformly random training scene.
     public static func random(using generator: inout some RandomNumberGenerator) -> Scene {
         random(split: .train, using: &generator)

@@ -144,11 +144,11 @@ public final class VAEPretrainer {
     }
 
     /// Writes a diffusers `vae/` folder: `config.json` and `diffusion_pytorch_model.safetensors`. `scalingFactor`
-    /// (e.g. `TinyVAE.scalingFactor(of: model)`) replaces the config's; nil keeps it.
-    public func save(to folder: URL, scalingFactor: Double? = nil) throws {
+    /// (e.g. `TinyVAE.scalingFactor(of: model)`) replaces the config's; nil keeps it. Weights in `dtype`.
+    public func save(to folder: URL, scalingFactor: Double? = nil, dtype: DType = .float32) throws {
         var config = model.config
         if let scalingFactor { config.scaling_factor = scalingFactor }
         try ShapesBundle.writeComponent(config: config, className: "AutoencoderKL", weights: model.stateDict(), to: folder,
-                                        weightsName: "diffusion_pytorch_model.safetensors", dtype: .float32)
+                                        weightsName: "diffusion_pytorch_model.safetensors", dtype: dtype)
     }
 }
