@@ -78,22 +78,14 @@ struct Demo: ParsableCommand {
         let started = Date()
         let output = URL(fileURLWithPath: out)
         try DemoFolder.checkReplaceable(output)
-        guard let bundle = model.map({ URL(fileURLWithPath: $0) }) ?? ShapesWorldBundle.url else {
-            throw CommandError("the ShapesWorld bundle is not installed with this binary: give --model (a bundle from `textcraftor shapes pretrain`)")
-        }
+        let bundle = try shapesBundle(model)
         // The models: the pipeline (its text encoder is trained in place), a frozen copy of the original encoder,
         // and the judge (the bundle's rewards, plus the oracle).
         let pipeline = try StableDiffusionPipeline.load(folder: bundle)
         let original = try pipeline.loadTextEncoder(folder: bundle.appendingPathComponent("text_encoder"))
         let judge = try ShapesJudge(bundle: bundle)
         let weighted = WeightedReward()
-        for term in terms {
-            let reward = try RewardRegistry.load(
-                name: term.name,
-                paths: term.name == "clip" ? [ShapesWorldBundle.clip(in: bundle).path]
-                    : [ShapesWorldBundle.clip(in: bundle).path, ShapesWorldBundle.aestheticHead(in: bundle).path])
-            weighted.add(reward, gamma: term.gamma)
-        }
+        for term in terms { weighted.add(try ShapesWorldBundle.reward(term.name, in: bundle), gamma: term.gamma) }
 
         // Output goes to OUT.partial and replaces OUT at the end; a failure leaves OUT as it was.
         let partial = output.deletingLastPathComponent().appendingPathComponent(output.lastPathComponent + ".partial")
@@ -141,8 +133,7 @@ struct Demo: ParsableCommand {
         let trainStart = Date()
         try trainer.train { report in
             history.append(report)
-            let rewards = report.rewards.sorted { $0.key < $1.key }.map { "\($0.key) \(String(format: "%.4f", $0.value))" }
-            bar.update(report.step, note: rewards.joined(separator: " "))
+            bar.update(report.step, note: report.rewardsNote)
         }
         let trainSeconds = Date().timeIntervalSince(trainStart)
         if interrupt.requested {
@@ -233,6 +224,14 @@ final class DemoEvaluator {
         }
         return DemoEvaluation(prompts: expanded, scores: scores, images: Tensor.cat(images, dim: 0))
     }
+}
+
+/// The bundle at `--model`, or the one shipped with the binary.
+func shapesBundle(_ model: String?) throws -> URL {
+    guard let bundle = model.map({ URL(fileURLWithPath: $0) }) ?? ShapesWorldBundle.url else {
+        throw CommandError("the ShapesWorld bundle is not installed with this binary: give --model (a bundle from `textcraftor shapes pretrain`)")
+    }
+    return bundle
 }
 
 enum DemoFolder {

@@ -85,17 +85,17 @@ struct Shapes: ParsableCommand {
                 Writes OUT as a diffusers folder (model_index.json, tokenizer/, text_encoder/, unet/, vae/, \
                 scheduler/) plus rewards/clip/ and rewards/aesthetic.safetensors and pretraining.json (plan, times, \
                 losses and measurements). Work goes to OUT.partial first; a stopped run continues from its last \
-                finished stage when run again with the same options. The default plan takes about an hour on 2 CPU \
+                finished stage when run again with the same options. The default plan took 48 minutes on 2 CPU \
                 cores; --scale 0.01 runs every stage briefly (a smoke test).
                 """)
 
         @Option(help: "The bundle folder to write (must not exist).", completion: .directory) var out: String
         @Option(help: "The seed of every stage.") var seed: UInt64 = 0
         @Option(help: "Multiply every stage's steps by this (e.g. 0.01 for a quick check).") var scale = 1.0
-        @Option(help: "CLIP steps (default 2500).") var clipSteps: Int?
-        @Option(help: "VAE steps (default 1500).") var vaeSteps: Int?
-        @Option(help: "UNet steps (default 6000).") var unetSteps: Int?
-        @Option(help: "Aesthetic head steps (default 1500).") var aestheticSteps: Int?
+        @Option(help: "CLIP steps (default \(PretrainingPlan().clipSteps)).") var clipSteps: Int?
+        @Option(help: "VAE steps (default \(PretrainingPlan().vaeSteps)).") var vaeSteps: Int?
+        @Option(help: "UNet steps (default \(PretrainingPlan().unetSteps)).") var unetSteps: Int?
+        @Option(help: "Aesthetic head steps (default \(PretrainingPlan().aestheticSteps)).") var aestheticSteps: Int?
 
         func run() throws {
             guard scale > 0 else { throw CommandError("--scale must be positive (got \(scale))") }
@@ -110,9 +110,6 @@ struct Shapes: ParsableCommand {
             }
             plan = plan.scaled(by: scale)
             let output = URL(fileURLWithPath: out)
-            if FileManager.default.fileExists(atPath: output.path) {
-                throw CommandError("\(out) already exists: choose another --out or remove it")
-            }
             let pretraining = ShapesPretraining(plan: plan, output: output)
             var bar: ProgressBar?
             var smoothed = 0.0
@@ -163,9 +160,7 @@ struct Shapes: ParsableCommand {
             for (flag, value) in [("--prompts", prompts), ("--images-per-prompt", imagesPerPrompt), ("--steps", steps)] where value < 1 {
                 throw CommandError("\(flag) must be at least 1 (got \(value))")
             }
-            guard let bundle = model.map({ URL(fileURLWithPath: $0) }) ?? ShapesWorldBundle.url else {
-                throw CommandError("the ShapesWorld bundle is not installed with this binary: give --model")
-            }
+            let bundle = try shapesBundle(model)
             let pipeline = try StableDiffusionPipeline.load(folder: bundle)
             let judge = try ShapesJudge(bundle: bundle)
             let prompts = ShapesPrompts.make(count: self.prompts, split: split, seed: seed &+ 101)

@@ -146,8 +146,7 @@ struct Train: ParsableCommand {
         trainer.stopRequested = { interrupt.requested }
         let bar = ProgressBar("train", total: settings.maxSteps)
         try trainer.train { report in
-            let rewards = report.rewards.sorted { $0.key < $1.key }.map { "\($0.key) \(String(format: "%.4f", $0.value))" }
-            bar.update(report.step, note: (["loss \(String(format: "%.4f", report.loss))"] + rewards).joined(separator: " "))
+            bar.update(report.step, note: "loss \(String(format: "%.4f", report.loss)) " + report.rewardsNote)
         }
         let trained = options.train == .text ? "text_encoder" : "unet"
         if interrupt.requested {
@@ -220,6 +219,13 @@ struct Train: ParsableCommand {
             record.timestepRange = tRange.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         }
         return (record, URL(fileURLWithPath: outPath), resume != nil)
+    }
+}
+
+extension StepReport {
+    /// Each reward's batch mean, by name: "aesthetic 5.1234 clip 0.8123", for progress bars.
+    var rewardsNote: String {
+        rewards.sorted { $0.key < $1.key }.map { "\($0.key) \(String(format: "%.4f", $0.value))" }.joined(separator: " ")
     }
 }
 

@@ -86,10 +86,16 @@ func temporaryFolder(_ name: String) -> URL {
         #expect(reloaded == [.clip, .vae])
         #expect(final.stages.map(\.stage) == PretrainingStage.allCases)
         #expect(try Data(contentsOf: out.appendingPathComponent("rewards/clip/model.safetensors")) == clipWeights)
-        // A different plan does not reuse a partial folder.
+        // A different plan does not reuse a partial folder: every stage is trained again.
+        try FileManager.default.moveItem(at: out, to: partial)
         var other = Self.tinyPlan()
         other.seed = 8
-        #expect(other != Self.tinyPlan())
+        let fresh = ShapesPretraining(plan: other, output: out)
+        var retrained: Set<PretrainingStage> = []
+        fresh.onStep = { stage, _, _, _ in retrained.insert(stage) }
+        try fresh.run()
+        #expect(retrained == Set(PretrainingStage.allCases))
+        #expect(try Data(contentsOf: out.appendingPathComponent("rewards/clip/model.safetensors")) != clipWeights)
     }
 
     @Test func theRecipeDegradesAndNamesQualityAsAsked() {
