@@ -32,12 +32,16 @@ public struct PromptSource: Sendable, Equatable {
     public let file: String
     public let format: PromptFileFormat
     public let prompts: [String]
+    /// Each prompt's value in the `labelColumn` asked for (e.g. Parti's Category), or nil when none was.
+    public let labels: [String]?
 
     /// Prompts given directly (a `--prompt` flag, a test).
-    public init(prompts: [String], file: String = "<prompts>", format: PromptFileFormat = .text) {
+    public init(prompts: [String], file: String = "<prompts>", format: PromptFileFormat = .text, labels: [String]? = nil) {
+        precondition(labels == nil || labels!.count == prompts.count, "PromptSource: one label per prompt")
         self.file = file
         self.format = format
         self.prompts = prompts
+        self.labels = labels
     }
 
     /// Reads a prompt file.
@@ -47,8 +51,9 @@ public struct PromptSource: Sendable, Equatable {
     ///     Matched exactly, else case-insensitively when only one column matches (so `prompt` finds Parti's `Prompt`).
     ///   - category, challenge: keep only the rows whose `Category` / `Challenge` column has this value (any case);
     ///     for Parti-Prompts and other tables with those columns.
+    ///   - labelColumn: a TSV or CSV column to keep beside each prompt as its label (`labels`), e.g. `Category`.
     public init(contentsOf url: URL, format: PromptFileFormat? = nil, column: String = "prompt",
-                category: String? = nil, challenge: String? = nil) throws {
+                category: String? = nil, challenge: String? = nil, labelColumn: String? = nil) throws {
         let path = url.path
         func fail(_ message: String) -> TextCraftorError { .invalidPrompts(file: path, message: message) }
         let kind = try format ?? Self.format(of: url, fail: fail)
@@ -56,6 +61,8 @@ public struct PromptSource: Sendable, Equatable {
         let filters = [("Category", category), ("Challenge", challenge)].compactMap { name, value in value.map { (name, $0) } }
 
         var prompts: [String]
+        var labels: [String]? = nil
+        if labelColumn != nil, kind != .tsv, kind != .csv { throw fail("a label column needs a TSV or CSV file") }
         switch kind {
         case .text:
             guard filters.isEmpty else { throw fail("category and challenge filters need a TSV or CSV file with those columns") }
@@ -77,13 +84,18 @@ public struct PromptSource: Sendable, Equatable {
                 throw fail("no prompts with " + filters.map { "\($0.0) \"\($0.1)\"" }.joined(separator: " and "))
             }
             prompts = rows.map { $0.fields[promptColumn] }
+            if let labelColumn {
+                let index = try table.column(labelColumn, fail: fail, purpose: " for labels")
+                labels = rows.map { $0.fields[index].trimmingCharacters(in: .whitespaces) }
+            }
         case .json:
             guard filters.isEmpty else { throw fail("category and challenge filters need a TSV or CSV file with those columns") }
             prompts = try Self.jsonPrompts(text, key: column, fail: fail)
         }
-        prompts = prompts.map { $0.trimmingTrailingWhitespace() }.filter { !$0.isEmpty }
-        guard !prompts.isEmpty else { throw fail("no prompts") }
-        self.init(prompts: prompts, file: path, format: kind)
+        prompts = prompts.map { $0.trimmingTrailingWhitespace() }
+        let kept = prompts.indices.filter { !prompts[$0].isEmpty }
+        guard !kept.isEmpty else { throw fail("no prompts") }
+        self.init(prompts: kept.map { prompts[$0] }, file: path, format: kind, labels: labels.map { l in kept.map { l[$0] } })
     }
 
     static func format(of url: URL, fail: (String) -> TextCraftorError) throws -> PromptFileFormat {

@@ -185,6 +185,10 @@ final class DemoEvaluator {
     let steps: Int
     let guidance: Double
     let seed: UInt64
+    /// Words put before every prompt when sampling (the judge still reads the plain prompt).
+    var prefix = ""
+    /// The negative prompt of every sample ("" by default, as the trainer's unconditional half).
+    var negative = ""
 
     /// `pipeline`'s own text encoder is the one being fine-tuned; `original` is a frozen copy of where it started.
     /// `finetuned`: the encoder blends move towards (default: `pipeline`'s own).
@@ -210,7 +214,8 @@ final class DemoEvaluator {
         var images: [Tensor] = []
         var expanded: [String] = []
         for (i, prompt) in prompts.enumerated() {
-            var request = GenerationRequest(prompts: [prompt])
+            var request = GenerationRequest(prompts: [prefix + prompt])
+            if !negative.isEmpty { request.negativePrompts = [negative] }
             request.steps = steps
             request.guidanceScale = guidance
             request.imagesPerPrompt = imagesPerPrompt

@@ -193,10 +193,7 @@ struct DemoReport {
     }
 
     func html() -> String {
-        func escape(_ s: String) -> String {
-            s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
-                .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
-        }
+        let escape = EvalReport.escape
         func image(_ pixels: [UInt8]) -> String {
             let png = PNG.encode(pixels: pixels, width: Renderer.side, height: Renderer.side).base64EncodedString()
             return "<img src=\"data:image/png;base64,\(png)\" width=\"96\" height=\"96\" alt=\"\">"

@@ -18,11 +18,14 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Weights variant to prefer, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors).")
     var variant: String?
 
-    func resolved() throws -> (DType, Device) {
-        guard let dtype = DType(name: dtype), dtype.isFloatingPoint else {
-            throw CommandError("--dtype \(self.dtype): expected float32, float16 or bfloat16")
+    func resolved() throws -> (DType, Device) { try Self.resolve(dtype: dtype, device: device) }
+
+    /// The --dtype and --device flags, checked (the device must be usable here).
+    static func resolve(dtype name: String, device deviceName: String) throws -> (DType, Device) {
+        guard let dtype = DType(name: name), dtype.isFloatingPoint else {
+            throw CommandError("--dtype \(name): expected float32, float16 or bfloat16")
         }
-        guard let device = Device(device) else { throw CommandError("--device \(self.device): expected cpu, cuda or cuda:N") }
+        guard let device = Device(deviceName) else { throw CommandError("--device \(deviceName): expected cpu, cuda or cuda:N") }
         try device.ensureAvailable()
         return (dtype, device)
     }

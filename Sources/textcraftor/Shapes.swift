@@ -154,6 +154,8 @@ struct Shapes: ParsableCommand {
         @Option(help: "Classifier-free guidance.") var guidance = 5.0
         @Option(help: "Seed of the prompts and the noise.") var seed: UInt64 = 0
         @Option(help: "Also write the table as JSON to this file.", completion: .file()) var json: String?
+        @Option(help: ArgumentHelp("A negative prompt for every sample, e.g. \"washed-out, blurry\".", valueName: "WORDS")) var negative = ""
+        @Option(help: ArgumentHelp("Words put before every prompt when sampling, e.g. \"sharp, \" or \"blurry, \"; the oracle still judges the plain prompt.", valueName: "WORDS")) var prefix = ""
 
         func run() throws {
             guard let split = Split(rawValue: split) else { throw CommandError("--split \(self.split): expected train or held-out") }
@@ -178,6 +180,8 @@ struct Shapes: ParsableCommand {
                     pipeline: pipeline, original: pipeline.textEncoder, judge: judge, prompts: prompts,
                     imagesPerPrompt: imagesPerPrompt, steps: steps, guidance: guidance, seed: seed &+ 303,
                     finetuned: encoder)
+                evaluator.prefix = prefix
+                evaluator.negative = negative
                 rows.append((name, try evaluator.evaluate(label: name, blend: encoder == nil ? nil : 1).mean))
             }
             let width = max(14, rows.map(\.0.count).max()! + 2)
