@@ -10,9 +10,19 @@
 #include <torch/csrc/autograd/grad_mode.h>
 #include <torch/csrc/autograd/variable.h>
 #include <torch/csrc/api/include/torch/version.h>
+// c10d's Gloo backend: libtorch_cpu has it, but the wheels ship no Gloo headers; Debian's libgloo-dev provides them
+// (declarations only: the code that runs is libtorch's own).
+#if __has_include(<gloo/algorithm.h>)
+#define CT_HAS_GLOO 1
+#define USE_C10D_GLOO 1
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#endif
 #pragma clang diagnostic pop
 
 #include <dlfcn.h>
+#include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -606,3 +616,74 @@ int ct_autocast_pop(int dt, int prev_enabled, int prev_dtype) {
 }
 int ct_autocast_enabled(int dt) { GUARD(-1, return at::autocast::is_autocast_enabled(device_type(dt)) ? 1 : 0;) }
 
+
+// MARK: distributed
+#ifdef CT_HAS_GLOO
+namespace {
+struct ProcessGroupHandle {
+  c10::intrusive_ptr<c10d::TCPStore> store;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
+};
+ProcessGroupHandle &PG(ct_process_group pg) { return *reinterpret_cast<ProcessGroupHandle *>(pg); }
+std::vector<at::Tensor> tensor_list(const ct_tensor *tensors, int n) {
+  std::vector<at::Tensor> list;
+  for (int i = 0; i < n; i++) list.push_back(T(tensors[i]));
+  return list;
+}
+}  // namespace
+
+int ct_dist_available(void) { return 1; }
+ct_process_group ct_dist_init(const char *host, int port, int rank, int world_size, int64_t timeout_ms) {
+  GUARD(nullptr, {
+    c10d::TCPStoreOptions options;
+    options.port = static_cast<uint16_t>(port);
+    options.isServer = rank == 0;
+    options.numWorkers = world_size;
+    options.waitWorkers = true;
+    options.timeout = std::chrono::milliseconds(timeout_ms);
+    auto handle = std::make_unique<ProcessGroupHandle>();
+    handle->store = c10::make_intrusive<c10d::TCPStore>(std::string(host), options);
+    auto gloo = c10d::ProcessGroupGloo::Options::create_default(std::chrono::milliseconds(timeout_ms));
+    handle->group = c10::make_intrusive<c10d::ProcessGroupGloo>(
+        c10::static_intrusive_pointer_cast<c10d::Store>(handle->store), rank, world_size, gloo);
+    return reinterpret_cast<ct_process_group>(handle.release());
+  })
+}
+void ct_dist_free(ct_process_group pg) { delete &PG(pg); }
+int ct_dist_all_reduce(ct_process_group pg, const ct_tensor *tensors, int n, int op) {
+  STATUS(auto list = tensor_list(tensors, n); c10d::AllreduceOptions options;
+         options.reduceOp = op == CT_REDUCE_MAX ? c10d::ReduceOp::MAX : op == CT_REDUCE_MIN ? c10d::ReduceOp::MIN : c10d::ReduceOp::SUM;
+         PG(pg).group->allreduce(list, options)->wait())
+}
+int ct_dist_broadcast(ct_process_group pg, const ct_tensor *tensors, int n, int root) {
+  STATUS(auto list = tensor_list(tensors, n); c10d::BroadcastOptions options; options.rootRank = root;
+         PG(pg).group->broadcast(list, options)->wait())
+}
+int ct_dist_barrier(ct_process_group pg) { STATUS(PG(pg).group->barrier()->wait()) }
+int ct_dist_store_set(ct_process_group pg, const char *key, const char *value) {
+  STATUS(std::string v(value); PG(pg).store->set(key, std::vector<uint8_t>(v.begin(), v.end())))
+}
+int ct_dist_store_get(ct_process_group pg, const char *key, char *out, int cap) {
+  GUARD(-1, {
+    out[0] = 0;
+    if (!PG(pg).store->check({std::string(key)})) return 0;
+    auto value = PG(pg).store->get(key);
+    size_t n = std::min(value.size(), static_cast<size_t>(cap > 0 ? cap - 1 : 0));
+    std::memcpy(out, value.data(), n);
+    out[n] = 0;
+    return static_cast<int>(value.size());
+  })
+}
+#else
+int ct_dist_available(void) { return 0; }
+namespace {
+void no_gloo() { set_error("this build of the shim has no Gloo (install libgloo-dev and rebuild)"); }
+}  // namespace
+ct_process_group ct_dist_init(const char *, int, int, int, int64_t) { no_gloo(); return nullptr; }
+void ct_dist_free(ct_process_group) {}
+int ct_dist_all_reduce(ct_process_group, const ct_tensor *, int, int) { no_gloo(); return -1; }
+int ct_dist_broadcast(ct_process_group, const ct_tensor *, int, int) { no_gloo(); return -1; }
+int ct_dist_barrier(ct_process_group) { no_gloo(); return -1; }
+int ct_dist_store_set(ct_process_group, const char *, const char *) { no_gloo(); return -1; }
+int ct_dist_store_get(ct_process_group, const char *, char *, int) { no_gloo(); return -1; }
+#endif

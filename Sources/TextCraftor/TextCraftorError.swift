@@ -9,6 +9,8 @@ public enum TextCraftorError: Error, CustomStringConvertible, Equatable, Sendabl
     case invalidArgument(String)
     case invalidCheckpoint(folder: String, message: String)
     case nonFinite(step: Int, what: String)
+    /// Data-parallel training failed: a rank stopped, or the ranks drifted apart.
+    case distributed(String)
 
     public var description: String {
         switch self {
@@ -19,6 +21,7 @@ public enum TextCraftorError: Error, CustomStringConvertible, Equatable, Sendabl
         case .invalidCheckpoint(let folder, let message): "\(folder): \(message)"
         case .nonFinite(let step, let what):
             "step \(step): the \(what) is not finite; stopped, the last good checkpoint is kept"
+        case .distributed(let message): message + "; stopped, the last good checkpoint is kept"
         }
     }
 }

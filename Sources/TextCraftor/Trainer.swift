@@ -110,6 +110,10 @@ public final class Trainer {
     public private(set) var step = 0
     /// Checked after every step; when true the trainer saves a checkpoint and returns (SIGINT).
     public var stopRequested: @Sendable () -> Bool = { false }
+    /// Data-parallel training: this process's rank in its group. Only rank 0 writes the run folder.
+    public var parallel: DataParallel? = nil
+    /// Whether this process writes checkpoints and metrics (rank 0, or the only process).
+    public var isWriter: Bool { (parallel?.rank ?? 0) == 0 }
 
     /// The module being trained.
     public var trainable: any Module { target == .text ? pipeline.textEncoder : pipeline.unet }
@@ -150,16 +154,26 @@ public final class Trainer {
         let state = try run.restore(checkpoint, component: component, model: trainable, optimizer: optimizer, generator: noise)
         try data.restore(cursor: state.promptCursor)
         step = state.step
-        try truncateMetrics(after: step)
+        if isWriter { try truncateMetrics(after: step) }
     }
 
     /// Trains until `maxSteps` (or a stop request), saving every `saveEvery` steps and at the end.
     public func train(onStep: (StepReport) -> Void = { _ in }) throws {
-        try run.prepare()
+        if let parallel {
+            guard case .prompts = data else {
+                throw TextCraftorError.invalidArgument("data-parallel training is for prompt mode (--mode prompt)")
+            }
+            guard settings.batchSize % parallel.worldSize == 0 else {
+                throw TextCraftorError.invalidArgument(
+                    "--batch-size \(settings.batchSize) does not split across \(parallel.worldSize) processes: use a multiple of \(parallel.worldSize)")
+            }
+        }
+        if isWriter { try run.prepare() }
         let size = settings.resolution ?? pipeline.defaultSize
         let latentShape = [settings.batchSize, pipeline.unet.config.in_channels, size / pipeline.vaeScaleFactor, size / pipeline.vaeScaleFactor]
+        var stopAgreed = false  // data-parallel: every rank stops after the same step, once any rank was asked to
         while step < settings.maxSteps {
-            if stopRequested() { break }
+            if parallel == nil ? stopRequested() : stopAgreed { break }
             let start = Date()
             optimizer.learningRate = settings.learningRate(at: step)
             var loss = 0.0
@@ -169,11 +183,16 @@ public final class Trainer {
                 let scale = 1 / Double(settings.gradAccumulation)
                 switch data {
                 case .prompts(let batches):
-                    let noiseTensor = Tensor.randn(latentShape, generator: noise)  // the step's first random draw
+                    var noiseTensor = Tensor.randn(latentShape, generator: noise)  // the step's first random draw
+                    var prompts = batches.next()
+                    if let shard = parallel?.shard(settings.batchSize) {  // this rank's rows of the global batch
+                        noiseTensor = noiseTensor.narrow(dim: 0, start: shard.lowerBound, length: shard.count)
+                        prompts = Array(prompts[shard])
+                    }
                     // The UNet stage samples with the (fine-tuned) encoder throughout: it is frozen there.
                     outcome = try promptTrainingStep(
                         pipeline: pipeline, trainable: pipeline.textEncoder, original: target == .text ? original : pipeline.textEncoder,
-                        rewards: rewards, prompts: batches.next(), initialNoise: noiseTensor, settings: settings.sampling,
+                        rewards: rewards, prompts: prompts, initialNoise: noiseTensor, settings: settings.sampling,
                         lossScale: scale, trainsTextEncoder: target == .text)
                 case .pairs(let batches):
                     let batch = batches.next()
@@ -186,15 +205,27 @@ public final class Trainer {
                 loss += outcome.loss / Double(settings.gradAccumulation)
                 for (name, mean) in outcome.rewards { rewardSums[name, default: 0] += mean / Double(settings.gradAccumulation) }
             }
+            if let parallel {
+                let names = rewardSums.keys.sorted()
+                let averaged = try parallel.average(
+                    gradientsOf: optimizer.parameters, scalars: [loss, stopRequested() ? 1 : 0] + names.map { rewardSums[$0]! },
+                    step: step + 1)
+                loss = averaged[0]
+                stopAgreed = averaged[1] > 0
+                for (name, value) in zip(names, averaged.dropFirst(2)) { rewardSums[name] = value }
+            }
             let gradNorm = clipGradients()
             guard loss.isFinite else { throw TextCraftorError.nonFinite(step: step + 1, what: "loss") }
             guard gradNorm.isFinite else { throw TextCraftorError.nonFinite(step: step + 1, what: "gradient norm") }
             optimizer.step()
             optimizer.zeroGrad()
             step += 1
+            if let parallel, step % parallel.syncCheckEvery == 0 || step == settings.maxSteps {
+                try parallel.checkInSync(optimizer.parameters, step: step)
+            }
             let report = StepReport(step: step, loss: loss, rewards: rewardSums, learningRate: optimizer.learningRate,
                                     gradNorm: gradNorm, seconds: Date().timeIntervalSince(start))
-            try appendMetrics(report)
+            if isWriter { try appendMetrics(report) }
             onStep(report)
             if step % settings.saveEvery == 0 || step == settings.maxSteps { try save() }
         }
@@ -205,6 +236,7 @@ public final class Trainer {
     public func optimizerState() -> (tensors: [String: Tensor], metadata: [String: String]) { optimizer.state() }
 
     public func save() throws {
+        guard isWriter else { return }
         try run.save(component: component, model: trainable, optimizer: optimizer, generator: noise,
                      state: TrainingState(step: step, promptCursor: try data.cursor(), seed: settings.seed),
                      keep: settings.keepCheckpoints)

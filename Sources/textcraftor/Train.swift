@@ -68,8 +68,37 @@ struct Train: ParsableCommand {
     @Option(help: "Image size in pixels (default: the model's).") var resolution: Int?
     @Flag(help: "Shuffle the prompts (with their own generator; the noise stream stays the same).") var shuffle = false
 
+    @Option(help: ArgumentHelp(
+        "Data-parallel: run as N processes on this machine (Gloo over loopback).",
+        discussion: "Several machines: start one process per rank with torchrun's variables RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set (torchrun itself can launch it). Each rank takes its rows of every global batch; gradients are averaged before each step; rank 0 writes the run folder. --batch-size must be a multiple of the number of processes.",
+        valueName: "N"))
+    var nprocPerNode: Int?
+    @Option(help: "With --nproc-per-node: the rendezvous port on 127.0.0.1 (default: a free one).") var masterPort: Int?
+    @Option(help: "Data-parallel: seconds a rank waits for the others (rendezvous and every collective) before it stops with an error naming them.")
+    var distTimeout: Double = 300
+    @Option(help: "Data-parallel: compare a hash of the parameters across ranks every N steps (and at the end).")
+    var syncCheckEvery = 100
+
     func run() throws {
-        let (record, outURL, resuming) = try resolveRecord()
+        guard distTimeout > 0 else { throw CommandError("--dist-timeout must be positive (got \(distTimeout))") }
+        guard syncCheckEvery >= 1 else { throw CommandError("--sync-check-every must be at least 1 (got \(syncCheckEvery))") }
+        if let nprocPerNode {
+            guard nprocPerNode >= 1 else { throw CommandError("--nproc-per-node must be at least 1 (got \(nprocPerNode))") }
+            guard ProcessInfo.processInfo.environment["RANK"] == nil else {
+                throw CommandError("--nproc-per-node launches the ranks itself: unset RANK/WORLD_SIZE, or drop the flag under torchrun")
+            }
+            if nprocPerNode > 1 {
+                _ = try resolveRecord(rank: 0)  // the flags are checked once, before any process starts
+                let status = try Launcher.run(
+                    processes: nprocPerNode, arguments: Launcher.childArguments(Array(CommandLine.arguments.dropFirst())),
+                    port: masterPort, timeout: distTimeout)
+                if status != 0 { throw ExitCode(status) }
+                return
+            }
+        }
+        let distributed = try DistributedEnvironment.fromEnvironment()
+        let rank = distributed?.rank ?? 0
+        let (record, outURL, resuming) = try resolveRecord(rank: rank)
         let options = try record.options.resolved()
         guard let model = record.options.model else { throw CommandError("give --model (a diffusers folder), or `model` in the config") }
         guard let rewardSpecs = record.options.rewards, !rewardSpecs.isEmpty else {
@@ -98,6 +127,12 @@ struct Train: ParsableCommand {
         settings.sampling = SamplingSettings(
             samplingSteps: options.samplingSteps, gradientWindow: options.gradientWindow, guidanceScale: options.guidanceScale)
         try settings.validate()
+        if let distributed {
+            guard options.mode == .prompt else { throw CommandError("data-parallel training is for prompt mode (--mode prompt)") }
+            guard settings.batchSize % distributed.worldSize == 0 else {
+                throw CommandError("--batch-size \(settings.batchSize) does not split across \(distributed.worldSize) processes: use a multiple of \(distributed.worldSize)")
+            }
+        }
 
         // Everything a user can get wrong is checked before the run folder is touched.
         let data: TrainingData
@@ -129,14 +164,16 @@ struct Train: ParsableCommand {
         for reward in rewardSpecs {
             weighted.add(try RewardRegistry.load(name: reward.name, paths: reward.paths), gamma: reward.gamma, scale: reward.scale)
         }
+        let group = try distributed?.join(timeout: distTimeout)
         let run = RunFolder(outURL)
-        try run.prepare()
+        if rank == 0 { try run.prepare() }
         let trainer = try Trainer(pipeline: pipeline, original: original, modelFolder: modelURL, rewards: weighted, data: data,
                                   settings: settings, target: options.train, run: run)
+        trainer.parallel = group.map { DataParallel(group: $0, syncCheckEvery: syncCheckEvery) }
         if resuming {
             try trainer.resume()
-            FileHandle.standardError.write(Data("resuming \(outURL.path) at step \(trainer.step)\n".utf8))
-        } else {
+            if rank == 0 { FileHandle.standardError.write(Data("resuming \(outURL.path) at step \(trainer.step)\n".utf8)) }
+        } else if rank == 0 {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             try encoder.encode(record).write(to: outURL.appendingPathComponent("run.json"), options: .atomic)
@@ -144,10 +181,11 @@ struct Train: ParsableCommand {
 
         let interrupt = Interrupt()
         trainer.stopRequested = { interrupt.requested }
-        let bar = ProgressBar("train", total: settings.maxSteps)
+        let bar = rank == 0 ? ProgressBar("train", total: settings.maxSteps) : nil
         try trainer.train { report in
-            bar.update(report.step, note: "loss \(String(format: "%.4f", report.loss)) " + report.rewardsNote)
+            bar?.update(report.step, note: "loss \(String(format: "%.4f", report.loss)) " + report.rewardsNote)
         }
+        guard rank == 0 else { return }
         let trained = options.train == .text ? "text_encoder" : "unet"
         if interrupt.requested {
             print("interrupted at step \(trainer.step): checkpoint saved; continue with --resume \(outURL.path)")
@@ -187,7 +225,8 @@ struct Train: ParsableCommand {
     }
 
     /// run.json of the run being resumed, or the --config file, overlaid with the flags given.
-    func resolveRecord() throws -> (RunRecord, URL, Bool) {
+    /// `rank`: a data-parallel rank other than 0 does not refuse the folder rank 0 is starting a run in.
+    func resolveRecord(rank: Int = 0) throws -> (RunRecord, URL, Bool) {
         var record: RunRecord
         let outPath: String
         if let resume {
@@ -204,7 +243,7 @@ struct Train: ParsableCommand {
             let file = try config.map { try TrainingConfigFile.load(URL(fileURLWithPath: $0)) } ?? TrainingOptions()
             record = RunRecord(options: file)
             guard let out = out ?? file.out else { throw CommandError("give --out (the run folder), or `out` in the config") }
-            if FileManager.default.fileExists(atPath: out + "/run.json") {
+            if rank == 0, FileManager.default.fileExists(atPath: out + "/run.json") {
                 throw CommandError("\(out) already holds a run: continue it with --resume \(out), or choose another --out")
             }
             outPath = out

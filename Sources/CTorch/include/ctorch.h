@@ -199,6 +199,22 @@ int ct_autocast_push(int device_type, int dtype, int enabled, int *prev_enabled,
 int ct_autocast_pop(int device_type, int prev_enabled, int prev_dtype);
 int ct_autocast_enabled(int device_type);
 
+// MARK: distributed: c10d's TCPStore for rendezvous and its Gloo process group (the engine torch.distributed runs on)
+typedef struct ct_process_group_opaque *ct_process_group;
+enum { CT_REDUCE_SUM = 0, CT_REDUCE_MAX = 1, CT_REDUCE_MIN = 2 };
+int ct_dist_available(void); // 1 when the shim was built with Gloo's headers (libgloo-dev), else 0
+// Rank 0 hosts the store at host:port; every rank connects, then the Gloo group forms. timeout_ms bounds the
+// rendezvous and every later collective.
+ct_process_group ct_dist_init(const char *host, int port, int rank, int world_size, int64_t timeout_ms);
+void ct_dist_free(ct_process_group pg);
+int ct_dist_all_reduce(ct_process_group pg, const ct_tensor *tensors, int n, int op); // in place, one collective
+int ct_dist_broadcast(ct_process_group pg, const ct_tensor *tensors, int n, int root); // in place
+int ct_dist_barrier(ct_process_group pg);
+int ct_dist_store_set(ct_process_group pg, const char *key, const char *value);
+// The value of key if the store has it now (no waiting): its length, written to out (NUL-terminated, cut to cap);
+// 0 and out "" when the key is absent; -1 when the store cannot be reached.
+int ct_dist_store_get(ct_process_group pg, const char *key, char *out, int cap);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,70 @@
+import CTorch
+import Foundation
+
+/// A group of processes that train together, over PyTorch's own distributed engine (c10d, inside libtorch): a
+/// TCPStore hosted by rank 0 for the rendezvous and a Gloo process group for the collectives, as
+/// `torch.distributed.init_process_group("gloo", init_method="tcp://HOST:PORT")` sets up. Every collective is
+/// bounded by `timeout`: a peer that died or hangs makes it throw instead of waiting forever.
+public final class ProcessGroup: @unchecked Sendable {
+    public let rank: Int
+    public let worldSize: Int
+    public let timeout: Double
+    let handle: ct_process_group
+
+    public enum ReduceOp: Int32 {
+        case sum = 0, max = 1, min = 2
+    }
+
+    /// Whether this build can form a group (the shim was compiled with Gloo's headers).
+    public static var isAvailable: Bool { ct_dist_available() == 1 }
+
+    /// Joins the group: rank 0 hosts the store on `port` of `host` (MASTER_ADDR, MASTER_PORT); the others connect
+    /// to it. Returns when all `worldSize` ranks have joined, or throws after `timeout` seconds.
+    public init(host: String, port: Int, rank: Int, worldSize: Int, timeout: Double) throws {
+        precondition(worldSize >= 1 && (0..<worldSize).contains(rank) && timeout > 0)
+        guard let handle = ct_dist_init(host, Int32(port), Int32(rank), Int32(worldSize), Int64(timeout * 1000)) else {
+            throw TorchError.last("distributed.init")
+        }
+        self.handle = handle
+        self.rank = rank
+        self.worldSize = worldSize
+        self.timeout = timeout
+    }
+
+    deinit { ct_dist_free(handle) }
+
+    /// Reduces `tensors` in place across the group (one collective for all of them; CPU tensors).
+    public func allReduce(_ tensors: [Tensor], _ op: ReduceOp = .sum) throws {
+        guard !tensors.isEmpty else { return }
+        var handles = tensors.map { Optional($0.handle) }
+        guard ct_dist_all_reduce(handle, &handles, Int32(handles.count), op.rawValue) == 0 else {
+            throw TorchError.last("distributed.all_reduce")
+        }
+    }
+
+    /// Copies rank `root`'s `tensors` into everyone's, in place.
+    public func broadcast(_ tensors: [Tensor], root: Int = 0) throws {
+        guard !tensors.isEmpty else { return }
+        var handles = tensors.map { Optional($0.handle) }
+        guard ct_dist_broadcast(handle, &handles, Int32(handles.count), Int32(root)) == 0 else {
+            throw TorchError.last("distributed.broadcast")
+        }
+    }
+
+    public func barrier() throws {
+        guard ct_dist_barrier(handle) == 0 else { throw TorchError.last("distributed.barrier") }
+    }
+
+    /// Sets a key of the group's store.
+    public func set(_ key: String, _ value: String) throws {
+        guard ct_dist_store_set(handle, key, value) == 0 else { throw TorchError.last("distributed.store_set") }
+    }
+
+    /// A key's value if the store holds it now (nil if absent); throws when the store cannot be reached.
+    public func value(_ key: String) throws -> String? {
+        var buffer = [CChar](repeating: 0, count: 256)
+        let length = ct_dist_store_get(handle, key, &buffer, Int32(buffer.count))
+        guard length >= 0 else { throw TorchError.last("distributed.store_get") }
+        return length == 0 ? nil : String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}

@@ -1,0 +1,128 @@
+import Foundation
+import TextCraftor
+import Torch
+
+/// torchrun's conventions: a process learns its place from RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT.
+struct DistributedEnvironment: Equatable {
+    var rank: Int
+    var worldSize: Int
+    var localRank: Int
+    var masterAddress: String
+    var masterPort: Int
+
+    /// nil when WORLD_SIZE is absent or 1 (a single process); an error naming the variable when one is malformed.
+    static func fromEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) throws -> DistributedEnvironment? {
+        guard let worldText = env["WORLD_SIZE"] else { return nil }
+        func integer(_ name: String, _ text: String?) throws -> Int {
+            guard let text, let value = Int(text) else {
+                throw CommandError("\(name)=\(text ?? "") (torchrun convention): expected an integer")
+            }
+            return value
+        }
+        let world = try integer("WORLD_SIZE", worldText)
+        guard world >= 1 else { throw CommandError("WORLD_SIZE=\(world): expected at least 1") }
+        if world == 1 { return nil }
+        let rank = try integer("RANK", env["RANK"])
+        guard (0..<world).contains(rank) else { throw CommandError("RANK=\(rank) is outside 0..<WORLD_SIZE (\(world))") }
+        let port = try integer("MASTER_PORT", env["MASTER_PORT"])
+        guard (1...65535).contains(port) else { throw CommandError("MASTER_PORT=\(port): expected a TCP port") }
+        return DistributedEnvironment(
+            rank: rank, worldSize: world, localRank: try env["LOCAL_RANK"].map { try integer("LOCAL_RANK", $0) } ?? rank,
+            masterAddress: env["MASTER_ADDR"] ?? "127.0.0.1", masterPort: port)
+    }
+
+    /// Joins the group (rank 0 hosts the store), or fails in one line naming the address.
+    func join(timeout: Double) throws -> ProcessGroup {
+        guard ProcessGroup.isAvailable else {
+            throw CommandError("this textcraftor was built without Gloo (install libgloo-dev and rebuild): no data-parallel training")
+        }
+        do {
+            return try ProcessGroup(host: masterAddress, port: masterPort, rank: rank, worldSize: worldSize, timeout: timeout)
+        } catch {
+            let cause = (error as? TorchError)?.message.split(separator: "\n").first.map(String.init) ?? "\(error)"
+            throw CommandError("rank \(rank): cannot form the group of \(worldSize) at \(masterAddress):\(masterPort) within \(Int(timeout)) s (\(cause))")
+        }
+    }
+}
+
+/// `--nproc-per-node N`: runs this same command as N processes on this machine, rank i with RANK=i, LOCAL_RANK=i,
+/// WORLD_SIZE=N, MASTER_ADDR=127.0.0.1 and a free MASTER_PORT, and waits. If one fails, the others are given the
+/// group's timeout to stop on their own (they do: their next collective fails and names the rank), then killed.
+/// Returns the exit status: 0, or the first failure's.
+enum Launcher {
+    static func run(processes: Int, arguments: [String], port: Int?, timeout: Double) throws -> Int32 {
+        let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        let port = try port ?? freePort()
+        var children: [Process] = []
+        signal(SIGINT, SIG_IGN)  // Ctrl-C reaches the children through the terminal; they save and stop together
+        for rank in 0..<processes {
+            let process = Process()
+            process.executableURL = executable
+            process.arguments = arguments
+            var env = ProcessInfo.processInfo.environment
+            env["RANK"] = String(rank)
+            env["LOCAL_RANK"] = String(rank)
+            env["WORLD_SIZE"] = String(processes)
+            env["LOCAL_WORLD_SIZE"] = String(processes)
+            env["MASTER_ADDR"] = "127.0.0.1"
+            env["MASTER_PORT"] = String(port)
+            // Each rank gets its share of the cores, as torchrun's OMP_NUM_THREADS default intends.
+            if env["OMP_NUM_THREADS"] == nil {
+                env["OMP_NUM_THREADS"] = String(max(1, ProcessInfo.processInfo.activeProcessorCount / processes))
+            }
+            process.environment = env
+            try process.run()
+            children.append(process)
+        }
+        var firstFailure: (rank: Int, status: Int32)? = nil
+        var deadline: Date? = nil
+        while children.contains(where: \.isRunning) {
+            for (rank, child) in children.enumerated() where !child.isRunning && child.terminationStatus != 0 && firstFailure == nil {
+                firstFailure = (rank, child.terminationStatus)
+                deadline = Date().addingTimeInterval(timeout + 10)
+            }
+            if let deadline, Date() > deadline {
+                for child in children where child.isRunning { kill(child.processIdentifier, SIGKILL) }
+            }
+            usleep(50_000)
+        }
+        for (rank, child) in children.enumerated() where child.terminationStatus != 0 && firstFailure == nil {
+            firstFailure = (rank, child.terminationStatus)
+        }
+        if let firstFailure {
+            FileHandle.standardError.write(Data("launcher: rank \(firstFailure.rank) exited with status \(firstFailure.status)\n".utf8))
+            return firstFailure.status
+        }
+        return 0
+    }
+
+    /// A TCP port nothing listens on now (bound to port 0, read back, closed).
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw CommandError("cannot open a socket to find a free port: give --master-port") }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard bound else { throw CommandError("cannot find a free port: give --master-port") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    /// The arguments of this run without the launcher's own flags.
+    static func childArguments(_ arguments: [String]) -> [String] {
+        var out: [String] = []
+        var skip = false
+        for argument in arguments {
+            if skip { skip = false; continue }
+            if argument == "--nproc-per-node" || argument == "--master-port" { skip = true; continue }
+            if argument.hasPrefix("--nproc-per-node=") || argument.hasPrefix("--master-port=") { continue }
+            out.append(argument)
+        }
+        return out
+    }
+}
