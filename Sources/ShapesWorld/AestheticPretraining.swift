@@ -43,15 +43,21 @@ public final class AestheticPretrainer {
     /// Whether the head's dropouts (0.2, 0.2, 0.1, as LAION's) are active in training. Off by default: dropout draws
     /// from libtorch's global generator, so with it a seed no longer fixes the run.
     public let dropout: Bool
+    /// With a VAE, this share of the images is replaced by its reconstruction (encode, posterior mean, decode).
+    public let vae: AutoencoderKL?
+    public let reconstructionProbability: Double
 
     /// Scores are learned around the middle of the scale: the head's last bias starts there.
     static let midpoint = 5.5
 
     public init(
         clip: CLIPModel, seed: UInt64, batchSize: Int = 64, learningRate: Double = 1e-3,
-        degradationProbability: Double = 0.7, dropout: Bool = false
+        degradationProbability: Double = 0.7, dropout: Bool = false, vae: AutoencoderKL? = nil,
+        reconstructionProbability: Double = 0.5
     ) throws {
         self.clip = clip
+        self.vae = vae
+        self.reconstructionProbability = reconstructionProbability
         let width = clip.config.projection_dim
         let weight = clip.visualProjection.weight
         let head = try VarBuilder(initializingWith: Generator(seed: seed), dtype: weight.dtype, device: weight.device)
@@ -77,12 +83,25 @@ public final class AestheticPretrainer {
     /// degradation (kind uniform, strength uniform in [0.2, 1]), as images [count, 3, 32, 32] and oracle scores.
     func batch(count: Int, split: Split, using generator: inout SplitMix64) -> (images: Tensor, scores: [Double]) {
         var images: [[UInt8]] = []
-        for _ in 0..<count {
+        var throughVAE: [Int] = []
+        for i in 0..<count {
             var pixels = Renderer.render(Scene.random(split: split, using: &generator))
             if generator.unit() < degradationProbability {
                 pixels = Degradation.random(using: &generator).apply(to: pixels)
             }
+            if vae != nil, generator.unit() < reconstructionProbability { throughVAE.append(i) }
             images.append(pixels)
+        }
+        if let vae, !throughVAE.isEmpty {
+            // What the pipeline draws is decoded by the VAE: the head learns to judge such images too, each scored
+            // by the oracle as it is after the round trip.
+            let decoded = withNoGrad {
+                let x = Renderer.tensor(throughVAE.map { images[$0] }) * 2 - 1
+                return ((vae.decode(vae.encode(x).mode()) / 2 + 0.5).clamp(min: 0, max: 1) * 255).round()
+                    .permute([0, 2, 3, 1]).to(.uint8).contiguous().toArray(UInt8.self)
+            }
+            let size = Renderer.side * Renderer.side * 3
+            for (k, i) in throughVAE.enumerated() { images[i] = Array(decoded[k * size..<(k + 1) * size]) }
         }
         return (Renderer.tensor(images), images.map(Oracle.quality))
     }

@@ -187,7 +187,7 @@ public final class ShapesPretraining {
         // 4. The aesthetic head on the frozen CLIP.
         if !finished(.aesthetic) {
             let trainer = try AestheticPretrainer(clip: clip, seed: plan.seed &+ 3, batchSize: plan.aestheticBatchSize,
-                                                  learningRate: plan.aestheticLearningRate)
+                                                  learningRate: plan.aestheticLearningRate, vae: vae)
             let (seconds, losses) = train(.aesthetic, optimizer: trainer.optimizer) { trainer.step() }
             let evaluation = trainer.evaluate(count: 512)
             let metrics = [

@@ -136,8 +136,16 @@ public struct Degradation: Hashable, Sendable, Codable, CustomStringConvertible 
 
     /// A random kind and strength (uniform in [0.2, 1]) and a seed, from `generator`.
     public static func random(using generator: inout some RandomNumberGenerator) -> Degradation {
-        let kind = Kind.allCases[generator.below(Kind.allCases.count)]
-        return Degradation(kind, strength: 0.2 + 0.8 * generator.unit(), seed: generator.next())
+        random(kinds: Kind.allCases, minimumStrength: 0.2, using: &generator)
+    }
+
+    /// A kind drawn uniformly from `kinds`, a strength uniform in [minimumStrength, 1], and a seed.
+    public static func random(kinds: [Kind], minimumStrength: Double, using generator: inout some RandomNumberGenerator)
+        -> Degradation
+    {
+        precondition(!kinds.isEmpty && (0...1).contains(minimumStrength))
+        let kind = kinds[generator.below(kinds.count)]
+        return Degradation(kind, strength: minimumStrength + (1 - minimumStrength) * generator.unit(), seed: generator.next())
     }
 
     static let tints: [SIMD3<Double>] = [[200, 120, 40], [120, 60, 160], [60, 160, 140], [150, 150, 90]]

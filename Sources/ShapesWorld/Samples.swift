@@ -23,10 +23,17 @@ public struct SampleRecipe: Hashable, Sendable, Codable {
     public var degradationProbability: Double
     /// The probability that a caption names the image's quality: its degradation's word, or "sharp" if clean.
     public var qualityWordProbability: Double
+    /// The kinds of degradation drawn from (uniformly).
+    public var kinds: [Degradation.Kind]
+    /// Strengths are uniform in [minimumStrength, 1].
+    public var minimumStrength: Double
 
-    public init(degradationProbability: Double, qualityWordProbability: Double) {
+    public init(degradationProbability: Double, qualityWordProbability: Double,
+                kinds: [Degradation.Kind] = Degradation.Kind.allCases, minimumStrength: Double = 0.2) {
         self.degradationProbability = degradationProbability
         self.qualityWordProbability = qualityWordProbability
+        self.kinds = kinds
+        self.minimumStrength = minimumStrength
     }
 
     /// Clean renders, captions silent about quality.
@@ -59,7 +66,7 @@ public struct Sample: Sendable {
         var pixels = Renderer.render(scene)
         var degradation: Degradation?
         if generator.unit() < recipe.degradationProbability {
-            degradation = Degradation.random(using: &generator)
+            degradation = Degradation.random(kinds: recipe.kinds, minimumStrength: recipe.minimumStrength, using: &generator)
             pixels = degradation!.apply(to: pixels)
         }
         var caption = Captions.caption(for: scene, seed: generator.next())

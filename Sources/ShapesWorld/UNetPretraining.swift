@@ -51,8 +51,12 @@ public final class UNetPretrainer {
     public let recipe: SampleRecipe
 
     /// Half the renders degraded, half the captions naming the quality: a prompt silent about quality then draws
-    /// sharp and degraded images alike, and the text encoder has something to steer.
-    public static let defaultRecipe = SampleRecipe(degradationProbability: 0.5, qualityWordProbability: 0.5)
+    /// sharp and degraded images alike, and the text encoder has something to steer. Only degradations that the
+    /// 8×8×4 latents can hold and the aesthetic head sees (washed-out and tinted, at strength 0.5 or more): pixel
+    /// noise and blur do not survive the VAE, so a UNet trained on them learns nothing it can draw.
+    public static let defaultRecipe = SampleRecipe(
+        degradationProbability: 0.5, qualityWordProbability: 0.5, kinds: [.lowContrast, .colourShift],
+        minimumStrength: 0.5)
 
     public init(
         textEncoder: CLIPTextModel, tokenizer: CLIPTokenizer, vae: AutoencoderKL, seed: UInt64, batchSize: Int = 32,

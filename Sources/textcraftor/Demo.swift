@@ -26,7 +26,7 @@ struct Demo: ParsableCommand {
     @Option(help: "Output folder.", completion: .directory) var out = "demo"
     @Option(help: "Training steps.") var steps = 60
     @Option(help: "Rewards to train on, NAME[:GAMMA] comma-separated, from: aesthetic, clip.") var rewards = "aesthetic"
-    @Option(help: "Weight (gamma) of the CLIP constraint added to the rewards.") var clipWeight = 1.0
+    @Option(help: "Weight (gamma) of the CLIP constraint added to the rewards.") var clipWeight = 0.3
     @Flag(help: "Train on the rewards alone, without the CLIP constraint.") var noClipConstraint = false
     @Option(help: "Held-out prompts to evaluate on.") var evalPrompts = 24
     @Option(help: "Images per prompt in evaluation.") var imagesPerPrompt = 4
