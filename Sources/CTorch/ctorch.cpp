@@ -15,6 +15,7 @@
 #if __has_include(<gloo/algorithm.h>)
 #define CT_HAS_GLOO 1
 #define USE_C10D_GLOO 1
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #endif
@@ -633,19 +634,21 @@ std::vector<at::Tensor> tensor_list(const ct_tensor *tensors, int n) {
 }  // namespace
 
 int ct_dist_available(void) { return 1; }
-ct_process_group ct_dist_init(const char *host, int port, int rank, int world_size, int64_t timeout_ms) {
+ct_process_group ct_dist_init(const char *host, int port, int rank, int world_size, int host_store, int64_t timeout_ms) {
   GUARD(nullptr, {
     c10d::TCPStoreOptions options;
     options.port = static_cast<uint16_t>(port);
-    options.isServer = rank == 0;
-    options.numWorkers = world_size;
-    options.waitWorkers = true;
+    options.isServer = host_store != 0;
+    options.numWorkers = host_store != 0 ? std::optional<std::size_t>(world_size) : std::nullopt;
+    options.waitWorkers = host_store != 0;
     options.timeout = std::chrono::milliseconds(timeout_ms);
     auto handle = std::make_unique<ProcessGroupHandle>();
     handle->store = c10::make_intrusive<c10d::TCPStore>(std::string(host), options);
     auto gloo = c10d::ProcessGroupGloo::Options::create_default(std::chrono::milliseconds(timeout_ms));
+    // The group's own keys under a prefix, as init_process_group does: a launcher's store holds keys of its own.
+    auto prefixed = c10::make_intrusive<c10d::PrefixStore>("textcraftor/pg", handle->store);
     handle->group = c10::make_intrusive<c10d::ProcessGroupGloo>(
-        c10::static_intrusive_pointer_cast<c10d::Store>(handle->store), rank, world_size, gloo);
+        c10::static_intrusive_pointer_cast<c10d::Store>(prefixed), rank, world_size, gloo);
     return reinterpret_cast<ct_process_group>(handle.release());
   })
 }
@@ -679,7 +682,7 @@ int ct_dist_available(void) { return 0; }
 namespace {
 void no_gloo() { set_error("this build of the shim has no Gloo (install libgloo-dev and rebuild)"); }
 }  // namespace
-ct_process_group ct_dist_init(const char *, int, int, int, int64_t) { no_gloo(); return nullptr; }
+ct_process_group ct_dist_init(const char *, int, int, int, int, int64_t) { no_gloo(); return nullptr; }
 void ct_dist_free(ct_process_group) {}
 int ct_dist_all_reduce(ct_process_group, const ct_tensor *, int, int) { no_gloo(); return -1; }
 int ct_dist_broadcast(ct_process_group, const ct_tensor *, int, int) { no_gloo(); return -1; }

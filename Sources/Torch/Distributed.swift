@@ -18,11 +18,13 @@ public final class ProcessGroup: @unchecked Sendable {
     /// Whether this build can form a group (the shim was compiled with Gloo's headers).
     public static var isAvailable: Bool { ct_dist_available() == 1 }
 
-    /// Joins the group: rank 0 hosts the store on `port` of `host` (MASTER_ADDR, MASTER_PORT); the others connect
-    /// to it. Returns when all `worldSize` ranks have joined, or throws after `timeout` seconds.
-    public init(host: String, port: Int, rank: Int, worldSize: Int, timeout: Double) throws {
+    /// Joins the group: rank 0 hosts the store on `port` of `host` (MASTER_ADDR, MASTER_PORT) unless
+    /// `launcherHostsStore` (torchrun's agent hosts it: TORCHELASTIC_USE_AGENT_STORE); the others connect to it.
+    /// Returns when all `worldSize` ranks have joined, or throws after `timeout` seconds.
+    public init(host: String, port: Int, rank: Int, worldSize: Int, timeout: Double, launcherHostsStore: Bool = false) throws {
         precondition(worldSize >= 1 && (0..<worldSize).contains(rank) && timeout > 0)
-        guard let handle = ct_dist_init(host, Int32(port), Int32(rank), Int32(worldSize), Int64(timeout * 1000)) else {
+        let hosts: Int32 = rank == 0 && !launcherHostsStore ? 1 : 0
+        guard let handle = ct_dist_init(host, Int32(port), Int32(rank), Int32(worldSize), hosts, Int64(timeout * 1000)) else {
             throw TorchError.last("distributed.init")
         }
         self.handle = handle

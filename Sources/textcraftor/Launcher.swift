@@ -9,6 +9,8 @@ struct DistributedEnvironment: Equatable {
     var localRank: Int
     var masterAddress: String
     var masterPort: Int
+    /// torchrun's agent already hosts the store on MASTER_PORT (TORCHELASTIC_USE_AGENT_STORE=True).
+    var launcherHostsStore = false
 
     /// nil when WORLD_SIZE is absent or 1 (a single process); an error naming the variable when one is malformed.
     static func fromEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) throws -> DistributedEnvironment? {
@@ -28,7 +30,8 @@ struct DistributedEnvironment: Equatable {
         guard (1...65535).contains(port) else { throw CommandError("MASTER_PORT=\(port): expected a TCP port") }
         return DistributedEnvironment(
             rank: rank, worldSize: world, localRank: try env["LOCAL_RANK"].map { try integer("LOCAL_RANK", $0) } ?? rank,
-            masterAddress: env["MASTER_ADDR"] ?? "127.0.0.1", masterPort: port)
+            masterAddress: env["MASTER_ADDR"] ?? "127.0.0.1", masterPort: port,
+            launcherHostsStore: env["TORCHELASTIC_USE_AGENT_STORE"]?.lowercased() == "true")
     }
 
     /// Joins the group (rank 0 hosts the store), or fails in one line naming the address.
@@ -37,7 +40,8 @@ struct DistributedEnvironment: Equatable {
             throw CommandError("this textcraftor was built without Gloo (install libgloo-dev and rebuild): no data-parallel training")
         }
         do {
-            return try ProcessGroup(host: masterAddress, port: masterPort, rank: rank, worldSize: worldSize, timeout: timeout)
+            return try ProcessGroup(host: masterAddress, port: masterPort, rank: rank, worldSize: worldSize, timeout: timeout,
+                                    launcherHostsStore: launcherHostsStore)
         } catch {
             let cause = (error as? TorchError)?.message.split(separator: "\n").first.map(String.init) ?? "\(error)"
             throw CommandError("rank \(rank): cannot form the group of \(worldSize) at \(masterAddress):\(masterPort) within \(Int(timeout)) s (\(cause))")
