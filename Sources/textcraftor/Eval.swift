@@ -53,7 +53,7 @@ struct Eval: ParsableCommand {
     @Option(help: ArgumentHelp("A style mix NAME=W,NAME=W,... (NAME: original, a --text-encoder's name, or a folder). Repeatable.",
                                valueName: "NAME=W,..."))
     var mix: [String] = []
-    @Option(help: "A scheduler: the model's own, ddim, euler, dpm or pndm. Repeatable: every variant per scheduler.")
+    @Option(help: "A scheduler: the model's own, ddim, euler, dpm, pndm, or trainer (DDIM with trailing timesteps, as training samples). Repeatable: every variant per scheduler.")
     var scheduler: [String] = []
     @Option(help: ArgumentHelp("Fine-tuned embeddings for the last N UNet calls only (default: all).", valueName: "N"))
     var finetunedSteps: Int?
@@ -231,7 +231,9 @@ struct Eval: ParsableCommand {
         var variants: [EvalVariant] = []
         for name in schedulers {
             let made: any Scheduler
-            do { made = try pipeline.makeScheduler(name) } catch { throw CommandError("--scheduler \(name ?? ""): \(error)") }
+            do { made = try Self.makeScheduler(name, pipeline: pipeline, steps: sampling.steps) } catch {
+                throw CommandError("--scheduler \(name ?? ""): \(error)")
+            }
             try made.setTimesteps(sampling.steps)
             let calls = made.timesteps.count
             for b in base {
@@ -272,6 +274,15 @@ struct Eval: ParsableCommand {
         return scorers
     }
 
+    /// A scheduler by name: the model's own (nil), ddim, euler, dpm, pndm, or `trainer`: the sampler training uses
+    /// (DDIM, trailing timesteps, no clipping), to measure an encoder where it was trained.
+    static func makeScheduler(_ name: String?, pipeline: StableDiffusionPipeline, steps: Int) throws -> any Scheduler {
+        if name == "trainer" {
+            return try SamplingSettings(samplingSteps: steps, gradientWindow: 1, guidanceScale: 0).makeScheduler(pipeline)
+        }
+        return try pipeline.makeScheduler(name)
+    }
+
     // MARK: - Generating and scoring
 
     static func imageName(_ index: Int) -> String { String(format: "%05d.png", index) }
@@ -299,7 +310,7 @@ struct Eval: ParsableCommand {
         for (k, (v, p)) in todo.enumerated() {
             let variant = variants[v]
             let key = variant.schedulerName ?? ""
-            let scheduler = try schedulers[key] ?? pipeline.makeScheduler(variant.schedulerName)
+            let scheduler = try schedulers[key] ?? Self.makeScheduler(variant.schedulerName, pipeline: pipeline, steps: sampling.steps)
             schedulers[key] = scheduler
             var request = GenerationRequest(prompts: [prompts.prompts[p].text])
             request.steps = sampling.steps
