@@ -639,8 +639,9 @@ ct_process_group ct_dist_init(const char *host, int port, int rank, int world_si
     c10d::TCPStoreOptions options;
     options.port = static_cast<uint16_t>(port);
     options.isServer = host_store != 0;
-    options.numWorkers = host_store != 0 ? std::optional<std::size_t>(world_size) : std::nullopt;
-    options.waitWorkers = host_store != 0;
+    // Every process counts itself in (waitWorkers on a client); the host then waits for all of them.
+    options.numWorkers = world_size;
+    options.waitWorkers = true;
     options.timeout = std::chrono::milliseconds(timeout_ms);
     auto handle = std::make_unique<ProcessGroupHandle>();
     handle->store = c10::make_intrusive<c10d::TCPStore>(std::string(host), options);
