@@ -120,9 +120,11 @@ struct Eval: ParsableCommand {
 
         let images = try generate(variants, prompts: prompts, sampling: sampling, pipeline: pipeline, output: output)
         let scores = try score(images, prompts: prompts, sampling: sampling, scorers: scorers)
+        // Win rates count against the original drawn with the same scheduler.
+        let references = variants.map { v in variants.firstIndex { $0.schedulerName == v.schedulerName }! }
         let summary = EvalSummary(
             variants: variants.map { ($0.name, $0.description) }, rewards: scorers.map(\.name), prompts: prompts,
-            imagesPerPrompt: sampling.imagesPerPrompt, scores: scores)
+            imagesPerPrompt: sampling.imagesPerPrompt, scores: scores, references: references)
         try write(summary, scores: scores, images: images, prompts: prompts, variants: variants, scorers: scorers,
                   sampling: sampling, model: modelURL, output: output)
         print(summary.markdown(), terminator: "")

@@ -76,6 +76,21 @@ import Testing
         #expect(tables[2].contains("| better | 2.5000 | 5.5000 | 4.0000 |"))
     }
 
+    /// Two schedulers: each variant is counted against the original drawn with its own scheduler.
+    @Test func winRatesCountAgainstEachSchedulersOriginal() {
+        let prompts = EvalPromptSet(prompts: [EvalPrompt(text: "a", group: "g"), EvalPrompt(text: "b", group: "g")], grouping: .none)
+        let scores: [[[Double]]] = [[[1, 1]], [[2, 0]], [[5, 5]], [[6, 6]]]  // one reward, one image per prompt
+        let s = EvalSummary(variants: [("original+ddim", ""), ("x+ddim", ""), ("original+euler", ""), ("x+euler", "")],
+                            rewards: ["r"], prompts: prompts, imagesPerPrompt: 1, scores: scores, references: [0, 0, 2, 2])
+        #expect(s.variants.map(\.reference) == [nil, "original+ddim", nil, "original+euler"])
+        // x+ddim beats original+ddim on prompt a only; x+euler beats original+euler on both (against original+ddim
+        // it would also win both, so the euler original is what makes x+ddim's 50% and x+euler's 100% differ).
+        #expect(s.variants.map { $0.rewards["r"]!.winRate } == [nil, 0.5, nil, 1])
+        let markdown = s.markdown()
+        #expect(markdown.contains("## Win rate against the original with the same scheduler"))
+        #expect(markdown.contains("| x+euler | 100.0% |") && !markdown.contains("| original+euler | 0.0%"))
+    }
+
     @Test func jsonIsStable() throws {
         let a = try summary().json(), b = try summary().json()
         #expect(a == b)

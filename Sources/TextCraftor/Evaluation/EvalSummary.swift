@@ -22,6 +22,8 @@ public struct EvalSummary: Codable, Equatable, Sendable {
         public let name: String
         /// What the variant is, in words (the encoder folder, the blend weight, the scheduler).
         public let description: String
+        /// The variant its win rates are counted against (nil for a reference itself).
+        public let reference: String?
         public let rewards: [String: RewardResult]
     }
 
@@ -31,7 +33,7 @@ public struct EvalSummary: Codable, Equatable, Sendable {
     public let groups: [String]
     public let prompts: Int
     public let imagesPerPrompt: Int
-    /// The variant the win rates are counted against.
+    /// The variant the win rates are counted against (with several schedulers: the first of the references).
     public let reference: String
     public let variants: [VariantResult]
 
@@ -39,10 +41,14 @@ public struct EvalSummary: Codable, Equatable, Sendable {
         case rewards, grouping, groups, prompts, imagesPerPrompt = "images_per_prompt", reference, variants
     }
 
-    /// - Parameter scores: `scores[v][r][i]`: variant v, reward r, image i = prompt · imagesPerPrompt + k. The first
-    ///   variant is the reference of the win rates.
+    /// - Parameters:
+    ///   - scores: `scores[v][r][i]`: variant v, reward r, image i = prompt · imagesPerPrompt + k.
+    ///   - references: for each variant, the index of the variant its win rates count against (default: the first,
+    ///     for all); a variant that is its own reference has none. Several schedulers: each one's original.
     public init(variants: [(name: String, description: String)], rewards: [String], prompts: EvalPromptSet,
-                imagesPerPrompt: Int, scores: [[[Double]]]) {
+                imagesPerPrompt: Int, scores: [[[Double]]], references: [Int]? = nil) {
+        let references = references ?? Array(repeating: 0, count: variants.count)
+        precondition(references.count == variants.count && references.allSatisfy { variants.indices.contains($0) })
         let count = prompts.prompts.count
         precondition(!variants.isEmpty && count > 0 && imagesPerPrompt > 0)
         precondition(scores.count == variants.count && scores.allSatisfy { $0.count == rewards.count })
@@ -72,10 +78,11 @@ public struct EvalSummary: Codable, Equatable, Sendable {
                     ? groups.map { perGroup[$0]!.mean }.reduce(0, +) / Double(groups.count) : nil
                 results[name] = RewardResult(
                     overall: EvalStatistics.meanInterval(values),
-                    winRate: v == 0 ? nil : EvalStatistics.winRate(values, over: byPrompt[0][r]),
+                    winRate: references[v] == v ? nil : EvalStatistics.winRate(values, over: byPrompt[references[v]][r]),
                     groups: perGroup, styleAverage: styleAverage)
             }
-            return VariantResult(name: variants[v].name, description: variants[v].description, rewards: results)
+            return VariantResult(name: variants[v].name, description: variants[v].description,
+                                 reference: references[v] == v ? nil : variants[references[v]].name, rewards: results)
         }
     }
 
@@ -99,9 +106,11 @@ public struct EvalSummary: Codable, Equatable, Sendable {
         }
         var out = "## Mean over \(prompts) prompts (\(imagesPerPrompt) image\(imagesPerPrompt == 1 ? "" : "s") each), ± 95% interval\n\n"
         out += table(["variant"] + rewards, variants.map { v in [v.name] + rewards.map { Self.cell(v.rewards[$0]!.overall) } })
-        if variants.count > 1 {
-            out += "\n\n## Win rate against \(reference) (share of prompts scored higher)\n\n"
-            out += table(["variant"] + rewards, variants.dropFirst().map { v in
+        let compared = variants.filter { $0.reference != nil }
+        if !compared.isEmpty {
+            let against = Set(compared.map { $0.reference! }).count == 1 ? compared[0].reference! : "the original with the same scheduler"
+            out += "\n\n## Win rate against \(against) (share of prompts scored higher)\n\n"
+            out += table(["variant"] + rewards, compared.map { v in
                 [v.name] + rewards.map { String(format: "%.1f%%", 100 * v.rewards[$0]!.winRate!) }
             })
         }
