@@ -17,9 +17,10 @@ public enum ShapesWorldBundle {
     public static func aestheticHead(in bundle: URL) -> URL { bundle.appendingPathComponent("rewards/aesthetic.safetensors") }
 
     /// The bundle's reward `name` (aesthetic or clip), loaded by `RewardRegistry` from the bundle's files.
-    public static func reward(_ name: String, in bundle: URL) throws -> any Reward {
+    public static func reward(_ name: String, in bundle: URL, device: Device = .cpu) throws -> any Reward {
         let clip = clip(in: bundle).path
-        return try RewardRegistry.load(name: name, paths: name == "aesthetic" ? [clip, aestheticHead(in: bundle).path] : [clip])
+        return try RewardRegistry.load(
+            name: name, paths: name == "aesthetic" ? [clip, aestheticHead(in: bundle).path] : [clip], device: device)
     }
 }
 

@@ -73,10 +73,10 @@ struct Eval: ParsableCommand {
     @Option(help: "Prompts shown in the report's image grid.") var gridPrompts = 8
 
     func validate() throws {
-        for (flag, value) in [("--images-per-prompt", imagesPerPrompt), ("--batch-size", batchSize), ("--grid-prompts", gridPrompts)]
-        where value < 1 && !(flag == "--grid-prompts" && value == 0) {
+        for (flag, value) in [("--images-per-prompt", imagesPerPrompt), ("--batch-size", batchSize)] where value < 1 {
             throw CommandError("\(flag) must be at least 1 (got \(value))")
         }
+        guard gridPrompts >= 0 else { throw CommandError("--grid-prompts must not be negative (got \(gridPrompts))") }
         for (flag, value) in [("--limit", limit), ("--sample", sample), ("--steps", steps), ("--finetuned-steps", finetunedSteps)] {
             if let value, value < 1 { throw CommandError("\(flag) must be at least 1 (got \(value))") }
         }
@@ -254,22 +254,21 @@ struct Eval: ParsableCommand {
 
     func makeScorers(bundle: URL?, device: Device) throws -> [EvalScorer] {
         var scorers: [EvalScorer] = []
-        var specs = rewards
-        if let bundle, specs.isEmpty {
-            specs = ["aesthetic=\(ShapesWorldBundle.clip(in: bundle).path),\(ShapesWorldBundle.aestheticHead(in: bundle).path)",
-                     "clip=\(ShapesWorldBundle.clip(in: bundle).path)"]
-        }
-        for spec in specs {
-            let (name, paths, _) = try parseRewardSpec(spec)
-            guard !scorers.contains(where: { $0.name == name }) else { throw CommandError("--reward names \(name) twice") }
-            let reward: any Reward
-            do { reward = try RewardRegistry.load(name: name, paths: paths, device: device) } catch {
-                throw CommandError("--reward \(spec): \(error)")
-            }
+        func add(_ name: String, _ reward: any Reward) {
             reward.preprocessing = .evaluation
             scorers.append(EvalScorer(name: name, device: device, reward: reward))
         }
-        if bundle != nil {
+        for spec in rewards {
+            let (name, paths, _) = try parseRewardSpec(spec)
+            guard !scorers.contains(where: { $0.name == name }) else { throw CommandError("--reward names \(name) twice") }
+            do { add(name, try RewardRegistry.load(name: name, paths: paths, device: device)) } catch {
+                throw CommandError("--reward \(spec): \(error)")
+            }
+        }
+        if let bundle {
+            if rewards.isEmpty {
+                for name in ["aesthetic", "clip"] { add(name, try ShapesWorldBundle.reward(name, in: bundle, device: device)) }
+            }
             scorers.append(EvalScorer(name: "alignment", device: device, oracle: { Oracle.alignment($0, prompt: $1) }))
             scorers.append(EvalScorer(name: "quality", device: device, oracle: { pixels, _ in Oracle.quality(pixels) }))
         }

@@ -47,6 +47,7 @@ public struct EvalPromptSet: Equatable, Sendable {
         precondition(!urls.isEmpty, "EvalPromptSet.files needs a file")
         var prompts: [EvalPrompt] = []
         var styles: Set<String> = []
+        var labelled = false
         for url in urls {
             let style = url.deletingPathExtension().lastPathComponent
             guard styles.insert(style).inserted else {
@@ -54,10 +55,11 @@ public struct EvalPromptSet: Equatable, Sendable {
                     file: url.path, message: "a second file for the style \"\(style)\" (styles are named by file name)")
             }
             let source = try read(url, column: column, category: category, challenge: challenge, categories: urls.count == 1)
+            labelled = source.labels != nil
             let labels = source.labels ?? Array(repeating: style, count: source.prompts.count)
             prompts += zip(source.prompts, labels).map { EvalPrompt(text: $0, group: $1.isEmpty ? "(none)" : $1) }
         }
-        let grouping: Grouping = urls.count > 1 ? .style : hasCategories(prompts, urls[0])
+        let grouping: Grouping = urls.count > 1 ? .style : labelled ? .category : .none
         return EvalPromptSet(prompts: prompts, grouping: grouping)
     }
 
@@ -70,10 +72,6 @@ public struct EvalPromptSet: Equatable, Sendable {
             return source
         }
         return try PromptSource(contentsOf: url, column: column, category: category, challenge: challenge)
-    }
-
-    static func hasCategories(_ prompts: [EvalPrompt], _ url: URL) -> Grouping {
-        prompts.contains { $0.group != url.deletingPathExtension().lastPathComponent } ? .category : .none
     }
 
     /// The first `count` prompts.
