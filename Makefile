@@ -21,8 +21,12 @@ release:
 	swift build -c release --product textcraftor $(RPATH)
 
 ## make test: build and run every test (Swift Testing), no Python needed.
+## On failure the failing tests' lines are printed again at the end, where a log's tail shows them.
 test:
-	swift test $(RPATH)
+	@mkdir -p .build
+	swift test $(RPATH) 2>&1 | tee .build/test.log || { \
+	  echo "== failed tests (full log: .build/test.log) =="; \
+	  grep -a -E '✘|Fatal error|error:' .build/test.log | cut -c1-600 | head -60; exit 1; }
 
 ## make demo: the main job on the embedded default: TextCraftor on ShapesWorld's bundled tiny Stable Diffusion
 ## (baseline, fine-tuning, report in demo/). A few minutes on 2 CPU cores.

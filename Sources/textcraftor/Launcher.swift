@@ -56,7 +56,9 @@ struct DistributedEnvironment: Equatable {
 enum Launcher {
     static func run(processes: Int, arguments: [String], port: Int?, timeout: Double) throws -> Int32 {
         let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        let port = try port ?? freePort()
+        guard let port = port ?? ProcessGroup.freePort() else {
+            throw CommandError("cannot find a free port on 127.0.0.1: give --master-port")
+        }
         var children: [Process] = []
         signal(SIGINT, SIG_IGN)  // Ctrl-C reaches the children through the terminal; they save and stop together
         for rank in 0..<processes {
@@ -98,23 +100,6 @@ enum Launcher {
             return firstFailure.status
         }
         return 0
-    }
-
-    /// A TCP port nothing listens on now (bound to port 0, read back, closed).
-    static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw CommandError("cannot open a socket to find a free port: give --master-port") }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-        }
-        guard bound else { throw CommandError("cannot find a free port: give --master-port") }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 
     /// The arguments of this run without the launcher's own flags.
