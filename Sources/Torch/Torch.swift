@@ -55,6 +55,13 @@ public enum Torch {
         checkStatus(ct_manual_seed(seed), "manual_seed")
     }
 
+    /// Waits for the device's queued work (CUDA kernels run asynchronously); nothing to wait for on the CPU. For
+    /// timing.
+    public static func synchronize(_ device: Device) {
+        guard case .cuda(let index) = device else { return }
+        checkStatus(ct_cuda_synchronize(Int32(index)), "cuda_synchronize")
+    }
+
     /// TF32 for CUDA matmuls and convolutions (`torch.backends.cuda.matmul.allow_tf32`, cudnn likewise).
     public static func setTF32(_ enabled: Bool) {
         checkStatus(ct_set_tf32(enabled ? 1 : 0), "set_tf32")
@@ -107,4 +114,17 @@ public func readProcFile(_ path: String) -> String? {
     guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
     defer { try? handle.close() }
     return String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
+}
+
+/// This process's peak resident memory in MiB since it started: VmHWM of /proc/self/status. Not `ru_maxrss`, which
+/// Linux carries across exec, so that a child spawned by a big process (a test runner) starts with its parent's peak.
+public func peakResidentMemoryMB() -> Double {
+    if let status = readProcFile("/proc/self/status"),
+       let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+       let kb = Double(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") {
+        return kb / 1024
+    }
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Double(usage.ru_maxrss) / 1024
 }
