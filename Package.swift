@@ -71,7 +71,7 @@ let package = Package(
         .testTarget(name: "RewardsTests", dependencies: ["Rewards"], resources: [.copy("Fixtures")], linkerSettings: rpath),
         .testTarget(name: "ShapesWorldTests", dependencies: ["ShapesWorld"], linkerSettings: rpath),
         // Runs the built `textcraftor` binary as a user would (it is built because the target depends on it).
-        .testTarget(name: "CLITests", dependencies: ["textcraftor", "Torch"], linkerSettings: rpath),
+        .testTarget(name: "CLITests", dependencies: ["textcraftor", "Torch", "TextCraftor"], linkerSettings: rpath),
         .testTarget(
             name: "StableDiffusionTests", dependencies: ["StableDiffusion"], resources: [.copy("Fixtures")],
             linkerSettings: rpath),

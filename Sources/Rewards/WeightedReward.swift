@@ -27,7 +27,9 @@ public final class WeightedReward {
         var total: Tensor? = nil
         var parts: [(name: String, scores: Tensor)] = []
         for term in terms {
-            let scores = try term.reward.score(images, prompts: prompts)
+            // Scores of half-precision towers are summed in float32 (the loss and its gradient keep their digits).
+            let raw = try term.reward.score(images, prompts: prompts)
+            let scores = raw.dtype == .float32 || raw.dtype == .float64 ? raw : raw.to(.float32)
             parts.append((term.reward.name, scores))
             let weighted = scores * (term.gamma * term.scale)
             total = total.map { $0 + weighted } ?? weighted

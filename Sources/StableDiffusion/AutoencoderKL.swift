@@ -127,15 +127,25 @@ public final class AutoencoderKL: Module {
     /// How much smaller the latent is than the image on each side: 2^(blocks - 1) (8 for Stable Diffusion).
     public var vaeScaleFactor: Int { 1 << (config.block_out_channels.count - 1) }
 
-    /// image [B, in_channels, H, W] in [-1, 1] -> the latent distribution.
+    /// The weights' floating-point type.
+    public var dtype: DType { decoder.convIn.weight.dtype }
+
+    /// image [B, in_channels, H, W] in [-1, 1] -> the latent distribution, in the image's floating-point type (an
+    /// image of another type than the weights' is cast to theirs for the computation, as autocast would).
     public func encode(_ image: Tensor) -> DiagonalGaussianDistribution {
-        let moments = encoder(image)
-        return DiagonalGaussianDistribution(quantConv.map { $0(moments) } ?? moments)
+        let dtype = self.dtype
+        let moments = encoder(image.dtype == dtype ? image : image.to(dtype))
+        let output = quantConv.map { $0(moments) } ?? moments
+        return DiagonalGaussianDistribution(output.dtype == image.dtype ? output : output.to(image.dtype))
     }
 
-    /// latents [B, latent_channels, h, w] (unscaled) -> image [B, out_channels, h * f, w * f], roughly in [-1, 1].
+    /// latents [B, latent_channels, h, w] (unscaled) -> image [B, out_channels, h * f, w * f], roughly in [-1, 1], in
+    /// the latents' floating-point type (computed in the weights').
     public func decode(_ latents: Tensor) -> Tensor {
-        decoder(postQuantConv.map { $0(latents) } ?? latents)
+        let dtype = self.dtype
+        let input = latents.dtype == dtype ? latents : latents.to(dtype)
+        let image = decoder(postQuantConv.map { $0(input) } ?? input)
+        return image.dtype == latents.dtype ? image : image.to(latents.dtype)
     }
 
     /// Reads a diffusers `vae/` folder: `config.json` and `diffusion_pytorch_model[.variant].safetensors` (or `.bin`),

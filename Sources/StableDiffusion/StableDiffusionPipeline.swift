@@ -69,18 +69,25 @@ public final class StableDiffusionPipeline {
 
     /// Loads a diffusers folder: `model_index.json` and the `tokenizer`, `text_encoder`, `unet`, `vae` and
     /// `scheduler` components, each strictly (every key of every weights file must fit the model).
-    public static func load(folder: URL, dtype: DType = .float32, device: Device = .cpu, variant: String? = nil) throws
-        -> StableDiffusionPipeline
-    {
+    ///
+    /// `dtype` is every component's type unless `textEncoderDType`, `unetDType` or `vaeDType` names another (mixed
+    /// precision: a trained component in float32 beside frozen ones in bfloat16; the models cast their inputs).
+    public static func load(
+        folder: URL, dtype: DType = .float32, device: Device = .cpu, variant: String? = nil,
+        textEncoderDType: DType? = nil, unetDType: DType? = nil, vaeDType: DType? = nil
+    ) throws -> StableDiffusionPipeline {
         try ModelIndex.check(folder: folder)
         let textFolder = folder.appendingPathComponent("text_encoder")
         let textWeights = try componentWeights(in: textFolder, baseName: "model", binBaseName: "pytorch_model", variant: variant)
         return StableDiffusionPipeline(
             tokenizer: try CLIPTokenizer(directory: folder.appendingPathComponent("tokenizer")),
             textEncoder: try CLIPTextModel.load(
-                textWeights, configFile: textFolder.appendingPathComponent("config.json"), dtype: dtype, device: device),
-            unet: try UNet2DConditionModel.load(folder: folder.appendingPathComponent("unet"), variant: variant, dtype: dtype, device: device),
-            vae: try AutoencoderKL.load(folder: folder.appendingPathComponent("vae"), variant: variant, dtype: dtype, device: device),
+                textWeights, configFile: textFolder.appendingPathComponent("config.json"), dtype: textEncoderDType ?? dtype,
+                device: device),
+            unet: try UNet2DConditionModel.load(
+                folder: folder.appendingPathComponent("unet"), variant: variant, dtype: unetDType ?? dtype, device: device),
+            vae: try AutoencoderKL.load(
+                folder: folder.appendingPathComponent("vae"), variant: variant, dtype: vaeDType ?? dtype, device: device),
             schedulerConfig: try decodeConfig(
                 SchedulerConfig.self, from: folder.appendingPathComponent("scheduler/scheduler_config.json")),
             schedulerConfigFile: folder.appendingPathComponent("scheduler/scheduler_config.json").path,

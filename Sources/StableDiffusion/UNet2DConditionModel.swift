@@ -247,9 +247,21 @@ public final class UNet2DConditionModel: Module {
             kernelSize: config.conv_out_kernel, padding: (config.conv_out_kernel - 1) / 2)
     }
 
+    /// The weights' floating-point type.
+    public var dtype: DType { convIn.weight.dtype }
+
     /// The model output for `sample` [B, C, H, W] at `timestep` (a scalar, or [B]; integer or fractional) given the
     /// text embeddings `encoderHiddenStates` [B, S, cross_attention_dim].
+    ///
+    /// Inputs of another floating-point type than the weights' are cast to it, and the output back to the sample's
+    /// type, as autocast would (mixed precision: float32 latents and text embeddings into a bfloat16 UNet).
     public func callAsFunction(_ sample: Tensor, timestep: Tensor, encoderHiddenStates: Tensor) -> Tensor {
+        let dtype = self.dtype
+        guard sample.dtype == dtype, encoderHiddenStates.dtype == dtype else {
+            let output = self(sample.dtype == dtype ? sample : sample.to(dtype), timestep: timestep,
+                              encoderHiddenStates: encoderHiddenStates.dtype == dtype ? encoderHiddenStates : encoderHiddenStates.to(dtype))
+            return output.to(sample.dtype)
+        }
         let batch = sample.size(0)
         // Sizes that the up path cannot reach by doubling take their size from the skip connections instead.
         let overallUpFactor = 1 << (upBlocks.count - 1)

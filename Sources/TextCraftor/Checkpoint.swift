@@ -10,6 +10,8 @@ public struct TrainingState: Codable, Equatable, Sendable {
     public var promptCursor: Data
     public var seed: UInt64
     public var version = 1
+    /// fp16 training's loss scale (nil otherwise).
+    public var lossScaler: LossScaler?
 
     public init(step: Int, promptCursor: Data, seed: UInt64) {
         self.step = step

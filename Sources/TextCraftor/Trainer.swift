@@ -61,6 +61,8 @@ public struct TrainerSettings: Sendable {
     /// Direct fine-tuning: the range the noising timestep is drawn from, uniformly.
     public var timestepRange = 0...999
     public var sampling = SamplingSettings()
+    /// Which type the frozen models hold; under fp16 the loss is scaled (`LossScaler`). The caller loads the models.
+    public var mixedPrecision = MixedPrecision.no
 
     public init() {}
 
@@ -108,6 +110,10 @@ public final class Trainer {
     /// The run's CPU generator: the latent noise is each step's first draw from it.
     let noise: Generator
     public private(set) var step = 0
+    /// fp16: the loss scale (nil under bf16 and float32, whose range needs none).
+    public private(set) var lossScaler: LossScaler?
+    /// Steps skipped because fp16 gradients overflowed (their scale was halved).
+    public private(set) var skippedSteps = 0
     /// Checked after every step; when true the trainer saves a checkpoint and returns (SIGINT).
     public var stopRequested: @Sendable () -> Bool = { false }
     /// Data-parallel training: this process's rank in its group. Only rank 0 writes the run folder.
@@ -146,6 +152,7 @@ public final class Trainer {
             parameters: (target == .text ? pipeline.textEncoder as any Module : pipeline.unet).trainableParameters,
             learningRate: settings.learningRate, betas: settings.betas, eps: settings.eps, weightDecay: settings.weightDecay)
         noise = Generator(seed: settings.seed)
+        lossScaler = settings.mixedPrecision == .fp16 ? LossScaler() : nil
     }
 
     /// Continues from the newest complete checkpoint of the run folder.
@@ -154,6 +161,7 @@ public final class Trainer {
         let state = try run.restore(checkpoint, component: component, model: trainable, optimizer: optimizer, generator: noise)
         try data.restore(cursor: state.promptCursor)
         step = state.step
+        if lossScaler != nil { lossScaler = state.lossScaler ?? LossScaler() }
         if isWriter { try truncateMetrics(after: step) }
     }
 
@@ -180,7 +188,7 @@ public final class Trainer {
             var rewardSums: [String: Double] = [:]
             for _ in 0..<settings.gradAccumulation {
                 let outcome: StepOutcome
-                let scale = 1 / Double(settings.gradAccumulation)
+                let scale = (lossScaler?.scale ?? 1) / Double(settings.gradAccumulation)
                 switch data {
                 case .prompts(let batches):
                     var noiseTensor = Tensor.randn(latentShape, generator: noise)  // the step's first random draw
@@ -196,7 +204,7 @@ public final class Trainer {
                         lossScale: scale, trainsTextEncoder: target == .text)
                 case .pairs(let batches):
                     let batch = batches.next()
-                    let images = try Tensor.stack(batch.map { try Self.loadImage($0.image, size: size) })
+                    let images = try Tensor.stack(batch.map { try Self.loadImage($0.image, size: size) }).to(pipeline.device)
                     outcome = try directTrainingStep(
                         pipeline: pipeline, textEncoder: pipeline.textEncoder, rewards: rewards, images: images,
                         captions: batch.map(\.caption), timestepRange: settings.timestepRange, generator: noise,
@@ -214,10 +222,19 @@ public final class Trainer {
                 stopAgreed = averaged[1] > 0
                 for (name, value) in zip(names, averaged.dropFirst(2)) { rewardSums[name] = value }
             }
+            if let scale = lossScaler?.scale {  // the gradients of the scaled loss, back to the loss's
+                withNoGrad { optimizer.parameters.compactMap(\.grad).forEach { $0 *= 1 / scale } }
+            }
             let gradNorm = clipGradients()
             guard loss.isFinite else { throw TextCraftorError.nonFinite(step: step + 1, what: "loss") }
-            guard gradNorm.isFinite else { throw TextCraftorError.nonFinite(step: step + 1, what: "gradient norm") }
-            optimizer.step()
+            if lossScaler == nil {
+                guard gradNorm.isFinite else { throw TextCraftorError.nonFinite(step: step + 1, what: "gradient norm") }
+                optimizer.step()
+            } else if lossScaler!.update(gradientsFinite: gradNorm.isFinite) {
+                optimizer.step()
+            } else {
+                skippedSteps += 1  // overflowed in float16: no update, a smaller scale next time
+            }
             optimizer.zeroGrad()
             step += 1
             if let parallel, step % parallel.syncCheckEvery == 0 || step == settings.maxSteps {
@@ -238,8 +255,14 @@ public final class Trainer {
     public func save() throws {
         guard isWriter else { return }
         try run.save(component: component, model: trainable, optimizer: optimizer, generator: noise,
-                     state: TrainingState(step: step, promptCursor: try data.cursor(), seed: settings.seed),
+                     state: try state(),
                      keep: settings.keepCheckpoints)
+    }
+
+    func state() throws -> TrainingState {
+        var state = TrainingState(step: step, promptCursor: try data.cursor(), seed: settings.seed)
+        state.lossScaler = lossScaler
+        return state
     }
 
     /// An image file as [3, size, size] in [0, 1]: the short side resized (bicubic, antialiased), centre-cropped.
@@ -267,6 +290,11 @@ public final class Trainer {
         var object: [String: Any] = ["step": report.step, "loss": report.loss, "lr": report.learningRate,
                                      "grad_norm": report.gradNorm, "step_time": report.seconds]
         for (name, value) in report.rewards { object[name] = value }
+        if let lossScaler { object["loss_scale"] = lossScaler.scale }
+        if !report.gradNorm.isFinite {  // an fp16 step skipped for overflow (JSON has no inf)
+            object["grad_norm"] = nil
+            object["skipped"] = true
+        }
         var line = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
         line.append(0x0A)
         if !FileManager.default.fileExists(atPath: run.metrics.path) { _ = FileManager.default.createFile(atPath: run.metrics.path, contents: nil) }

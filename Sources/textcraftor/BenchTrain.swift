@@ -14,7 +14,7 @@ struct BenchTrain: ParsableCommand {
         abstract: "Time one TextCraftor training step and report peak memory, against the PyTorch reference.",
         discussion: """
             The step: B prompts, DDIM with --steps steps, the last --window with gradient, guidance 7.5, decode, an \
-            aesthetic reward on a CLIP, AdamW. Peak memory is the process's maximum resident set (ru_maxrss), so each \
+            aesthetic reward on a CLIP, AdamW. Peak memory is the process's maximum resident set (VmHWM), so each \
             configuration should run in its own process. --json prints one JSON object (for scripts and tests).
             """)
 
@@ -27,6 +27,9 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "Image size in pixels.") var size = 64
     @Option(help: "Timed steps; the best is kept.") var repeats = 3
     @Option(help: "windowed (ours) or full (plain backprop through the window, for comparison).") var gradient = "windowed"
+    @Option(help: "cpu, cuda or cuda:N.") var device = "cpu"
+    @Option(help: "no, bf16 or fp16: the frozen models in that type, the text encoder in float32 (as `train`).")
+    var mixedPrecision = "no"
     @Flag(help: "Print one JSON object with our numbers only.") var json = false
     @Option(help: "Python with torch, diffusers and transformers for the reference run.")
     var python = ProcessInfo.processInfo.environment["TEXTCRAFTOR_PYTHON"] ?? "python3"
@@ -36,13 +39,17 @@ struct BenchTrain: ParsableCommand {
         guard let mode: GradientMode = ["windowed": .windowed, "full": .fullBackprop][gradient] else {
             throw CommandError("--gradient \(gradient): expected windowed or full")
         }
-        let pipeline = try StableDiffusionPipeline.load(folder: URL(fileURLWithPath: model))
+        let precision = try MixedPrecision(flag: mixedPrecision)
+        let device = try ModelOptions.device(device)
+        if case .cuda = device { Torch.setTF32(true) }
+        let pipeline = try precision.loadPipeline(folder: URL(fileURLWithPath: model), device: device, training: .text)
         let folder = URL(fileURLWithPath: model).appendingPathComponent("text_encoder")
         let original = try CLIPTextModel.load(
             try componentWeights(in: folder, baseName: "model", binBaseName: "pytorch_model"),
-            configFile: folder.appendingPathComponent("config.json"))
+            configFile: folder.appendingPathComponent("config.json"), dtype: precision.frozenDType, device: device)
         let rewards = WeightedReward()
-        rewards.add(try AestheticReward(clipFolder: URL(fileURLWithPath: clip), weights: URL(fileURLWithPath: aesthetic)))
+        rewards.add(try AestheticReward(clipFolder: URL(fileURLWithPath: clip), weights: URL(fileURLWithPath: aesthetic),
+                                        dtype: precision.frozenDType, device: device))
         pipeline.textEncoder.setTrainable(true)
         let optimizer = AdamW(parameters: pipeline.textEncoder.trainableParameters, learningRate: 1e-6)
         let settings = SamplingSettings(samplingSteps: steps, gradientWindow: window)
@@ -59,11 +66,10 @@ struct BenchTrain: ParsableCommand {
                 settings: settings, mode: mode)
             optimizer.step()
             optimizer.zeroGrad()
+            Torch.synchronize(device)
             times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
         }
-        var usage = rusage()
-        getrusage(RUSAGE_SELF.rawValue, &usage)
-        let ours = ["train_step_s": times.dropFirst().min()!, "peak_rss_mb": Double(usage.ru_maxrss) / 1024]
+        let ours = ["train_step_s": times.dropFirst().min()!, "peak_rss_mb": peakResidentMemoryMB()]
         if json {
             let data = try JSONSerialization.data(withJSONObject: ours, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))

@@ -25,9 +25,14 @@ struct ModelOptions: ParsableArguments {
         guard let dtype = DType(name: name), dtype.isFloatingPoint else {
             throw CommandError("--dtype \(name): expected float32, float16 or bfloat16")
         }
-        guard let device = Device(deviceName) else { throw CommandError("--device \(deviceName): expected cpu, cuda or cuda:N") }
+        return (dtype, try device(deviceName))
+    }
+
+    /// A --device flag, checked: CUDA asked for where it cannot run is an error naming the reason, never a CPU run.
+    static func device(_ name: String, flag: String = "--device") throws -> Device {
+        guard let device = Device(name) else { throw CommandError("\(flag) \(name): expected cpu, cuda or cuda:N") }
         try device.ensureAvailable()
-        return (dtype, device)
+        return device
     }
 
     func load() throws -> StableDiffusionPipeline {

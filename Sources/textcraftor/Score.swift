@@ -32,8 +32,7 @@ struct Score: ParsableCommand {
         guard let mode = PreprocessingMode(rawValue: preprocessing) else {
             throw CommandError("--preprocessing \(preprocessing): expected evaluation or training")
         }
-        guard let device = Device(device) else { throw CommandError("--device \(self.device): expected cpu, cuda or cuda:N") }
-        try device.ensureAvailable()
+        let device = try ModelOptions.device(device)
         guard batchSize >= 1 else { throw CommandError("--batch-size must be at least 1 (got \(batchSize))") }
         guard !rewards.isEmpty else { throw CommandError("give at least one --reward NAME=PATH") }
         let files = try imageFiles()

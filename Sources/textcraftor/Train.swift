@@ -14,6 +14,10 @@ struct RunRecord: Codable {
     var resolution: Int?
     var textEncoder: String?
     var timestepRange: [Int]?
+    /// cpu, cuda or cuda:N (nil: cpu). A resumed run may be given another.
+    var device: String?
+    /// no, bf16 or fp16 (nil: no).
+    var mixedPrecision: String?
 }
 
 struct Train: ParsableCommand {
@@ -66,6 +70,14 @@ struct Train: ParsableCommand {
     @Option(help: "Last steps with gradient (default 5).") var gradWindow: Int?
     @Option(help: "Classifier-free guidance (default 7.5).") var guidance: Double?
     @Option(help: "Image size in pixels (default: the model's).") var resolution: Int?
+    @Option(help: ArgumentHelp(
+        "cpu (default), cuda or cuda:N.",
+        discussion: "CUDA needs a CUDA build of libtorch (see `textcraftor doctor`); asked for without one, the run stops with the reason. TF32 matmuls are on for CUDA. With several ranks, cuda is each rank's cuda:LOCAL_RANK."))
+    var device: String?
+    @Option(help: ArgumentHelp(
+        "no (default), bf16 or fp16.",
+        discussion: "The frozen models (UNet, VAE, original encoder, reward towers) in that type; the trained network keeps float32 weights (AdamW's master weights). Under fp16 a VAE with force_upcast stays float32."))
+    var mixedPrecision: String?
     @Flag(help: "Shuffle the prompts (with their own generator; the noise stream stays the same).") var shuffle = false
 
     @Option(help: ArgumentHelp(
@@ -127,6 +139,13 @@ struct Train: ParsableCommand {
         settings.sampling = SamplingSettings(
             samplingSteps: options.samplingSteps, gradientWindow: options.gradientWindow, guidanceScale: options.guidanceScale)
         try settings.validate()
+        let precision = try MixedPrecision(flag: record.mixedPrecision ?? "no")
+        settings.mixedPrecision = precision
+        var device = try ModelOptions.device(record.device ?? "cpu")
+        if case .cuda = device, let distributed, record.device == "cuda" {
+            device = try ModelOptions.device("cuda:\(distributed.localRank)")
+        }
+        if case .cuda = device { Torch.setTF32(true) }
         if let distributed {
             guard options.mode == .prompt else { throw CommandError("data-parallel training is for prompt mode (--mode prompt)") }
             guard settings.batchSize % distributed.worldSize == 0 else {
@@ -147,14 +166,14 @@ struct Train: ParsableCommand {
             data = .pairs(try SampledBatches(pairs, batchSize: options.batchSize, shuffle: options.shuffle, seed: options.seed))
         }
         let modelURL = URL(fileURLWithPath: model)
-        let pipeline = try StableDiffusionPipeline.load(folder: modelURL)
+        let pipeline = try precision.loadPipeline(folder: modelURL, device: device, training: options.train)
         if let resolution = record.resolution, resolution <= 0 || resolution % pipeline.vaeScaleFactor != 0 {
             throw CommandError("--resolution must be a positive multiple of \(pipeline.vaeScaleFactor) (got \(resolution))")
         }
         let textFolder = modelURL.appendingPathComponent("text_encoder")
         let original = try CLIPTextModel.load(
             try componentWeights(in: textFolder, baseName: "model", binBaseName: "pytorch_model"),
-            configFile: textFolder.appendingPathComponent("config.json"))
+            configFile: textFolder.appendingPathComponent("config.json"), dtype: precision.frozenDType, device: device)
         if let textEncoder = record.textEncoder {
             // The UNet stage on a fine-tuned encoder: its weights replace the pipeline's (same architecture).
             let folder = URL(fileURLWithPath: textEncoder)
@@ -162,7 +181,8 @@ struct Train: ParsableCommand {
         }
         let weighted = WeightedReward()
         for reward in rewardSpecs {
-            weighted.add(try RewardRegistry.load(name: reward.name, paths: reward.paths), gamma: reward.gamma, scale: reward.scale)
+            weighted.add(try RewardRegistry.load(name: reward.name, paths: reward.paths, dtype: precision.frozenDType, device: device),
+                         gamma: reward.gamma, scale: reward.scale)
         }
         let group = try distributed?.join(timeout: distTimeout)
         let run = RunFolder(outURL)
@@ -254,6 +274,8 @@ struct Train: ParsableCommand {
         if let keepCheckpoints { record.keepCheckpoints = keepCheckpoints }
         if let resolution { record.resolution = resolution }
         if let textEncoder { record.textEncoder = textEncoder }
+        if let device { record.device = device }
+        if let mixedPrecision { record.mixedPrecision = mixedPrecision }
         if let tRange {
             record.timestepRange = tRange.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         }

@@ -1,0 +1,109 @@
+import Foundation
+import Testing
+import TextCraftor
+import Torch
+
+/// `--device` on every command that computes, and `train --mixed-precision`.
+@Suite struct DeviceAndPrecisionCLITests {
+    let rewards = repository.appendingPathComponent("Tests/RewardsTests/Fixtures/hf").path
+    var aesthetic: String { "aesthetic=\(rewards)/clip,\(rewards)/aesthetic.pth" }
+
+    func prompts() throws -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("device-prompts-\(UUID().uuidString).txt")
+        try "a red circle\na blue square\n".write(to: url, atomically: true, encoding: .utf8)
+        return url
+    }
+
+    /// On a CPU-only libtorch, CUDA asked for is a one-line error that says why and what to do; nothing is written.
+    @Test(.enabled(if: !Torch.isCUDAAvailable, "CUDA is available here"), arguments: ["generate", "score", "train", "eval", "bench"])
+    func cudaWithoutCUDAIsAOneLineError(command: String) throws {
+        let file = try prompts()
+        let out = temporaryOutput()
+        defer { try? FileManager.default.removeItem(at: file) }
+        let arguments: [String] = switch command {
+        case "generate": ["generate", "--model", tinySD15, "--prompt", "a cat", "--out", out.path, "--device", "cuda"]
+        case "score": ["score", "--images", repository.path, "--reward", aesthetic, "--device", "cuda:0"]
+        case "train": ["train", "--model", tinySD15, "--prompts", file.path, "--reward", aesthetic, "--out", out.path, "--device", "cuda"]
+        case "eval": ["eval", "--model", tinySD15, "--prompts", file.path, "--reward", aesthetic, "--out", out.path, "--device", "cuda"]
+        default: ["bench", "train", "--device", "cuda"]
+        }
+        let run = try textcraftor(arguments)
+        #expect(run.status == 1)
+        let lines = run.err.split(separator: "\n")
+        #expect(lines.count == 1, "\(run.err)")
+        #expect(run.err.hasPrefix("Error: torch.cuda: CUDA was asked for but ")
+                && run.err.contains("libtorch_cuda.so does not exist: this libtorch is CPU-only"), "\(run.err)")
+        #expect(!FileManager.default.fileExists(atPath: out.path))
+    }
+
+    @Test func unknownDeviceOrPrecisionIsNamed() throws {
+        let file = try prompts()
+        defer { try? FileManager.default.removeItem(at: file) }
+        let base = ["train", "--model", tinySD15, "--prompts", file.path, "--reward", aesthetic, "--out", temporaryOutput().path]
+        let device = try textcraftor(base + ["--device", "gpu"])
+        #expect(device.status == 1 && device.err == "Error: --device gpu: expected cpu, cuda or cuda:N\n")
+        let precision = try textcraftor(base + ["--mixed-precision", "fp8"])
+        #expect(precision.status == 1 && precision.err == "Error: --mixed-precision fp8: expected no, bf16 or fp16\n")
+    }
+
+    /// bf16 and fp16 runs take the steps of the float32 run within half precision's rounding and save the text
+    /// encoder in float32 (its master weights), recording the choice for --resume. fp16 scales the loss: its first
+    /// step overflows at 65536 on this model and is skipped with the scale halved, as torch's GradScaler does.
+    @Test func mixedPrecisionTrainsFloat32MasterWeights() throws {
+        let file = try prompts()
+        var runs: [String: URL] = [:]
+        defer { runs.values.forEach { try? FileManager.default.removeItem(at: $0) } }
+        var metrics: [String: [[String: Any]]] = [:]
+        for precision in ["no", "bf16", "fp16"] {
+            let out = temporaryOutput()
+            runs[precision] = out
+            let run = try textcraftor(["train", "--model", tinySD15, "--prompts", file.path, "--reward", aesthetic,
+                                       "--out", out.path, "--sampling-steps", "4", "--grad-window", "2", "--batch-size", "2",
+                                       "--max-steps", "3", "--lr", "1e-3", "--mixed-precision", precision])
+            #expect(run.status == 0, "\(run.err)")
+            metrics[precision] = try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
+                .split(separator: "\n").map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+            let record = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("run.json"))) as! [String: Any]
+            #expect(record["mixedPrecision"] as? String == precision)
+            let weights = try Tensor.load(safetensors: out.appendingPathComponent("text_encoder/model.safetensors"))
+            #expect(weights.values.allSatisfy { $0.dtype == .float32 })
+        }
+        func loss(_ precision: String, _ step: Int) -> Double { metrics[precision]![step]["loss"] as! Double }
+        // The first step starts from the same weights: its loss differs only by half precision's rounding.
+        for precision in ["bf16", "fp16"] {
+            #expect(abs(loss(precision, 0) - loss("no", 0)) <= 0.01 * abs(loss("no", 0)), "\(precision)")
+        }
+        // bf16 takes every step: the mean change of the weights from the float32 run's is a small part of how far
+        // three steps at lr 1e-3 move them (AdamW moves nearly every weight by about lr per step).
+        let original = try Tensor.load(safetensors: URL(fileURLWithPath: tinySD15).appendingPathComponent("text_encoder/model.safetensors"))
+        let reference = try Tensor.load(safetensors: runs["no"]!.appendingPathComponent("text_encoder/model.safetensors"))
+        let bf16 = try Tensor.load(safetensors: runs["bf16"]!.appendingPathComponent("text_encoder/model.safetensors"))
+        func meanDistance(_ a: [String: Tensor], _ b: [String: Tensor]) -> Double {
+            let count = a.values.reduce(0) { $0 + $1.elementCount }
+            return a.keys.reduce(0.0) { $0 + (a[$1]!.to(.float64) - b[$1]!.to(.float64)).abs().sum().item() } / Double(count)
+        }
+        let moved = meanDistance(reference, original)
+        #expect(moved > 3e-4)
+        #expect(meanDistance(bf16, reference) < 0.25 * moved, "bf16 vs float32 \(meanDistance(bf16, reference)), moved \(moved)")
+        #expect(metrics["bf16"]!.allSatisfy { $0["loss_scale"] == nil && $0["skipped"] == nil })
+        // fp16: the overflowed step is recorded as skipped, with the halved scale; the others step.
+        let fp16 = metrics["fp16"]!
+        #expect(fp16[0]["skipped"] as? Bool == true && fp16[0]["loss_scale"] as? Double == 32768)
+        #expect(fp16.dropFirst().allSatisfy { $0["skipped"] == nil && ($0["grad_norm"] as? Double ?? 0) > 0 })
+    }
+
+    @Test func lossScalerHalvesOnOverflowAndDoublesAfterAGoodStretch() {
+        var scaler = LossScaler()
+        #expect(scaler.scale == 65536)
+        let overflowed = scaler.update(gradientsFinite: false)
+        #expect(!overflowed)
+        #expect(scaler.scale == 32768 && scaler.goodSteps == 0)
+        var stepped = 0
+        for _ in 0..<(LossScaler.growthInterval - 1) where scaler.update(gradientsFinite: true) { stepped += 1 }
+        #expect(stepped == LossScaler.growthInterval - 1)
+        #expect(scaler.scale == 32768 && scaler.goodSteps == LossScaler.growthInterval - 1)
+        let last = scaler.update(gradientsFinite: true)
+        #expect(last)
+        #expect(scaler.scale == 65536 && scaler.goodSteps == 0)
+    }
+}
