@@ -92,6 +92,7 @@ int dtype_code(at::ScalarType s) {
 at::Device device(int type, int index) {
   if (type == CT_CPU) return at::Device(at::kCPU);
   if (type == CT_CUDA) return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index));
+  if (type == CT_META) return at::Device(at::kMeta);
   throw std::invalid_argument("unknown device type " + std::to_string(type));
 }
 
@@ -183,7 +184,7 @@ int ct_strides(ct_tensor t, int64_t *out) {
 int64_t ct_numel(ct_tensor t) { GUARD(-1, return T(t).numel();) }
 int ct_dtype(ct_tensor t) { GUARD(-1, return dtype_code(T(t).scalar_type());) }
 int ct_device(ct_tensor t, int *type, int *index) {
-  STATUS(auto d = T(t).device(); *type = d.is_cuda() ? CT_CUDA : CT_CPU; *index = d.has_index() ? d.index() : 0)
+  STATUS(auto d = T(t).device(); *type = d.is_cuda() ? CT_CUDA : d.is_meta() ? CT_META : CT_CPU; *index = d.has_index() ? d.index() : 0)
 }
 int ct_is_contiguous(ct_tensor t) { GUARD(-1, return T(t).is_contiguous() ? 1 : 0;) }
 int64_t ct_storage_offset(ct_tensor t) { GUARD(-1, return T(t).storage_offset();) }

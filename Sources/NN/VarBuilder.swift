@@ -37,6 +37,14 @@ public struct VarBuilder {
         aliasPrefixes = []
     }
 
+    /// Every tensor is zeros on `device` whatever its initializer: on `.meta` a model is built with its names and
+    /// shapes and no storage (what a real-sized model holds, checked without allocating it).
+    public init(shapesOn device: Device, dtype: DType = .float32) {
+        store = ParameterStore(source: nil, dtype: dtype, device: device, generator: nil)
+        prefix = ""
+        aliasPrefixes = []
+    }
+
     init(store: ParameterStore, prefix: String, aliasPrefixes: [String] = []) {
         self.store = store
         self.prefix = prefix
@@ -169,6 +177,7 @@ final class ParameterStore {
 
     private func make(_ shape: [Int], _ initializer: Initializer) -> Tensor {
         let dtype = self.dtype ?? .float32
+        guard generator != nil else { return Tensor.zeros(shape, dtype: dtype, device: device) }  // shapes only
         switch initializer {
         case .zeros: return Tensor.zeros(shape, dtype: dtype, device: device)
         case .ones: return Tensor.ones(shape, dtype: dtype, device: device)

@@ -160,7 +160,7 @@ public final class AestheticPretrainer {
     /// Writes the head as safetensors under LAION's names (`layers.0.weight` … `layers.7.bias`), on the CPU in
     /// `dtype`, for `AestheticPredictor.load`.
     public func save(to url: URL, dtype: DType = .float32) throws {
-        try ShapesBundle.saveWeights(head.stateDict(), dtype: dtype, metadata: ["source": "ShapesWorld aesthetic head"], to: url)
+        try ModelWriter.saveWeights(head.stateDict(), dtype: dtype, metadata: ["source": "ShapesWorld aesthetic head"], to: url)
     }
 }
 

@@ -178,9 +178,9 @@ public final class ShapesPretraining {
                 textEncoder: clip.textModel, tokenizer: clip.tokenizer, vae: vae, seed: plan.seed &+ 2,
                 batchSize: plan.unetBatchSize, learningRate: plan.unetLearningRate)
             let (seconds, losses) = train(.unet, optimizer: trainer.optimizer) { trainer.step() }
-            try ShapesBundle.writeComponent(
+            try ModelWriter.writeComponent(
                 config: trainer.unet.config, className: "UNet2DConditionModel", weights: trainer.unet.stateDict(),
-                to: unetFolder, weightsName: "diffusion_pytorch_model.safetensors")
+                to: unetFolder, weightsName: "diffusion_pytorch_model.safetensors", dtype: ShapesBundle.storageType)
             try record(report(.unet, seconds, losses, [:]))
         }
 
@@ -198,8 +198,8 @@ public final class ShapesPretraining {
             try record(report(.aesthetic, seconds, losses, metrics))
         }
 
-        try ShapesBundle.writeScheduler(to: partial.appendingPathComponent("scheduler"))
-        try ShapesBundle.writeModelIndex(to: partial)
+        try ModelWriter.writeScheduler(TinyUNet.schedulerConfig(), to: partial.appendingPathComponent("scheduler"))
+        try ModelWriter.writeModelIndex(scheduler: "DDIMScheduler", to: partial)
         try files.moveItem(at: partial, to: output)
         return PretrainingRecord(plan: plan, stages: done, libtorch: Torch.compiledVersion)
     }
@@ -241,84 +241,19 @@ public enum ShapesWorldError: Error, CustomStringConvertible {
     }
 }
 
-/// Writers of the bundle's files, in the layouts diffusers and transformers read.
+/// The bundle's files: `ModelWriter`'s layouts in `storageType`.
 public enum ShapesBundle {
     /// Weights are stored in half precision: the bundle stays under 20 MB (the two copies of the 49408-token
     /// embedding table alone take 12.6 MB in float32). Each stage reads the earlier stages' weights back from the
     /// written files, so everything downstream was trained on the rounded weights; loaders turn them to float32.
     public static let storageType = DType.float16
 
-    /// A component folder: `config.json` (the config, with `_class_name` and the diffusers version it follows) and
-    /// its weights (`storageType`).
-    public static func writeComponent(
-        config: some Encodable, className: String, weights: [String: Tensor], to folder: URL, weightsName: String,
-        dtype: DType = storageType, extra: [String: Any] = ["_diffusers_version": "0.39.0"]
-    ) throws {
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        try writeConfig(config, adding: extra.merging(["_class_name": className]) { $1 },
-                        to: folder.appendingPathComponent("config.json"))
-        try saveWeights(weights, dtype: dtype, to: folder.appendingPathComponent(weightsName))
-    }
-
-    /// `config` as pretty JSON with `keys` added, written atomically.
-    static func writeConfig(_ config: some Encodable, adding keys: [String: Any], to url: URL) throws {
-        var json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(config)) as! [String: Any]
-        json.merge(keys) { $1 }
-        let data = try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys])
-        try data.write(to: url, options: .atomic)
-    }
-
-    /// Weights as safetensors in `dtype` on the CPU, with transformers' `format: pt` metadata (and any `metadata`).
-    static func saveWeights(_ weights: [String: Tensor], dtype: DType = storageType, metadata: [String: String] = [:],
-                            to url: URL) throws {
-        let tensors = weights.mapValues { $0.to(dtype: dtype, device: .cpu).contiguous() }
-        try Tensor.save(tensors, metadata: metadata.merging(["format": "pt"]) { $1 }, to: url)
-    }
-
-    /// transformers' `config.json` for a model: the config with `architectures` and `torch_dtype`.
-    static func writeTransformersConfig(_ config: some Encodable, architecture: String, modelType: String, to url: URL) throws {
-        try writeConfig(config, adding: ["architectures": [architecture], "model_type": modelType, "torch_dtype": "float16"],
-                        to: url)
-    }
-
-    /// The whole CLIP as transformers' `CLIPModel` (`config.json`, `model.safetensors`); its tokenizer is CLIP's
-    /// bundled one, which the loader falls back to.
+    /// The whole CLIP as transformers' `CLIPModel`, and its text tower as SD's `text_encoder/`.
     public static func writeCLIP(_ model: CLIPModel, to folder: URL) throws {
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        try writeTransformersConfig(model.config, architecture: "CLIPModel", modelType: "clip",
-                                    to: folder.appendingPathComponent("config.json"))
-        try saveWeights(model.stateDict(), to: folder.appendingPathComponent("model.safetensors"))
+        try ModelWriter.writeCLIP(model, dtype: storageType, to: folder)
     }
 
-    /// The CLIP's text tower as SD's `text_encoder/` (transformers' `CLIPTextModel`: `text_model.*` keys).
     public static func writeTextEncoder(of model: CLIPModel, to folder: URL) throws {
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        try writeTransformersConfig(model.config.text_config, architecture: "CLIPTextModel", modelType: "clip_text_model",
-                                    to: folder.appendingPathComponent("config.json"))
-        try saveWeights(model.stateDict().filter { $0.key.hasPrefix("text_model.") },
-                        to: folder.appendingPathComponent("model.safetensors"))
-    }
-
-    /// `scheduler/scheduler_config.json`: SD1.5's noise schedule.
-    public static func writeScheduler(to folder: URL) throws {
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try encoder.encode(TinyUNet.schedulerConfig()).write(
-            to: folder.appendingPathComponent("scheduler_config.json"), options: .atomic)
-    }
-
-    /// `model_index.json` of a `StableDiffusionPipeline` without safety checker or feature extractor.
-    public static func writeModelIndex(to folder: URL) throws {
-        let index: [String: Any] = [
-            "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.39.0",
-            "feature_extractor": [NSNull(), NSNull()], "safety_checker": [NSNull(), NSNull()],
-            "requires_safety_checker": false, "image_encoder": [NSNull(), NSNull()],
-            "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
-            "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
-        ]
-        let data = try JSONSerialization.data(withJSONObject: index, options: [.prettyPrinted, .sortedKeys])
-        try data.write(to: folder.appendingPathComponent("model_index.json"), options: .atomic)
+        try ModelWriter.writeTextEncoder(config: model.config.text_config, weights: model.stateDict(), dtype: storageType, to: folder)
     }
 }

@@ -148,7 +148,7 @@ public final class VAEPretrainer {
     public func save(to folder: URL, scalingFactor: Double? = nil, dtype: DType = .float32) throws {
         var config = model.config
         if let scalingFactor { config.scaling_factor = scalingFactor }
-        try ShapesBundle.writeComponent(config: config, className: "AutoencoderKL", weights: model.stateDict(), to: folder,
+        try ModelWriter.writeComponent(config: config, className: "AutoencoderKL", weights: model.stateDict(), to: folder,
                                         weightsName: "diffusion_pytorch_model.safetensors", dtype: dtype)
     }
 }

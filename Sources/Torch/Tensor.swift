@@ -41,7 +41,7 @@ public final class Tensor: @unchecked Sendable {
     public var device: Device {
         var type: Int32 = 0, index: Int32 = 0
         checkStatus(ct_device(handle, &type, &index), "device")
-        return type == Int32(CT_CUDA) ? .cuda(Int(index)) : .cpu
+        return type == Int32(CT_CUDA) ? .cuda(Int(index)) : type == Int32(CT_META) ? .meta : .cpu
     }
 
     public var isContiguous: Bool { ct_is_contiguous(handle) == 1 }

@@ -12,7 +12,7 @@ struct TextCraftor: ParsableCommand {
 
             Start with `textcraftor doctor` to check the installation.
             """,
-        subcommands: [Train.self, Generate.self, Score.self, Tokenize.self, Inspect.self, Doctor.self, Bench.self, Eval.self, Shapes.self, Demo.self]
+        subcommands: [Train.self, Generate.self, Score.self, Eval.self, Tokenize.self, Inspect.self, Doctor.self, Bench.self, SynthModel.self, Shapes.self, Demo.self]
     )
 }
 

@@ -106,4 +106,24 @@ import Torch
         #expect(last)
         #expect(scaler.scale == 65536 && scaler.goodSteps == 0)
     }
+
+    /// synth-model's flags (the presets' keys, shapes and configs are checked in ModelPresetTests; writing one takes
+    /// 0.9 to 2.6 GB, so it is not done here).
+    @Test func synthModelRefusesBadFlagsInOneLine() throws {
+        let existing = temporaryOutput()
+        try FileManager.default.createDirectory(at: existing, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: existing) }
+        let cases: [([String], String)] = [
+            (["--preset", "sd3", "--out", "/tmp/never"], "Error: --preset sd3: expected sd15, sd21, pickscore, hpsv2, aesthetic"),
+            (["--preset", "sd15", "--out", "/tmp/never", "--dtype", "int8"], "Error: --dtype int8: expected float16, bfloat16 or float32"),
+            (["--preset", "sd15", "--out", existing.path], "Error: \(existing.path) already exists: choose another --out or remove it"),
+        ]
+        for (flags, message) in cases {
+            let run = try textcraftor(["synth-model"] + flags)
+            #expect(run.status == 1 && run.err == message + "\n", "\(run.err)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: "/tmp/never") && !FileManager.default.fileExists(atPath: "/tmp/never.partial"))
+        let help = try textcraftor(["synth-model", "--help"])
+        #expect(help.out.contains("sd21      Stable Diffusion 2.1") && help.out.contains("hpsv2     HPSv2"))
+    }
 }

@@ -21,7 +21,7 @@ typedef struct ct_generator_opaque *ct_generator;
 
 enum { CT_F32 = 0, CT_F16 = 1, CT_BF16 = 2, CT_I64 = 3, CT_I32 = 4, CT_BOOL = 5, CT_U8 = 6, CT_F64 = 7, CT_I8 = 8,
        CT_I16 = 9 };
-enum { CT_CPU = 0, CT_CUDA = 1 };
+enum { CT_CPU = 0, CT_CUDA = 1, CT_META = 2 };
 
 // MARK: errors and runtime
 const char *ct_last_error(void);  // NULL when the last guarded call on this thread succeeded

@@ -1,0 +1,249 @@
+import Foundation
+import NN
+import Rewards
+import StableDiffusion
+import Torch
+
+/// Real-shaped models without downloads: the published checkpoints' configs and key names, with random weights
+/// (PyTorch's default initialisations), so that speed and memory are measured on the real shapes.
+/// `scripts/parity/make_preset_fixtures.py` builds the same models in diffusers, transformers and open_clip on the
+/// meta device; the tests compare every key, every shape and the configs.
+public enum ModelPreset: String, CaseIterable, Sendable {
+    case sd15, sd21, pickscore, hpsv2, aesthetic
+
+    public var summary: String {
+        switch self {
+        case .sd15: "Stable Diffusion 1.5: CLIP ViT-L/14 text tower, 860M UNet, VAE, PNDM (a diffusers folder)"
+        case .sd21: "Stable Diffusion 2.1: OpenCLIP ViT-H/14 text tower (23 layers), 865M UNet, VAE, DDIM v-prediction"
+        case .pickscore: "PickScore_v1: transformers CLIPModel ViT-H/14"
+        case .hpsv2: "HPSv2: open_clip ViT-H-14 state dict (safetensors)"
+        case .aesthetic: "LAION aesthetic predictor v2: transformers CLIP ViT-L/14 and its MLP head"
+        }
+    }
+
+    /// One model of a preset: where it goes in the output folder, and its config as written.
+    public struct Component {
+        public let name: String
+        public let module: any Module
+        public let config: [String: Any]
+    }
+
+    /// How to use the written folder, for the last line `synth-model` prints.
+    public func usage(_ folder: String) -> String {
+        switch self {
+        case .sd15, .sd21: "--model \(folder)"
+        case .pickscore: "--reward pickscore=\(folder)"
+        case .hpsv2: "--reward hpsv2=\(folder)/HPS_v2.safetensors"
+        case .aesthetic: "--reward aesthetic=\(folder)/clip,\(folder)/aesthetic.safetensors"
+        }
+    }
+
+    // MARK: The configs, as the published config.json files hold them.
+
+    static var sd15UNet: UNet2DConditionConfig {
+        var config = UNet2DConditionConfig()
+        config.sample_size = 64
+        config.cross_attention_dim = .same(768)
+        config.attention_head_dim = .same(8)
+        return config
+    }
+
+    static var sd21UNet: UNet2DConditionConfig {
+        var config = sd15UNet
+        config.sample_size = 96
+        config.cross_attention_dim = .same(1024)
+        config.attention_head_dim = .each([5, 10, 20, 20])
+        config.use_linear_projection = true
+        config.upcast_attention = true
+        return config
+    }
+
+    static var vae: AutoencoderKLConfig {
+        var config = AutoencoderKLConfig()
+        config.block_out_channels = [128, 256, 512, 512]
+        config.down_block_types = Array(repeating: "DownEncoderBlock2D", count: 4)
+        config.up_block_types = Array(repeating: "UpDecoderBlock2D", count: 4)
+        config.layers_per_block = 2
+        config.sample_size = 512
+        return config
+    }
+
+    /// openai/clip-vit-large-patch14's text tower (SD 1.5's text_encoder, with its legacy token ids).
+    static var vitL14Text: CLIPTextConfig {
+        var config = CLIPTextConfig()
+        config.hidden_size = 768
+        config.intermediate_size = 3072
+        config.num_attention_heads = 12
+        config.num_hidden_layers = 12
+        config.projection_dim = 768
+        config.bos_token_id = 0
+        config.eos_token_id = 2
+        config.pad_token_id = 1
+        return config
+    }
+
+    /// OpenCLIP ViT-H/14's text tower in transformers' layout (PickScore's; SD 2.1's without its last layer).
+    static var vitH14Text: CLIPTextConfig {
+        var config = vitL14Text
+        config.hidden_size = 1024
+        config.intermediate_size = 4096
+        config.num_attention_heads = 16
+        config.num_hidden_layers = 24
+        config.hidden_act = "gelu"
+        config.projection_dim = 1024
+        return config
+    }
+
+    static var sd21Text: CLIPTextConfig {
+        var config = vitH14Text
+        config.num_hidden_layers = 23
+        config.projection_dim = 512
+        return config
+    }
+
+    static func vision(hidden: Int, intermediate: Int, layers: Int, act: String, projection: Int) -> CLIPVisionConfig {
+        var config = CLIPVisionConfig()
+        config.hidden_size = hidden
+        config.intermediate_size = intermediate
+        config.num_hidden_layers = layers
+        config.num_attention_heads = 16
+        config.patch_size = 14
+        config.image_size = 224
+        config.hidden_act = act
+        config.projection_dim = projection
+        return config
+    }
+
+    static var pickScoreCLIP: CLIPConfig {
+        var config = CLIPConfig()
+        config.text_config = vitH14Text
+        config.vision_config = vision(hidden: 1280, intermediate: 5120, layers: 32, act: "gelu", projection: 1024)
+        config.projection_dim = 1024
+        return config
+    }
+
+    static var vitL14CLIP: CLIPConfig {
+        var config = CLIPConfig()
+        config.text_config = vitL14Text
+        config.vision_config = vision(hidden: 1024, intermediate: 4096, layers: 24, act: "quick_gelu", projection: 768)
+        config.projection_dim = 768
+        return config
+    }
+
+    static func scheduler(_ preset: ModelPreset) -> SchedulerConfig {
+        var config = SchedulerConfig(className: preset == .sd21 ? "DDIMScheduler" : "PNDMScheduler")
+        config.betaStart = 0.00085
+        config.betaEnd = 0.012
+        config.betaSchedule = "scaled_linear"
+        config.setAlphaToOne = false
+        config.skipPrkSteps = true
+        config.stepsOffset = 1
+        config.clipSample = false
+        config.predictionType = preset == .sd21 ? "v_prediction" : "epsilon"
+        return config
+    }
+
+    static func json(_ config: some Encodable) throws -> [String: Any] {
+        try JSONSerialization.jsonObject(with: JSONEncoder().encode(config)) as! [String: Any]
+    }
+
+    // MARK: Building and writing
+
+    /// The preset's models, one at a time (`body` gets each and may drop it before the next is built): from
+    /// `builder()`, a `VarBuilder(shapesOn: .meta)` for names and shapes only, or one initializing random weights.
+    public func forEachComponent(_ builder: () -> VarBuilder, _ body: (Component) throws -> Void) throws {
+        let tokenizer = try CLIPTokenizer.bundled()
+        switch self {
+        case .sd15, .sd21:
+            let unet = self == .sd15 ? Self.sd15UNet : Self.sd21UNet
+            let text = self == .sd15 ? Self.vitL14Text : Self.sd21Text
+            try body(Component(name: "text_encoder", module: try builder().build { try CLIPTextModel($0, config: text) },
+                               config: try Self.json(text)))
+            try body(Component(name: "unet", module: try builder().build { try UNet2DConditionModel($0, config: unet) },
+                               config: try Self.json(unet)))
+            try body(Component(name: "vae", module: try builder().build { try AutoencoderKL($0, config: Self.vae) },
+                               config: try Self.json(Self.vae)))
+        case .pickscore:
+            try body(Component(
+                name: "clip", module: try builder().build { try CLIPModel($0, config: Self.pickScoreCLIP, tokenizer: tokenizer) },
+                config: try Self.json(Self.pickScoreCLIP)))
+        case .aesthetic:
+            try body(Component(
+                name: "clip", module: try builder().build { try CLIPModel($0, config: Self.vitL14CLIP, tokenizer: tokenizer) },
+                config: try Self.json(Self.vitL14CLIP)))
+            try body(Component(name: "head", module: try builder().build { AestheticPredictor($0, inputWidth: 768) },
+                               config: ["input_width": 768]))
+        case .hpsv2:
+            try body(Component(
+                name: "open_clip", module: try builder().build { try OpenCLIPModel($0, config: .vitH14, tokenizer: tokenizer) },
+                config: ["model": "ViT-H-14"]))
+        }
+    }
+
+    /// Writes the preset with random weights in `dtype` into `folder` (which must not exist): a diffusers folder
+    /// for sd15/sd21, a transformers CLIPModel folder for pickscore, `clip/` + `aesthetic.safetensors` for
+    /// aesthetic, `HPS_v2.safetensors` for hpsv2. `progress` hears each component's name before it is built.
+    public func write(to folder: URL, seed: UInt64, dtype: DType, progress: (String) -> Void = { _ in }) throws {
+        let generator = Generator(seed: seed)
+        let names = componentNames()
+        var index = 0
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        progress(names[0])
+        try forEachComponent({ VarBuilder(initializingWith: generator, dtype: dtype) }) { component in
+            try write(component, dtype: dtype, to: folder)
+            index += 1
+            if index < names.count { progress(names[index]) }
+        }
+        try writeSchedulerAndTokenizer(to: folder)
+    }
+
+    /// A pipeline's files beside its models: `tokenizer/` (SD 2.1 pads with "!"), `scheduler/` and
+    /// `model_index.json`. Nothing for the reward presets.
+    public func writeSchedulerAndTokenizer(to folder: URL) throws {
+        guard self == .sd15 || self == .sd21 else { return }
+        try CLIPTokenizer.bundled(padToken: self == .sd21 ? "!" : CLIPTokenizer.endOfText)
+            .write(to: folder.appendingPathComponent("tokenizer"))
+        let scheduler = Self.scheduler(self)
+        try ModelWriter.writeScheduler(scheduler, to: folder.appendingPathComponent("scheduler"))
+        try ModelWriter.writeModelIndex(scheduler: scheduler.className, to: folder)
+    }
+
+    /// The components' names in the order they are built.
+    public func componentNames() -> [String] {
+        switch self {
+        case .sd15, .sd21: ["text_encoder", "unet", "vae"]
+        case .pickscore: ["clip"]
+        case .aesthetic: ["clip", "head"]
+        case .hpsv2: ["open_clip"]
+        }
+    }
+
+    func write(_ component: Component, dtype: DType, to folder: URL) throws {
+        let weights = component.module.stateDict()
+        switch (self, component.name) {
+        case (_, "text_encoder"):
+            let config = (component.module as! CLIPTextModel).config
+            try ModelWriter.writeTextEncoder(config: config, weights: weights, dtype: dtype,
+                                             to: folder.appendingPathComponent("text_encoder"))
+        case (_, "unet"):
+            try ModelWriter.writeComponent(
+                config: (component.module as! UNet2DConditionModel).config, className: "UNet2DConditionModel",
+                weights: weights, to: folder.appendingPathComponent("unet"), weightsName: "diffusion_pytorch_model.safetensors",
+                dtype: dtype)
+        case (_, "vae"):
+            try ModelWriter.writeComponent(
+                config: (component.module as! AutoencoderKL).config, className: "AutoencoderKL", weights: weights,
+                to: folder.appendingPathComponent("vae"), weightsName: "diffusion_pytorch_model.safetensors", dtype: dtype)
+        case (.pickscore, "clip"):
+            try ModelWriter.writeCLIP(component.module as! CLIPModel, dtype: dtype, to: folder)
+        case (_, "clip"):
+            try ModelWriter.writeCLIP(component.module as! CLIPModel, dtype: dtype, to: folder.appendingPathComponent("clip"))
+        case (_, "head"):
+            try ModelWriter.saveWeights(weights, dtype: dtype, metadata: ["source": "textcraftor synth-model (random)"],
+                                        to: folder.appendingPathComponent("aesthetic.safetensors"))
+        default:
+            try ModelWriter.saveWeights(weights, dtype: dtype, metadata: ["source": "textcraftor synth-model (random)"],
+                                        to: folder.appendingPathComponent("HPS_v2.safetensors"))
+        }
+    }
+}

@@ -1,0 +1,82 @@
+import Foundation
+import NN
+import StableDiffusion
+import Testing
+import TextCraftor
+import Torch
+
+/// `synth-model`'s presets against diffusers, transformers and open_clip (scripts/parity/make_preset_fixtures.py):
+/// the same models built on the meta device, so a 1-billion-parameter model costs nothing here.
+@Suite struct ModelPresetTests {
+    func fixture(_ preset: ModelPreset) throws -> [String: [String: Any]] {
+        let url = repository.appendingPathComponent("Tests/TextCraftorTests/Fixtures/presets/\(preset.rawValue).json")
+        return try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as! [String: [String: Any]]
+    }
+
+    /// Every value the reference config names, equal in ours (nested dictionaries likewise); numbers compare as
+    /// numbers (1 and 1.0). Returns the paths that differ.
+    func differences(_ reference: Any, _ ours: Any?, path: String) -> [String] {
+        if let reference = reference as? [String: Any] {
+            guard let ours = ours as? [String: Any] else { return ["\(path): missing"] }
+            return reference.keys.sorted().flatMap { differences(reference[$0]!, ours[$0], path: "\(path).\($0)") }
+        }
+        guard let ours else { return ["\(path): missing (reference \(reference))"] }
+        if let a = reference as? [Any], let b = ours as? [Any] {
+            return a.count == b.count && zip(a, b).allSatisfy { "\($0)" == "\($1)" || ($0 as? NSNumber) == ($1 as? NSNumber) }
+                ? [] : ["\(path): \(b) vs reference \(a)"]
+        }
+        if let a = reference as? NSNumber, let b = ours as? NSNumber, !(reference is String) {
+            return a == b ? [] : ["\(path): \(b) vs reference \(a)"]
+        }
+        return "\(reference)" == "\(ours)" ? [] : ["\(path): \(ours) vs reference \(reference)"]
+    }
+
+    @Test(arguments: ModelPreset.allCases)
+    func keysShapesAndConfigsMatchTheReferenceLibraries(preset: ModelPreset) throws {
+        let reference = try fixture(preset)
+        var seen: [String] = []
+        var parameters = 0
+        try preset.forEachComponent({ VarBuilder(shapesOn: .meta) }) { component in
+            seen.append(component.name)
+            let expected = try #require(reference[component.name], "no reference for \(component.name)")
+            let shapes = (expected["shapes"] as! [String: [Int]])
+            let ours = component.module.stateDict()
+            #expect(ours.values.allSatisfy { $0.device == .meta })
+            let missing = Set(shapes.keys).subtracting(ours.keys).sorted()
+            let extra = Set(ours.keys).subtracting(shapes.keys).sorted()
+            #expect(missing.isEmpty, "\(preset).\(component.name): keys the reference has and we lack: \(missing.prefix(5))")
+            #expect(extra.isEmpty, "\(preset).\(component.name): keys we have and the reference lacks: \(extra.prefix(5))")
+            let wrong = shapes.keys.sorted().filter { ours[$0].map { $0.shape } != shapes[$0] && ours[$0] != nil }
+            #expect(wrong.isEmpty, "\(preset).\(component.name): shapes differ for \(wrong.prefix(5))")
+            let configDifferences = differences(expected["config"]!, component.config, path: component.name)
+            #expect(configDifferences.isEmpty, "\(preset): \(configDifferences)")
+            parameters += ours.values.reduce(0) { $0 + $1.elementCount }
+        }
+        #expect(seen == preset.componentNames())
+        #expect(Set(seen) == Set(reference.keys).subtracting(["scheduler"]))
+        let millions = Double(parameters) / 1e6
+        let expected: Double = switch preset {
+        case .sd15: 1066.2  // 123.1M text + 859.5M UNet + 83.7M VAE
+        case .sd21: 1290.0
+        case .pickscore, .hpsv2: 986.1
+        case .aesthetic: 428.5
+        }
+        #expect(abs(millions - expected) < 0.1, "\(preset): \(millions)M parameters")
+    }
+
+    /// The pipelines' scheduler configs are the released ones; SD 2.1's tokenizer pads with "!".
+    @Test(arguments: [ModelPreset.sd15, .sd21])
+    func schedulerAndTokenizerAreTheReleasedOnes(preset: ModelPreset) throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("preset-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        try preset.writeSchedulerAndTokenizer(to: folder)
+        let written = try JSONSerialization.jsonObject(with: Data(contentsOf: folder.appendingPathComponent("scheduler/scheduler_config.json")))
+        let found = differences(try fixture(preset)["scheduler"]!["config"]!, written, path: "scheduler")
+        #expect(found.isEmpty, "\(found)")
+        let tokenizer = try CLIPTokenizer(directory: folder.appendingPathComponent("tokenizer"))
+        #expect(tokenizer.padTokenId == (preset == .sd21 ? 0 : 49407))
+        let index = try JSONSerialization.jsonObject(with: Data(contentsOf: folder.appendingPathComponent("model_index.json"))) as! [String: Any]
+        #expect((index["scheduler"] as? [String])?.last == (preset == .sd21 ? "DDIMScheduler" : "PNDMScheduler"))
+    }
+}

@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Fixtures for `textcraftor synth-model`: the real models' configs and every weight's name and shape.
+
+Each preset's models are built by the reference libraries (diffusers, transformers, open_clip) on the meta device,
+from the configs the published checkpoints ship (written out below, as their config.json files hold them), so nothing
+is downloaded and nothing is allocated. For each component the fixture holds the config and {key: shape} of its
+state dict; the Swift test builds the same models from its presets on the meta device and compares both.
+
+    python scripts/parity/make_preset_fixtures.py   # writes Tests/TextCraftorTests/Fixtures/presets/*.json
+"""
+import json
+import os
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "..", "..", "Tests", "TextCraftorTests", "Fixtures", "presets")
+
+# runwayml/stable-diffusion-v1-5 (and CompVis/stable-diffusion-v1-4): unet/config.json.
+SD15_UNET = {
+    "act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280],
+    "center_input_sample": False, "cross_attention_dim": 768,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
+    "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4, "sample_size": 64,
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+}
+# stabilityai/stable-diffusion-2-1: unet/config.json.
+SD21_UNET = dict(SD15_UNET, attention_head_dim=[5, 10, 20, 20], cross_attention_dim=1024, sample_size=96,
+                 use_linear_projection=True, upcast_attention=True)
+# Both: vae/config.json.
+VAE = {
+    "act_fn": "silu", "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "in_channels": 3, "latent_channels": 4, "layers_per_block": 2,
+    "norm_num_groups": 32, "out_channels": 3, "sample_size": 512, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "scaling_factor": 0.18215,
+}
+# openai/clip-vit-large-patch14's text tower (SD 1.5's text_encoder/config.json).
+VIT_L14_TEXT = {
+    "hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12, "num_hidden_layers": 12,
+    "max_position_embeddings": 77, "hidden_act": "quick_gelu", "vocab_size": 49408, "projection_dim": 768,
+    "layer_norm_eps": 1e-05, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
+}
+# SD 2.1's text_encoder/config.json: OpenCLIP ViT-H/14's text tower without its last layer (23 of 24).
+SD21_TEXT = dict(VIT_L14_TEXT, hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
+                 num_hidden_layers=23, hidden_act="gelu", projection_dim=512)
+VIT_L14_VISION = {
+    "hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16, "num_hidden_layers": 24,
+    "image_size": 224, "patch_size": 14, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-05,
+}
+# yuvalkirstain/PickScore_v1 (= laion/CLIP-ViT-H-14-laion2B-s32B-b79K's layout).
+VIT_H14_TEXT = dict(VIT_L14_TEXT, hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
+                    num_hidden_layers=24, hidden_act="gelu", projection_dim=1024)
+VIT_H14_VISION = {
+    "hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 16, "num_hidden_layers": 32,
+    "image_size": 224, "patch_size": 14, "hidden_act": "gelu", "layer_norm_eps": 1e-05,
+}
+# SD 1.5 / 2.1: scheduler/scheduler_config.json.
+SD15_SCHEDULER = {
+    "_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+    "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
+    "clip_sample": False, "prediction_type": "epsilon",
+}
+SD21_SCHEDULER = dict(SD15_SCHEDULER, _class_name="DDIMScheduler", prediction_type="v_prediction")
+
+
+def shapes(module):
+    return {k: list(v.shape) for k, v in module.state_dict().items()}
+
+
+def diffusers_component(cls, config):
+    with torch.device("meta"):
+        model = cls(**{k: v for k, v in config.items() if not k.startswith("_")})
+    return {"config": config, "shapes": shapes(model)}
+
+
+def text_encoder(config):
+    from transformers import CLIPTextConfig, CLIPTextModel
+    with torch.device("meta"):
+        model = CLIPTextModel(CLIPTextConfig(**config))
+    return {"config": config, "shapes": shapes(model)}
+
+
+def clip_model(text, vision, projection_dim):
+    from transformers import CLIPConfig, CLIPModel
+    with torch.device("meta"):
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim))
+    return {"config": {"projection_dim": projection_dim, "text_config": text, "vision_config": vision},
+            "shapes": shapes(model)}
+
+
+def pipeline(unet, text, scheduler):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    return {
+        "unet": diffusers_component(UNet2DConditionModel, unet),
+        "vae": diffusers_component(AutoencoderKL, VAE),
+        "text_encoder": text_encoder(text),
+        "scheduler": {"config": scheduler, "shapes": {}},
+    }
+
+
+def aesthetic_head():
+    # LAION's improved-aesthetic-predictor MLP (sac+logos+ava1-l14-linearMSE.pth): Linear layers 0, 2, 4, 6, 7
+    # with dropout between them.
+    layers = torch.nn.Sequential(
+        torch.nn.Linear(768, 1024), torch.nn.Dropout(0.2), torch.nn.Linear(1024, 128), torch.nn.Dropout(0.2),
+        torch.nn.Linear(128, 64), torch.nn.Dropout(0.1), torch.nn.Linear(64, 16), torch.nn.Linear(16, 1))
+    return {"config": {"input_width": 768}, "shapes": {"layers." + k: v for k, v in shapes(layers).items()}}
+
+
+def hpsv2():
+    import open_clip
+    with torch.device("meta"):
+        model = open_clip.create_model("ViT-H-14", pretrained=None, device="meta")
+    return {"config": {"model": "ViT-H-14"}, "shapes": shapes(model)}
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    presets = {
+        "sd15": pipeline(SD15_UNET, VIT_L14_TEXT, SD15_SCHEDULER),
+        "sd21": pipeline(SD21_UNET, SD21_TEXT, SD21_SCHEDULER),
+        "pickscore": {"clip": clip_model(VIT_H14_TEXT, VIT_H14_VISION, 1024)},
+        "aesthetic": {"clip": clip_model(VIT_L14_TEXT, VIT_L14_VISION, 768), "head": aesthetic_head()},
+        "hpsv2": {"open_clip": hpsv2()},
+    }
+    for name, components in presets.items():
+        path = os.path.join(OUT, name + ".json")
+        with open(path, "w") as f:
+            json.dump(components, f, sort_keys=True, separators=(",", ":"))
+        count = sum(len(c["shapes"]) for c in components.values())
+        params = sum(int(torch.tensor(s).prod()) if s else 1 for c in components.values() for s in c["shapes"].values())
+        print(f"{path}: {count} tensors, {params / 1e6:.1f}M values, {os.path.getsize(path) / 1e3:.0f} kB")
+
+
+if __name__ == "__main__":
+    main()
