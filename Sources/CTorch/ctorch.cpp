@@ -520,24 +520,55 @@ ct_tensor ct_baddbmm(ct_tensor in, ct_tensor a, ct_tensor b, double beta, double
 ct_tensor ct_linear(ct_tensor x, ct_tensor w, ct_tensor b) { TENSOR(at::linear(T(x), T(w), opt(b))) }
 
 // MARK: neural-network functions
+// A meta stand-in for an op's result: it requires grad when an input does (under grad mode), so that what follows
+// sees the gradient path (the FLOP counter's backward estimate) though no graph links them.
+static at::Tensor meta_result(at::Tensor out, std::initializer_list<const at::Tensor *> inputs) {
+  if (at::GradMode::is_enabled())
+    for (auto *t : inputs)
+      if (t->defined() && t->requires_grad()) return out.requires_grad_(true);
+  return out;
+}
+
+// libtorch has no C++ meta kernel for convolution (PyTorch registers one in Python): on the meta device the output
+// is only its shape, [N, out, (H + 2p - d(k - 1) - 1) / s + 1, ...], as the convolution would give.
+static at::Tensor conv2d_meta(const at::Tensor &x, const at::Tensor &w, const int64_t *s, const int64_t *p,
+                              const int64_t *d) {
+  std::vector<int64_t> shape = {x.size(0), w.size(0)};
+  for (int i = 0; i < 2; i++) shape.push_back((x.size(2 + i) + 2 * p[i] - d[i] * (w.size(2 + i) - 1) - 1) / s[i] + 1);
+  return meta_result(at::empty(shape, x.options()), {&x});
+}
 ct_tensor ct_conv2d(ct_tensor x, ct_tensor w, ct_tensor b, const int64_t *stride, const int64_t *padding,
                     const int64_t *dilation, int64_t groups) {
-  TENSOR(at::conv2d(T(x), T(w), opt(b), ints(stride, 2), ints(padding, 2), ints(dilation, 2), groups))
+  TENSOR(T(x).is_meta() ? conv2d_meta(T(x), T(w), stride, padding, dilation)
+                        : at::conv2d(T(x), T(w), opt(b), ints(stride, 2), ints(padding, 2), ints(dilation, 2), groups))
 }
 ct_tensor ct_group_norm(ct_tensor x, int64_t groups, ct_tensor w, ct_tensor b, double eps) {
-  TENSOR(at::group_norm(T(x), groups, opt(w), opt(b), eps))
+  // No C++ meta kernel either (it runs through batch_norm): the shape is the input's.
+  TENSOR(T(x).is_meta() ? meta_result(at::empty_like(T(x)), {&T(x)}) : at::group_norm(T(x), groups, opt(w), opt(b), eps))
 }
 ct_tensor ct_layer_norm(ct_tensor x, const int64_t *shape, int n, ct_tensor w, ct_tensor b, double eps) {
-  TENSOR(at::layer_norm(T(x), ints(shape, n), opt(w), opt(b), eps))
+  TENSOR(T(x).is_meta() ? meta_result(at::empty_like(T(x)), {&T(x)}) : at::layer_norm(T(x), ints(shape, n), opt(w), opt(b), eps))
 }
 ct_tensor ct_softmax(ct_tensor t, int64_t dim, int log) { TENSOR(log ? at::log_softmax(T(t), dim) : at::softmax(T(t), dim)) }
 ct_tensor ct_scaled_dot_product_attention(ct_tensor q, ct_tensor k, ct_tensor v, ct_tensor mask, double dropout_p,
                                           int is_causal, double scale) {
+  if (T(q).is_meta()) {  // the math path's masking has no meta kernel: [..., Lq, Dv]
+    auto shape = T(q).sizes().vec();
+    shape.back() = T(v).size(-1);
+    TENSOR(meta_result(at::empty(shape, T(q).options()), {&T(q), &T(k), &T(v)}))
+  }
   TENSOR(at::scaled_dot_product_attention(T(q), T(k), T(v), opt(mask), dropout_p, is_causal != 0,
                                           scale < 0 ? std::nullopt : std::optional<double>(scale)))
 }
 ct_tensor ct_dropout(ct_tensor t, double p, int train) { TENSOR(at::dropout(T(t), p, train != 0)) }
-ct_tensor ct_embedding(ct_tensor w, ct_tensor idx) { TENSOR(at::embedding(T(w), T(idx))) }
+ct_tensor ct_embedding(ct_tensor w, ct_tensor idx) {
+  if (T(w).is_meta()) {  // index_select has no meta kernel: [*idx, dim]
+    auto shape = T(idx).sizes().vec();
+    shape.push_back(T(w).size(1));
+    TENSOR(meta_result(at::empty(shape, T(w).options()), {&T(w)}))
+  }
+  TENSOR(at::embedding(T(w), T(idx)))
+}
 
 ct_tensor ct_interpolate(ct_tensor x, int mode, const int64_t *size, const double *scale, int align_corners, int antialias) {
   GUARD(nullptr,

@@ -3,7 +3,8 @@ import CTorch
 /// Neural-network functions, as `torch.nn.functional` (F.*) names them.
 public enum Functional {
     public static func linear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil) -> Tensor {
-        Tensor(handle: check(ct_linear(x.handle, weight.handle, bias?.handle), "linear"))
+        FLOPCounter.record(2 * Double(x.elementCount) * Double(weight.size(0)), operands: [x, weight])
+        return Tensor(handle: check(ct_linear(x.handle, weight.handle, bias?.handle), "linear"))
     }
 
     public static func conv2d(
@@ -12,7 +13,11 @@ public enum Functional {
     ) -> Tensor {
         let s = [Int64(stride.0), Int64(stride.1)], p = [Int64(padding.0), Int64(padding.1)]
         let d = [Int64(dilation.0), Int64(dilation.1)]
-        return Tensor(handle: check(ct_conv2d(x.handle, weight.handle, bias?.handle, s, p, d, Int64(groups)), "conv2d"))
+        let output = Tensor(handle: check(ct_conv2d(x.handle, weight.handle, bias?.handle, s, p, d, Int64(groups)), "conv2d"))
+        // Each output value is a dot product over (in / groups) · kh · kw inputs.
+        FLOPCounter.record(2 * Double(output.elementCount) * Double(weight.elementCount / max(weight.size(0), 1)),
+                           operands: [x, weight])
+        return output
     }
 
     public static func groupNorm(_ x: Tensor, groups: Int, weight: Tensor? = nil, bias: Tensor? = nil, eps: Double = 1e-5) -> Tensor {
@@ -41,7 +46,9 @@ public enum Functional {
         query: Tensor, key: Tensor, value: Tensor, mask: Tensor? = nil, dropout: Double = 0, isCausal: Bool = false,
         scale: Double? = nil
     ) -> Tensor {
-        Tensor(handle: check(ct_scaled_dot_product_attention(
+        // Q·Kᵀ and P·V: 2 · 2 · (batch · heads) · Lq · Lk · D (a causal mask skips about half, counted whole).
+        FLOPCounter.record(4 * Double(query.elementCount) * Double(key.size(key.rank - 2)), operands: [query, key])
+        return Tensor(handle: check(ct_scaled_dot_product_attention(
             query.handle, key.handle, value.handle, mask?.handle, dropout, isCausal ? 1 : 0, scale ?? -1
         ), "scaled_dot_product_attention"))
     }

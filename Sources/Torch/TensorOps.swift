@@ -292,7 +292,11 @@ extension Tensor {
 
     // MARK: linear algebra
 
-    public func matmul(_ other: Tensor) -> Tensor { Tensor(handle: check(ct_matmul(handle, other.handle), "matmul")) }
+    public func matmul(_ other: Tensor) -> Tensor {
+        let output = Tensor(handle: check(ct_matmul(handle, other.handle), "matmul"))
+        FLOPCounter.record(2 * Double(output.elementCount) * Double(shape.last ?? 1), operands: [self, other])
+        return output
+    }
     public func bmm(_ other: Tensor) -> Tensor { Tensor(handle: check(ct_bmm(handle, other.handle), "bmm")) }
     /// `beta * self + alpha * (a @ b)` over batches.
     public func baddbmm(_ a: Tensor, _ b: Tensor, beta: Double = 1, alpha: Double = 1) -> Tensor {

@@ -13,9 +13,14 @@ struct BenchTrain: ParsableCommand {
         commandName: "train",
         abstract: "Time one TextCraftor training step and report peak memory, against the PyTorch reference.",
         discussion: """
-            The step: B prompts, DDIM with --steps steps, the last --window with gradient, guidance 7.5, decode, an \
-            aesthetic reward on a CLIP, AdamW. Peak memory is the process's maximum resident set (VmHWM), so each \
-            configuration should run in its own process. --json prints one JSON object (for scripts and tests).
+            The step: B prompts, DDIM with --steps steps, the last --window with gradient, guidance, decode, the \
+            aesthetic and CLIP-score rewards on one CLIP (and PickScore and HPSv2 when given), AdamW. Peak memory is \
+            the process's maximum resident set (VmHWM), so each configuration should run in its own process. TFLOP/s \
+            is an analytic count of the step's products (linear, conv, attention; the backward pass estimated from \
+            the operands that need gradients) over its time. --json prints one JSON object (for scripts and tests).
+
+            The paper's setting on real shapes (models from `textcraftor synth-model`): --size 512 --steps 25 \
+            --window 5 --batch 1 (and 4) --pickscore P --hpsv2 H, on --device cuda.
             """)
 
     @Option(help: "A diffusers model folder.") var model = "Tests/StableDiffusionTests/Fixtures/sd/tiny-sd15"
@@ -25,6 +30,9 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "Sampling steps.") var steps = 5
     @Option(help: "Steps with gradient.") var window = 5
     @Option(help: "Image size in pixels.") var size = 64
+    @Option(help: "Classifier-free guidance.") var guidance = 7.5
+    @Option(help: "A PickScore folder (transformers CLIPModel): adds its reward.") var pickscore: String?
+    @Option(help: "An HPSv2 checkpoint (open_clip ViT-H-14): adds its reward.") var hpsv2: String?
     @Option(help: "Timed steps; the best is kept.") var repeats = 3
     @Option(help: "windowed (ours) or full (plain backprop through the window, for comparison).") var gradient = "windowed"
     @Option(help: "cpu, cuda or cuda:N.") var device = "cpu"
@@ -47,19 +55,25 @@ struct BenchTrain: ParsableCommand {
         let original = try CLIPTextModel.load(
             try componentWeights(in: folder, baseName: "model", binBaseName: "pytorch_model"),
             configFile: folder.appendingPathComponent("config.json"), dtype: precision.frozenDType, device: device)
+        // The reference's rewards: aesthetic and CLIP score on one CLIP, then PickScore and HPSv2 when given.
         let rewards = WeightedReward()
-        rewards.add(try AestheticReward(clipFolder: URL(fileURLWithPath: clip), weights: URL(fileURLWithPath: aesthetic),
-                                        dtype: precision.frozenDType, device: device))
+        let sharedCLIP = try CLIPModel.load(folder: URL(fileURLWithPath: clip), dtype: precision.frozenDType, device: device)
+        rewards.add(try AestheticReward(embedder: sharedCLIP, weights: URL(fileURLWithPath: aesthetic),
+                                        dtype: precision.frozenDType, device: device), gamma: 1, scale: 3)
+        rewards.add(CLIPScoreReward(model: sharedCLIP), gamma: 0.5, scale: 100)
+        for (name, path) in [("pickscore", pickscore), ("hpsv2", hpsv2)] {
+            guard let path else { continue }
+            rewards.add(try RewardRegistry.load(name: name, paths: [path], dtype: precision.frozenDType, device: device))
+        }
+        rewards.setPreprocessing(.training)
         pipeline.textEncoder.setTrainable(true)
         let optimizer = AdamW(parameters: pipeline.textEncoder.trainableParameters, learningRate: 1e-6)
-        let settings = SamplingSettings(samplingSteps: steps, gradientWindow: window)
+        let settings = SamplingSettings(samplingSteps: steps, gradientWindow: window, guidanceScale: guidance)
         let prompts = Array(["a red circle on a blue background", "two small squares, photo"].prefix(batch))
             + Array(repeating: "a green triangle", count: max(0, batch - 2))
         let generator = Generator(seed: 0)
         let latent = size / pipeline.vaeScaleFactor
-        var times: [Double] = []
-        for _ in 0...repeats {  // the first is a warm-up
-            let start = DispatchTime.now().uptimeNanoseconds
+        func step() throws {
             _ = try promptTrainingStep(
                 pipeline: pipeline, trainable: pipeline.textEncoder, original: original, rewards: rewards, prompts: prompts,
                 initialNoise: Tensor.randn([batch, pipeline.unet.config.in_channels, latent, latent], generator: generator),
@@ -67,9 +81,17 @@ struct BenchTrain: ParsableCommand {
             optimizer.step()
             optimizer.zeroGrad()
             Torch.synchronize(device)
+        }
+        let (_, flops) = try FLOPCounter.counting { try step() }  // the warm-up step, counted
+        var times: [Double] = []
+        for _ in 0..<repeats {
+            let start = DispatchTime.now().uptimeNanoseconds
+            try step()
             times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
         }
-        let ours = ["train_step_s": times.dropFirst().min()!, "peak_rss_mb": peakResidentMemoryMB()]
+        let best = times.min()!
+        let ours = ["train_step_s": best, "peak_rss_mb": peakResidentMemoryMB(), "tflops": flops.total / best / 1e12,
+                    "step_tflop": flops.total / 1e12]
         if json {
             let data = try JSONSerialization.data(withJSONObject: ours, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
@@ -78,14 +100,19 @@ struct BenchTrain: ParsableCommand {
         var reference = runPythonReference(python: python, script: script, arguments: [
             "--model", model, "--clip", clip, "--aesthetic", aesthetic, "--batch", "\(batch)", "--steps", "\(steps)",
             "--window", "\(window)", "--size", "\(size)", "--repeats", "\(repeats)", "--threads", "\(Torch.threadCount)",
-        ])
+            "--guidance", "\(guidance)", "--device", "\(device)", "--precision", precision == .bf16 ? "bf16" : "fp32",
+        ] + (pickscore.map { ["--pickscore", $0] } ?? []) + (hpsv2.map { ["--hpsv2", $0] } ?? []))
+        if let seconds = reference?["train_step_s"] { reference?["tflops"] = flops.total / seconds / 1e12 }  // the same work
         if let kb = reference?["peak_rss_kb"] { reference?["peak_rss_mb"] = kb / 1024 }
         printComparison(
             "TextCraftor training step: \(model), batch \(batch), \(steps) steps, window \(window), \(size)x\(size), "
-                + "\(gradient) gradient, \(Torch.threadCount) thread(s), best of \(repeats)",
+                + "\(rewards.terms.map(\.reward.name).joined(separator: "+")), \(gradient) gradient, mixed precision \(precision.rawValue), "
+                + "\(device), \(Torch.threadCount) thread(s), best of \(repeats); \(String(format: "%.3f", flops.total / 1e12)) TFLOP per step",
             measures: [
                 ("train_step_s", "one training step", "s", false),
+                ("tflops", "achieved TFLOP/s", "", true),
                 ("peak_rss_mb", "peak resident memory", "MB", false),
             ], ours: ours, reference: reference, python: python)
+        if precision == .fp16 { print("(the reference has no fp16 variant: it ran in float32)") }
     }
 }

@@ -80,3 +80,46 @@ import Torch
         #expect((index["scheduler"] as? [String])?.last == (preset == .sd21 ? "DDIMScheduler" : "PNDMScheduler"))
     }
 }
+
+/// `FLOPCounter`'s analytic counts on SD 1.5's real shapes (built on the meta device, so nothing is computed)
+/// against torch.utils.flop_counter.FlopCounterMode on diffusers' and transformers' models (flops.json).
+@Suite struct FLOPCountTests {
+    let reference: [String: Double] = {
+        let url = repository.appendingPathComponent("Tests/TextCraftorTests/Fixtures/presets/flops.json")
+        return try! JSONSerialization.jsonObject(with: Data(contentsOf: url)) as! [String: Double]
+    }()
+
+    func sd15() throws -> [String: any Module] {
+        var models: [String: any Module] = [:]
+        try ModelPreset.sd15.forEachComponent({ VarBuilder(shapesOn: .meta) }) { models[$0.name] = $0.module }
+        return models
+    }
+
+    @Test func sd15CountsMatchTorchsFlopCounter() throws {
+        let models = try sd15()
+        let unet = models["unet"] as! UNet2DConditionModel
+        let vae = models["vae"] as! AutoencoderKL
+        let text = models["text_encoder"] as! CLIPTextModel
+        func near(_ ours: Double, _ key: String, within tolerance: Double) {
+            let theirs = reference[key]!
+            print("FLOPs \(key): ours \(ours / 1e12) TFLOP, torch.utils.flop_counter \(theirs / 1e12) TFLOP")
+            #expect(abs(ours / theirs - 1) <= tolerance, "\(key): ours \(ours / 1e12) TFLOP, torch \(theirs / 1e12) TFLOP")
+        }
+        let x = Tensor.zeros([2, 4, 64, 64], device: .meta), c = Tensor.zeros([2, 77, 768], device: .meta)
+        let t = Tensor([Float(500), 500]).to(.meta)
+        let (_, forward) = withNoGrad { FLOPCounter.counting { unet(x, timestep: t, encoderHiddenStates: c) } }
+        near(forward.forward, "unet_forward", within: 1e-9)
+        #expect(forward.backward == 0)  // no gradients wanted: no backward
+        // With gradients to the latents and the embeddings (frozen weights), the backward estimate.
+        let (_, graph) = FLOPCounter.counting {
+            unet(x.requiringGrad(), timestep: t, encoderHiddenStates: c.requiringGrad())
+        }
+        #expect(graph.forward == forward.forward)
+        near(graph.backward, "unet_backward_frozen", within: 1e-9)
+        let (_, decode) = withNoGrad { FLOPCounter.counting { vae.decode(Tensor.zeros([1, 4, 64, 64], device: .meta)) } }
+        near(decode.forward, "vae_decode", within: 1e-9)
+        let ids = Tensor.zeros([2, 77], dtype: .int64, device: .meta)
+        let (_, encode) = withNoGrad { FLOPCounter.counting { text(ids) } }
+        near(encode.forward, "text_encoder", within: 1e-9)
+    }
+}

@@ -6,13 +6,18 @@ The step is the one of scripts/parity/make_trainer_fixtures.py (imported from th
 trailing DDIM with --steps steps, eta 0, guidance 7.5; the first steps - window steps without grad on the frozen
 original encoder's embeddings, the last --window steps with grad on the trainable encoder's (uncond + cond), the latent
 chain kept; VAE decode; aesthetic and CLIP rewards with the training preprocessing;
-loss = -(3 * 1 * aesthetic + 100 * 0.5 * clip).mean(); backward; one AdamW step (lr 1e-3). By default every UNet call
-in the window runs under torch.utils.checkpoint (non-reentrant), as the authors do; --no-checkpoint keeps the
-activations instead.
+loss = -(3 * 1 * aesthetic + 100 * 0.5 * clip + 1 * pickscore + 100 * hpsv2).mean(), the last two with --pickscore
+and --hpsv2; backward; one AdamW step (lr 1e-3). By default every UNet call in the window runs under
+torch.utils.checkpoint (non-reentrant), as the authors do; --no-checkpoint keeps the activations instead.
+
+--precision fp32 (default) is the authors' setting: every model in float32 (their fp32 autocast changes nothing).
+--precision bf16 is the usual diffusers training variant: the frozen models' weights in bfloat16 and the step under
+torch.autocast(bfloat16), the trained text encoder in float32.
 
 train_step_s is the best of --repeats wall-clock timings of zero_grad + forward + backward + optimizer step, after one
 warm-up step (models loaded once, outside the timing). peak_rss_kb is VmHWM of /proc/self/status
-(kilobytes) at the end: the whole process, loading included (ru_maxrss would carry the parent's peak across exec). On CUDA, peak_cuda_mb is added.
+(kilobytes) at the end: the whole process, loading included (ru_maxrss would carry the parent's peak across exec).
+On CUDA, peak_cuda_mb (torch.cuda.max_memory_allocated) is added.
 """
 import argparse
 import json
@@ -49,14 +54,69 @@ p.add_argument("--repeats", type=int, default=3)
 p.add_argument("--threads", type=int, default=0)
 p.add_argument("--device", default="cpu")
 p.add_argument("--no-checkpoint", action="store_true", help="plain autograd through the UNet calls")
+p.add_argument("--guidance", type=float, default=ref.GUIDANCE)
+p.add_argument("--pickscore", help="a PickScore (transformers CLIPModel) folder: adds 1 * pickscore (the authors' scale)")
+p.add_argument("--hpsv2", help="an HPSv2 open_clip ViT-H-14 checkpoint (.pt or .safetensors): adds 100 * hpsv2")
+p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
 args = p.parse_args()
 if args.threads > 0:
     torch.set_num_threads(args.threads)
 if not 0 <= args.window <= args.steps:
     sys.exit(f"--window must be between 0 and --steps ({args.steps})")
 
-m = ref.Models(sd=args.model, clip=args.clip, aesthetic=args.aesthetic, device=args.device)
+bf16 = args.precision == "bf16"
+m = ref.Models(sd=args.model, clip=args.clip, aesthetic=args.aesthetic, device=args.device,
+               dtype=torch.bfloat16 if bf16 else torch.float32)
 te, te_frozen = m.fresh_text_encoder()
+if bf16:  # the trained encoder keeps float32 weights (the optimizer's); its frozen copy stays bfloat16
+    te = te.float()
+device_type = torch.device(args.device).type
+extra = []  # (weight, image -> [B] score)
+
+
+def pixels(image, size, mean=ref.MEAN, std=ref.STD):
+    mean = torch.tensor(mean, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
+    return (torch.nn.functional.interpolate(image, size=(size, size), mode="bicubic", align_corners=False) - mean) / std
+
+
+if args.pickscore:
+    from transformers import CLIPModel, CLIPTokenizer
+    pick = ref.frozen(CLIPModel.from_pretrained(args.pickscore, dtype=m.dtype).to(m.device))
+    pick_tok_dir = os.path.join(args.pickscore, "tokenizer")
+    pick_tok = CLIPTokenizer.from_pretrained(pick_tok_dir if os.path.isdir(pick_tok_dir) else args.clip)
+
+    def pickscore(image, prompts):
+        f = torch.nn.functional.normalize(pick.get_image_features(pixel_values=pixels(image, 224)), dim=-1)
+        with torch.no_grad():
+            t = torch.nn.functional.normalize(pick.get_text_features(input_ids=m.ids(pick_tok, prompts)), dim=-1)
+        return pick.logit_scale.exp() * (f * t).sum(-1)
+    extra.append((1.0, pickscore))
+
+if args.hpsv2:
+    import open_clip
+    hps = open_clip.create_model("ViT-H-14", pretrained=None, device="cpu")
+    if args.hpsv2.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        state = load_file(args.hpsv2)
+    else:
+        state = torch.load(args.hpsv2, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+    hps.load_state_dict(state)
+    hps = ref.frozen(hps.to(m.device, m.dtype))
+    hps_tok = open_clip.get_tokenizer("ViT-H-14")
+
+    def hpsv2(image, prompts):
+        f = torch.nn.functional.normalize(hps.encode_image(pixels(image, 224)), dim=-1)
+        with torch.no_grad():
+            t = torch.nn.functional.normalize(hps.encode_text(hps_tok(prompts).to(m.device)), dim=-1)
+        return (f * t).sum(-1)
+    extra.append((100.0, hpsv2))
+
+
+def extra_rewards(image, prompts):
+    return sum(weight * score(image, prompts) for weight, score in extra)
+
 opt = torch.optim.AdamW(te.parameters(), lr=ref.LR, betas=ref.BETAS, eps=ref.EPS, weight_decay=ref.WEIGHT_DECAY)
 prompts = [ref.PROMPTS[i % len(ref.PROMPTS)] for i in range(args.batch)]
 cuda = torch.device(args.device).type == "cuda"
@@ -64,8 +124,10 @@ cuda = torch.device(args.device).type == "cuda"
 
 def step():
     opt.zero_grad(set_to_none=True)
-    loss = ref.train_step(m, te, te_frozen, prompts, args.steps, args.window, height=args.size, width=args.size,
-                          checkpoint=not args.no_checkpoint)
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+        loss = ref.train_step(m, te, te_frozen, prompts, args.steps, args.window, height=args.size, width=args.size,
+                              guidance=args.guidance, checkpoint=not args.no_checkpoint,
+                              extra_rewards=extra_rewards if extra else None)
     loss.backward()
     opt.step()
     value = float(loss)  # waits for the device

@@ -6,6 +6,10 @@ from the configs the published checkpoints ship (written out below, as their con
 is downloaded and nothing is allocated. For each component the fixture holds the config and {key: shape} of its
 state dict; the Swift test builds the same models from its presets on the meta device and compares both.
 
+It also writes flops.json: torch.utils.flop_counter.FlopCounterMode's counts for SD 1.5's models on the meta
+device (the UNet forward for a guided pair at 512x512, its backward to the latents and the text embeddings with the
+weights frozen, the VAE decoder, the text encoder), which `FLOPCounter`'s analytic counts are checked against.
+
     python scripts/parity/make_preset_fixtures.py   # writes Tests/TextCraftorTests/Fixtures/presets/*.json
 """
 import json
@@ -115,6 +119,34 @@ def hpsv2():
     return {"config": {"model": "ViT-H-14"}, "shapes": shapes(model)}
 
 
+def flops():
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    def count(body):
+        with FlopCounterMode(display=False) as counter:
+            body()
+        return counter.get_total_flops()
+
+    out = {}
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD15_UNET).requires_grad_(False)
+        x = torch.randn(2, 4, 64, 64)
+        t = torch.tensor([500.0, 500.0])
+        c = torch.randn(2, 77, 768)
+        out["unet_forward"] = count(lambda: unet(x, t, encoder_hidden_states=c))
+        xg, cg = x.clone().requires_grad_(True), c.clone().requires_grad_(True)
+        y = unet(xg, t, encoder_hidden_states=cg).sample
+        out["unet_backward_frozen"] = count(lambda: y.backward(torch.ones_like(y)))
+        vae = AutoencoderKL(**VAE)
+        z = torch.randn(1, 4, 64, 64)
+        out["vae_decode"] = count(lambda: vae.decode(z))
+        text = CLIPTextModel(CLIPTextConfig(**VIT_L14_TEXT))
+        out["text_encoder"] = count(lambda: text(torch.zeros(2, 77, dtype=torch.long)))
+    return out
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     presets = {
@@ -131,6 +163,10 @@ def main():
         count = sum(len(c["shapes"]) for c in components.values())
         params = sum(int(torch.tensor(s).prod()) if s else 1 for c in components.values() for s in c["shapes"].values())
         print(f"{path}: {count} tensors, {params / 1e6:.1f}M values, {os.path.getsize(path) / 1e3:.0f} kB")
+    counts = flops()
+    with open(os.path.join(OUT, "flops.json"), "w") as f:
+        json.dump(counts, f, sort_keys=True, indent=1)
+    print("flops:", {k: f"{v / 1e12:.4f} TFLOP" for k, v in counts.items()})
 
 
 if __name__ == "__main__":

@@ -166,9 +166,10 @@ class Models:
 
 
 def train_step(m, te, te_frozen, prompts, steps, window, seed=SEED, guidance=GUIDANCE, height=HEIGHT, width=WIDTH,
-               checkpoint=False, record=None):
+               checkpoint=False, record=None, extra_rewards=None):
     """The forward of one step up to the loss (see the module docstring). Returns the loss; fills `record` with the
-    intermediates when given. The caller runs backward and the optimizer."""
+    intermediates when given. `extra_rewards(image, prompts)`, when given, returns further weighted rewards [B] that
+    the loss subtracts too (the benchmark's PickScore and HPSv2). The caller runs backward and the optimizer."""
     b = len(prompts)
     ids = torch.cat([m.ids(m.tokenizer, [""] * b), m.ids(m.tokenizer, prompts)])
     with torch.no_grad():
@@ -219,7 +220,10 @@ def train_step(m, te, te_frozen, prompts, steps, window, seed=SEED, guidance=GUI
     with torch.no_grad():
         text = m.clip.get_text_features(input_ids=clip_ids)
     clip = (f * F.normalize(text, dim=-1)).sum(-1)
-    loss = -(SCALES["aesthetic"] * GAMMAS["aesthetic"] * aesthetic + SCALES["clip"] * GAMMAS["clip"] * clip).mean()
+    total = SCALES["aesthetic"] * GAMMAS["aesthetic"] * aesthetic + SCALES["clip"] * GAMMAS["clip"] * clip
+    if extra_rewards is not None:
+        total = total + extra_rewards(image, prompts)
+    loss = -total.mean()
     if record is not None:
         record.update(final_latents=z.detach(), image=image.detach(), aesthetic=aesthetic.detach(),
                       clip=clip.detach(), clip_ids=clip_ids, text_embeds=text)
