@@ -37,7 +37,7 @@ demo: release
 ## can import them.
 bench: release
 	$(BIN) bench ops --python "$(PYTHON)"
-	$(BIN) bench sd --python "$(PYTHON)"
+	$(BIN) bench generate --python "$(PYTHON)"
 	$(BIN) bench train --python "$(PYTHON)"
 
 doctor: release

@@ -3,30 +3,46 @@ import Foundation
 import StableDiffusion
 import Torch
 
-/// One UNet forward and one whole pipeline, against the same in Python diffusers (scripts/bench/sd.py).
+/// Sampling speed: one UNet forward and whole pipelines, against the same in Python diffusers (scripts/bench/sd.py).
 struct BenchSD: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "sd",
-        abstract: "Time one UNet forward (batch 2) and one full pipeline (2 prompts, guidance 7.5) against diffusers.",
-        discussion: "Best of --repeats after a warm-up, without gradients, the same thread count on both sides.")
+        commandName: "generate",
+        abstract: "Time sampling (images per second, UNet forward, TFLOP/s) against diffusers' StableDiffusionPipeline.",
+        discussion: """
+            Best of --repeats after a warm-up, without gradients, the same thread count, device and dtype on both \
+            sides. The pipeline samples --batch prompts with guidance 7.5 (a guided batch of 2 x --batch through the \
+            UNet) and decodes them. TFLOP/s is the analytic count of one pipeline run's products over its time. \
+            `bench sd` is the old name.
+
+            The paper's setting on real shapes (models from `textcraftor synth-model --preset sd15`): --size 512 \
+            --steps 25 --batch 4 --device cuda --dtype float16.
+            """,
+        aliases: ["sd"])
 
     @Option(help: "A diffusers model folder.", completion: .directory)
     var model = "Tests/StableDiffusionTests/Fixtures/sd/tiny-sd15"
     @Option(help: "Image size in pixels.") var size = 64
     @Option(help: "Denoising steps of the pipeline.") var steps = 10
+    @Option(help: "Prompts per pipeline run.") var batch = 2
     @Option(help: "Repeats; the best is kept.") var repeats = 3
+    @Option(help: "cpu, cuda or cuda:N.") var device = "cpu"
+    @Option(help: "Weights dtype: float32, float16 or bfloat16.") var dtype = "float32"
     @Option(help: "Python with torch and diffusers for the reference run.")
     var python = ProcessInfo.processInfo.environment["TEXTCRAFTOR_PYTHON"] ?? "python3"
     @Option(help: "The reference script.") var script = "scripts/bench/sd.py"
 
     func run() throws {
-        let pipeline = try StableDiffusionPipeline.load(folder: URL(fileURLWithPath: model))
+        guard batch >= 1, steps >= 1, repeats >= 1 else { throw CommandError("--batch, --steps and --repeats must be at least 1") }
+        let (type, device) = try ModelOptions.resolve(dtype: dtype, device: device)
+        if case .cuda = device { Torch.setTF32(true) }
+        let pipeline = try StableDiffusionPipeline.load(folder: URL(fileURLWithPath: model), dtype: type, device: device)
         let g = Generator(seed: 0)
         let latent = size / pipeline.vaeScaleFactor
-        let sample = Tensor.randn([2, pipeline.unet.config.in_channels, latent, latent], generator: g)
-        let context = Tensor.randn([2, 77, pipeline.textEncoder.config.hidden_size], generator: g)
-        let t = Tensor([Float(500), 500])
-        var request = GenerationRequest(prompts: ["a red circle", "a blue square"])
+        let sample = Tensor.randn([2 * batch, pipeline.unet.config.in_channels, latent, latent], generator: g).to(dtype: type, device: device)
+        let context = Tensor.randn([2 * batch, 77, pipeline.textEncoder.config.hidden_size], generator: g).to(dtype: type, device: device)
+        let t = Tensor(Array(repeating: Float(500), count: 2 * batch)).to(device)
+        let prompts = ["a red circle", "a blue square", "a green triangle", "two yellow stars"]
+        var request = GenerationRequest(prompts: (0..<batch).map { prompts[$0 % prompts.count] })
         request.steps = steps
         request.height = size
         request.width = size
@@ -36,25 +52,30 @@ struct BenchSD: ParsableCommand {
             for _ in 0..<repeats {
                 let start = DispatchTime.now().uptimeNanoseconds
                 try body()
+                Torch.synchronize(device)
                 times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
             }
             return times.min()!
         }
+        let (_, flops) = try withNoGrad { try FLOPCounter.counting { try pipeline.generate(request) } }
         let ours: [String: Double] = try withNoGrad {
-            [
-                "unet_ms": best { _ = pipeline.unet(sample, timestep: t, encoderHiddenStates: context) } * 1e3,
-                "pipeline_s": try best { _ = try pipeline.generate(request) },
-            ]
+            let unet = best { _ = pipeline.unet(sample, timestep: t, encoderHiddenStates: context) }
+            let run = try best { _ = try pipeline.generate(request) }
+            return ["unet_ms": unet * 1e3, "pipeline_s": run, "images_per_s": Double(batch) / run, "tflops": flops.total / run / 1e12]
         }
-        let reference = runPythonReference(python: python, script: script, arguments: [
-            "--model", model, "--size", "\(size)", "--steps", "\(steps)", "--repeats", "\(repeats)",
-            "--threads", "\(Torch.threadCount)",
+        var reference = runPythonReference(python: python, script: script, arguments: [
+            "--model", model, "--size", "\(size)", "--steps", "\(steps)", "--repeats", "\(repeats)", "--batch", "\(batch)",
+            "--threads", "\(Torch.threadCount)", "--device", "\(device)", "--dtype", "\(type)",
         ])
+        if let seconds = reference?["pipeline_s"] { reference?["tflops"] = flops.total / seconds / 1e12 }
         printComparison(
-            "Stable Diffusion benchmark: \(model), \(size)x\(size), \(Torch.threadCount) thread(s), best of \(repeats)",
+            "Stable Diffusion sampling: \(model), \(size)x\(size), \(steps) steps, batch \(batch), \(type), \(device), "
+                + "\(Torch.threadCount) thread(s), best of \(repeats); \(String(format: "%.3f", flops.total / 1e12)) TFLOP per run",
             measures: [
-                ("unet_ms", "UNet forward, batch 2", "ms", false),
-                ("pipeline_s", "pipeline, 2 prompts, \(steps) steps", "s", false),
+                ("images_per_s", "images per second", "", true),
+                ("pipeline_s", "pipeline, \(batch) prompt(s), \(steps) steps", "s", false),
+                ("unet_ms", "UNet forward, batch \(2 * batch)", "ms", false),
+                ("tflops", "achieved TFLOP/s", "", true),
             ], ours: ours, reference: reference, python: python)
     }
 }

@@ -15,7 +15,7 @@ import Torch
     }
 
     /// On a CPU-only libtorch, CUDA asked for is a one-line error that says why and what to do; nothing is written.
-    @Test(.enabled(if: !Torch.isCUDAAvailable, "CUDA is available here"), arguments: ["generate", "score", "train", "eval", "bench"])
+    @Test(.enabled(if: !Torch.isCUDAAvailable, "CUDA is available here"), arguments: ["generate", "score", "train", "eval", "bench train", "bench generate"])
     func cudaWithoutCUDAIsAOneLineError(command: String) throws {
         let file = try prompts()
         let out = temporaryOutput()
@@ -25,7 +25,8 @@ import Torch
         case "score": ["score", "--images", repository.path, "--reward", aesthetic, "--device", "cuda:0"]
         case "train": ["train", "--model", tinySD15, "--prompts", file.path, "--reward", aesthetic, "--out", out.path, "--device", "cuda"]
         case "eval": ["eval", "--model", tinySD15, "--prompts", file.path, "--reward", aesthetic, "--out", out.path, "--device", "cuda"]
-        default: ["bench", "train", "--device", "cuda"]
+        case "bench train": ["bench", "train", "--device", "cuda"]
+        default: ["bench", "generate", "--device", "cuda"]
         }
         let run = try textcraftor(arguments)
         #expect(run.status == 1)
@@ -125,5 +126,22 @@ import Torch
         #expect(!FileManager.default.fileExists(atPath: "/tmp/never") && !FileManager.default.fileExists(atPath: "/tmp/never.partial"))
         let help = try textcraftor(["synth-model", "--help"])
         #expect(help.out.contains("sd21      Stable Diffusion 2.1") && help.out.contains("hpsv2     HPSv2"))
+    }
+
+    /// The benchmarks run on the tiny pipeline and print their tables (here without a reference Python).
+    @Test func benchmarksPrintTheirTablesOnTheTinyPipeline() throws {
+        let generate = try textcraftor(["bench", "generate", "--repeats", "1", "--python", "/nonexistent/python"])
+        #expect(generate.status == 0, "\(generate.err)")
+        for row in ["images per second", "pipeline, 2 prompt(s), 10 steps", "UNet forward, batch 4", "achieved TFLOP/s"] {
+            #expect(generate.out.contains(row), "\(generate.out)")
+        }
+        #expect(generate.out.contains("(no reference: /nonexistent/python cannot run it"))
+        let train = try textcraftor(["bench", "train", "--repeats", "1", "--json", "--mixed-precision", "bf16"])
+        #expect(train.status == 0, "\(train.err)")
+        let numbers = try JSONSerialization.jsonObject(with: Data(train.out.utf8)) as! [String: Double]
+        // The tiny step's products: a few GFLOP, done in well under a minute.
+        #expect(numbers["step_tflop"]! > 1e-4 && numbers["step_tflop"]! < 1e-2, "\(numbers)")
+        #expect(abs(numbers["tflops"]! * numbers["train_step_s"]! - numbers["step_tflop"]!) < 1e-9 * max(1, numbers["step_tflop"]!) + 1e-12)
+        #expect(numbers["peak_rss_mb"]! > 50)
     }
 }

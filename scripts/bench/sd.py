@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""The Python side of `textcraftor bench sd`: the same UNet forward and pipeline in diffusers, printed as JSON.
+"""The Python side of `textcraftor bench generate`: the same UNet forward and pipeline in diffusers, printed as JSON.
 
-Each measure is the best of --repeats wall-clock timings after one warm-up run, under torch.no_grad().
+Each measure is the best of --repeats wall-clock timings after one warm-up run, under torch.no_grad(); on CUDA each
+timing ends with torch.cuda.synchronize().
 """
 import argparse
 import json
@@ -16,19 +17,32 @@ p = argparse.ArgumentParser()
 p.add_argument("--model", required=True)
 p.add_argument("--size", type=int, default=64)
 p.add_argument("--steps", type=int, default=10)
+p.add_argument("--batch", type=int, default=2, help="prompts per pipeline run")
 p.add_argument("--repeats", type=int, default=3)
 p.add_argument("--threads", type=int, default=0)
+p.add_argument("--device", default="cpu")
+p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
 args = p.parse_args()
 if args.threads > 0:
     torch.set_num_threads(args.threads)
+dtype = getattr(torch, args.dtype)
+device = torch.device(args.device)
+cuda = device.type == "cuda"
+if cuda:
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
 
-pipe = StableDiffusionPipeline.from_pretrained(args.model, safety_checker=None)
+pipe = StableDiffusionPipeline.from_pretrained(args.model, safety_checker=None, torch_dtype=dtype).to(device)
 pipe.set_progress_bar_config(disable=True)
 factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
 g = torch.Generator().manual_seed(0)
-sample = torch.randn(2, pipe.unet.config.in_channels, args.size // factor, args.size // factor, generator=g)
-context = torch.randn(2, 77, pipe.unet.config.cross_attention_dim, generator=g)
-t = torch.tensor([500.0, 500.0])
+pairs = 2 * args.batch
+sample = torch.randn(pairs, pipe.unet.config.in_channels, args.size // factor, args.size // factor, generator=g)
+context = torch.randn(pairs, 77, pipe.unet.config.cross_attention_dim, generator=g)
+sample, context = sample.to(device, dtype), context.to(device, dtype)
+t = torch.full((pairs,), 500.0, device=device)
+prompts = ["a red circle", "a blue square", "a green triangle", "two yellow stars"]
+prompts = [prompts[i % len(prompts)] for i in range(args.batch)]
 
 
 def best(body):
@@ -37,12 +51,17 @@ def best(body):
     for _ in range(args.repeats):
         start = time.perf_counter()
         body()
+        if cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return min(times)
 
 
 with torch.no_grad():
     unet_s = best(lambda: pipe.unet(sample, t, encoder_hidden_states=context))
-    pipe_s = best(lambda: pipe(["a red circle", "a blue square"], num_inference_steps=args.steps, guidance_scale=7.5,
-                               height=args.size, width=args.size, generator=torch.manual_seed(0), output_type="np"))
-print(json.dumps({"unet_ms": unet_s * 1e3, "pipeline_s": pipe_s}))
+    pipe_s = best(lambda: pipe(prompts, num_inference_steps=args.steps, guidance_scale=7.5, height=args.size,
+                               width=args.size, generator=torch.manual_seed(0), output_type="np"))
+out = {"unet_ms": unet_s * 1e3, "pipeline_s": pipe_s, "images_per_s": args.batch / pipe_s}
+if cuda:
+    out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+print(json.dumps(out))
