@@ -234,10 +234,12 @@ public enum ModelPreset: String, CaseIterable, Sendable {
             try ModelWriter.writeComponent(
                 config: (component.module as! AutoencoderKL).config, className: "AutoencoderKL", weights: weights,
                 to: folder.appendingPathComponent("vae"), weightsName: "diffusion_pytorch_model.safetensors", dtype: dtype)
-        case (.pickscore, "clip"):
-            try ModelWriter.writeCLIP(component.module as! CLIPModel, dtype: dtype, to: folder)
         case (_, "clip"):
-            try ModelWriter.writeCLIP(component.module as! CLIPModel, dtype: dtype, to: folder.appendingPathComponent("clip"))
+            // With the tokenizer files beside the weights, as the published CLIP repositories have them.
+            let clip = component.module as! CLIPModel
+            let target = self == .pickscore ? folder : folder.appendingPathComponent("clip")
+            try ModelWriter.writeCLIP(clip, dtype: dtype, to: target)
+            try clip.tokenizer.write(to: target)
         case (_, "head"):
             try ModelWriter.saveWeights(weights, dtype: dtype, metadata: ["source": "textcraftor synth-model (random)"],
                                         to: folder.appendingPathComponent("aesthetic.safetensors"))

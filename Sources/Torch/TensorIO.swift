@@ -6,6 +6,7 @@ extension Tensor {
     /// A CPU tensor holding a copy of the bytes.
     public convenience init(_ data: TensorData) throws {
         self.init(handle: try data.withUnsafeBytes { try Tensor.copyHandle(bytes: $0, shape: data.shape, dtype: data.dtype) })
+        data.storage.releasePages()  // the copy is ours now: the file's pages need not stay resident
     }
 
     /// The tensor's contiguous bytes (copied to the CPU), ready for a weight file.

@@ -70,7 +70,7 @@ struct BenchSD: ParsableCommand {
         if let seconds = reference?["pipeline_s"] { reference?["tflops"] = flops.total / seconds / 1e12 }
         printComparison(
             "Stable Diffusion sampling: \(model), \(size)x\(size), \(steps) steps, batch \(batch), \(type), \(device), "
-                + "\(Torch.threadCount) thread(s), best of \(repeats); \(String(format: "%.3f", flops.total / 1e12)) TFLOP per run",
+                + "\(Torch.threadCount) thread(s), best of \(repeats); \(String(format: "%.4g", flops.total / 1e12)) TFLOP per run",
             measures: [
                 ("images_per_s", "images per second", "", true),
                 ("pipeline_s", "pipeline, \(batch) prompt(s), \(steps) steps", "s", false),

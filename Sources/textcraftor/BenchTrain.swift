@@ -107,7 +107,7 @@ struct BenchTrain: ParsableCommand {
         printComparison(
             "TextCraftor training step: \(model), batch \(batch), \(steps) steps, window \(window), \(size)x\(size), "
                 + "\(rewards.terms.map(\.reward.name).joined(separator: "+")), \(gradient) gradient, mixed precision \(precision.rawValue), "
-                + "\(device), \(Torch.threadCount) thread(s), best of \(repeats); \(String(format: "%.3f", flops.total / 1e12)) TFLOP per step",
+                + "\(device), \(Torch.threadCount) thread(s), best of \(repeats); \(String(format: "%.4g", flops.total / 1e12)) TFLOP per step",
             measures: [
                 ("train_step_s", "one training step", "s", false),
                 ("tflops", "achieved TFLOP/s", "", true),

@@ -3,6 +3,23 @@ import Testing
 import Torch
 
 @Suite struct SafeTensorsReadingTests {
+    /// Making a tensor from mapped bytes gives the file's pages back to the kernel (so a checkpoint does not stay
+    /// resident beside its converted copy); reading the same bytes again faults them in from the file unchanged.
+    @Test func mappedPagesGivenBackReadAgainUnchanged() throws {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("pages-\(UUID().uuidString).safetensors")
+        defer { try? FileManager.default.removeItem(at: url) }
+        // Unaligned sizes, so that the tensors share pages at their ends.
+        let written = ["a": Tensor.arange(0, 300_001, dtype: .float32), "b": Tensor.arange(0, 123_457, dtype: .float32) * -1]
+        try Tensor.save(written, to: url)
+        let file = try SafeTensorsFile(url: url)
+        for name in ["a", "b", "a"] {
+            let data = try file.tensorData(name)
+            #expect(data.isMemoryMapped)
+            let first = try Tensor(data), second = try Tensor(data)
+            #expect((first - written[name]!).abs().max().item() == 0 && (second - written[name]!).abs().max().item() == 0)
+        }
+    }
+
     @Test func readsEveryDTypeWrittenByPython() throws {
         let url = SerializationFixtures.url("dtypes.safetensors")
         let expected = try SerializationFixtures.expected("dtypes.safetensors")

@@ -146,7 +146,11 @@ class Models:
         self.clip = frozen(CLIPModel.from_pretrained(clip, dtype=dtype).to(self.device))
         clip_tok = os.path.join(clip, "tokenizer")
         self.clip_tokenizer = CLIPTokenizer.from_pretrained(clip_tok if os.path.isdir(clip_tok) else clip)
-        state = torch.load(aesthetic, map_location="cpu", weights_only=True)
+        if aesthetic.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            state = load_file(aesthetic)
+        else:
+            state = torch.load(aesthetic, map_location="cpu", weights_only=True)
         self.aesthetic = AestheticMLP(state["layers.0.weight"].shape[1])
         self.aesthetic.load_state_dict(state)
         self.aesthetic = frozen(self.aesthetic.to(self.device, dtype))

@@ -95,6 +95,18 @@ enum ByteStorage: Sendable {
         }
     }
 
+    /// Once the bytes have been copied out: gives a mapping's whole pages in this range back to the kernel
+    /// (`MADV_DONTNEED`; they fault in again from the file if read later), so that a loaded checkpoint does not stay
+    /// in the resident set beside its converted copy. Nothing for owned bytes.
+    func releasePages() {
+        guard case .mapped(let file, let range) = self, let base = file.bytes.baseAddress, !range.isEmpty else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = (Int(bitPattern: base) + range.lowerBound + page - 1) / page * page
+        let end = (Int(bitPattern: base) + range.upperBound) / page * page
+        guard end > start, let address = UnsafeMutableRawPointer(bitPattern: start) else { return }
+        _ = madvise(address, end - start, MADV_DONTNEED)
+    }
+
     /// The bytes at `range`, counted from the start of this storage; a view for mappings, a copy for owned bytes
     /// (a copy keeps `Data`'s slice indices from leaking out). The caller checks that `range` is in bounds.
     func slice(_ range: Range<Int>) -> ByteStorage {
