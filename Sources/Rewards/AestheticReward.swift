@@ -83,8 +83,7 @@ public final class AestheticReward: Reward {
 
     public func score(_ images: Tensor, prompts: [String]) throws -> Tensor {
         _ = try promptsFor(images, prompts)
-        let pixels = ImagePreprocessor(size: embedder.imageSize)(images, mode: preprocessing)
-        let embeddings = embedder.imageEmbeddings(pixels)
+        let embeddings = embedder.imageEmbeddings(of: images, preprocessing: preprocessing)
         guard embeddings.size(-1) == predictor.inputWidth else {
             throw RewardError.invalidModel(
                 file: predictorOrigin,

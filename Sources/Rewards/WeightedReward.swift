@@ -24,6 +24,10 @@ public final class WeightedReward {
     /// Each reward's raw scores [B] by name, and the weighted total [B]. Differentiable with respect to the images.
     public func evaluate(_ images: Tensor, prompts: [String]) throws -> (total: Tensor, terms: [(name: String, scores: Tensor)]) {
         precondition(!terms.isEmpty, "WeightedReward: no rewards added")
+        return try ImageEmbeddingCache.shared.scope { try weightedSum(images, prompts: prompts) }
+    }
+
+    func weightedSum(_ images: Tensor, prompts: [String]) throws -> (total: Tensor, terms: [(name: String, scores: Tensor)]) {
         var total: Tensor? = nil
         var parts: [(name: String, scores: Tensor)] = []
         for term in terms {

@@ -16,6 +16,30 @@ import Torch
         try HFFixtures.expectMatchesReference(reward, key: "aesthetic", mode: mode)
     }
 
+    /// The aesthetic and CLIP-score rewards on one CLIP share its image forward within an evaluation: the same
+    /// scores and gradients as with two copies of the model, for one vision tower's work less.
+    @Test func rewardsOnOneCLIPShareTheImageForward() throws {
+        let images = try HFFixtures.output("images")
+        func run(_ first: CLIPModel, _ second: CLIPModel) throws -> (Tensor, Tensor, FLOPCounter.Count) {
+            let weighted = WeightedReward()
+            weighted.add(try AestheticReward(embedder: first, weights: HFFixtures.aesthetic))
+            weighted.add(CLIPScoreReward(model: second))
+            let input = images.detach().requiringGrad()
+            let ((total, _), count) = try FLOPCounter.counting { try weighted.evaluate(input, prompts: ["a", "b"]) }
+            total.sum().backward()
+            return (total, input.grad!, count)
+        }
+        let shared = try Self.clip()
+        let (sharedTotal, sharedGrad, sharedCount) = try run(shared, shared)
+        let (total, grad, count) = try run(try Self.clip(), try Self.clip())
+        #expect((sharedTotal - total).abs().max().item() == 0)
+        #expect((sharedGrad - grad).abs().max().item() < 1e-6 * grad.abs().max().item())
+        let vision = try Self.clip()
+        let (_, visionCount) = withNoGrad { FLOPCounter.counting { vision.imageFeatures(ImagePreprocessor(size: vision.imageSize)(images, mode: .training)) } }
+        #expect(visionCount.forward > 0)
+        #expect(abs(count.forward - sharedCount.forward - visionCount.forward) < 1e-6 * count.forward)
+    }
+
     /// The same head from a safetensors copy, and with the CLIP model loaded from its folder.
     @Test func safetensorsCopyGivesTheSameScores() throws {
         let folder = try HFFixtures.temporaryFolder()
