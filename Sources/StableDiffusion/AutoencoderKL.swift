@@ -130,6 +130,23 @@ public final class AutoencoderKL: Module {
     /// The weights' floating-point type.
     public var dtype: DType { decoder.convIn.weight.dtype }
 
+    /// `decode` as a chain of pieces (the decoder's `stages`, the first taking the latents in their own type and the
+    /// last handing the image back in it), for gradient checkpointing: applied in order they give `decode(latents)`.
+    public func decodeStages(latentType: DType) -> [(Tensor) -> Tensor] {
+        var stages = decoder.stages
+        let dtype = self.dtype
+        let first = stages[0], last = stages[stages.count - 1]
+        stages[0] = { [postQuantConv] latents in
+            let input = latents.dtype == dtype ? latents : latents.to(dtype)
+            return first(postQuantConv.map { $0(input) } ?? input)
+        }
+        stages[stages.count - 1] = { hidden in
+            let image = last(hidden)
+            return image.dtype == latentType ? image : image.to(latentType)
+        }
+        return stages
+    }
+
     /// image [B, in_channels, H, W] in [-1, 1] -> the latent distribution, in the image's floating-point type (an
     /// image of another type than the weights' is cast to theirs for the computation, as autocast would).
     public func encode(_ image: Tensor) -> DiagonalGaussianDistribution {

@@ -159,4 +159,17 @@ public final class VAEDecoder: Module {
         let hidden = upBlocks.reduce(midBlock(convIn(z))) { $1($0) }
         return convOut(convNormOut(hidden).silu())
     }
+
+    /// The decoder as a chain of pieces that, applied in order, compute `callAsFunction`: the input convolution and
+    /// the mid block, then every resnet and upsampler of the up blocks, then the output head. For gradient
+    /// checkpointing: only the pieces' inputs need to be kept, and one piece's activations at a time.
+    public var stages: [(Tensor) -> Tensor] {
+        var stages: [(Tensor) -> Tensor] = [{ [convIn, midBlock] in midBlock(convIn($0)) }]
+        for block in upBlocks {
+            stages += block.resnets.map { resnet in { resnet($0, temb: nil) } }
+            if let upsampler = block.upsampler { stages.append { upsampler($0) } }
+        }
+        stages.append { [convNormOut, convOut] in convOut(convNormOut($0).silu()) }
+        return stages
+    }
 }

@@ -11,11 +11,15 @@ public struct SamplingSettings: Sendable, Equatable {
     public var samplingSteps = 25
     public var gradientWindow = 5
     public var guidanceScale = 7.5
+    /// Windowed gradients only: the VAE decoder's backward recomputes it piece by piece (`CheckpointedChain`) instead
+    /// of keeping its whole graph, whose activations at 512x512 outweigh a UNet step's; one more decoder forward.
+    public var checkpointsVAE = true
 
-    public init(samplingSteps: Int = 25, gradientWindow: Int = 5, guidanceScale: Double = 7.5) {
+    public init(samplingSteps: Int = 25, gradientWindow: Int = 5, guidanceScale: Double = 7.5, checkpointsVAE: Bool = true) {
         self.samplingSteps = samplingSteps
         self.gradientWindow = gradientWindow
         self.guidanceScale = guidanceScale
+        self.checkpointsVAE = checkpointsVAE
     }
 
     public func validate() throws {
@@ -87,7 +91,12 @@ public func promptTrainingStep(
 
     /// Decodes, scores and returns the loss (with its graph back to `latents`) and the outcome.
     func lossOf(_ latents: Tensor) throws -> (Tensor, StepOutcome) {
-        let images = (pipeline.decode(latents) / 2 + 0.5).clamp(min: 0, max: 1)
+        try scoreDecoded(pipeline.decode(latents))
+    }
+
+    /// Scores images in [-1, 1] and returns the loss (with its graph back to them) and the outcome.
+    func scoreDecoded(_ decoded: Tensor) throws -> (Tensor, StepOutcome) {
+        let images = (decoded / 2 + 0.5).clamp(min: 0, max: 1)
         let (total, terms) = try rewards.evaluate(images.to(.float32), prompts: prompts)
         let loss = -total.mean() * lossScale
         let outcome = StepOutcome(
@@ -111,10 +120,22 @@ public func promptTrainingStep(
             entering.append(z)
             z = withNoGrad { denoise(z, i, context) }
         }
-        // 2. d(loss)/d(final latents) through the VAE and the rewards.
-        let final = z.detach().requiringGrad()
-        let (loss, outcome) = try lossOf(final)
-        var latentGradient = Autograd.grad(outputs: [loss], inputs: [final])[0]!
+        // 2. d(loss)/d(final latents) through the VAE and the rewards (the decoder checkpointed piece by piece).
+        var latentGradient: Tensor
+        let outcome: StepOutcome
+        if settings.checkpointsVAE {
+            let factor = pipeline.vae.config.scaling_factor
+            var decoder = CheckpointedChain(pipeline.vae.decodeStages(latentType: z.dtype))
+            let decoded = withNoGrad { decoder.forward(z / factor) }.requiringGrad()
+            let (loss, scored) = try scoreDecoded(decoded)
+            outcome = scored
+            latentGradient = decoder.backward(Autograd.grad(outputs: [loss], inputs: [decoded])[0]!) / factor
+        } else {
+            let final = z.detach().requiringGrad()
+            let (loss, scored) = try lossOf(final)
+            outcome = scored
+            latentGradient = Autograd.grad(outputs: [loss], inputs: [final])[0]!
+        }
         // 3. Back through the window one step at a time: recompute the step with a graph and backpropagate the
         //    incoming gradient through it (a vector-Jacobian product). The latent's part goes on to the step before;
         //    the context's part is summed (text encoder), or the UNet's parameters accumulate theirs (UNet stage).
@@ -129,6 +150,35 @@ public func promptTrainingStep(
         // 4. The summed embedding gradient through the text encoder, once.
         if trainsTextEncoder { trainable(ids).lastHiddenState.backward(gradient: contextGradient) }
         return outcome
+    }
+}
+
+/// Gradient checkpointing of a chain of pieces: `forward` runs them (without a graph, under `withNoGrad`) keeping
+/// each piece's input; `backward`, given d(loss)/d(output), recomputes each piece with a graph from its input, one at
+/// a time from the last, and passes the gradient on, returning d(loss)/d(input). The same ops give the same gradient
+/// as backpropagating through the whole chain, with the activations of one piece alive at a time.
+struct CheckpointedChain {
+    let stages: [(Tensor) -> Tensor]
+    private(set) var inputs: [Tensor] = []
+
+    init(_ stages: [(Tensor) -> Tensor]) { self.stages = stages }
+
+    mutating func forward(_ input: Tensor) -> Tensor {
+        inputs = []
+        return stages.reduce(input) { x, stage in
+            inputs.append(x)
+            return stage(x)
+        }
+    }
+
+    func backward(_ outputGradient: Tensor) -> Tensor {
+        var gradient = outputGradient
+        for (stage, input) in zip(stages, inputs).reversed() {
+            let x = input.detach().requiringGrad()
+            stage(x).backward(gradient: gradient)
+            gradient = x.grad!
+        }
+        return gradient
     }
 }
 

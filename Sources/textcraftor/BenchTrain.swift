@@ -38,6 +38,8 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "cpu, cuda or cuda:N.") var device = "cpu"
     @Option(help: "no, bf16 or fp16: the frozen models in that type, the text encoder in float32 (as `train`).")
     var mixedPrecision = "no"
+    @Flag(name: .customLong("no-vae-checkpoint"), help: "Keep the VAE decoder's whole graph instead of recomputing it piece by piece (windowed gradient).")
+    var noVAECheckpoint = false
     @Flag(help: "Print one JSON object with our numbers only.") var json = false
     @Option(help: "Python with torch, diffusers and transformers for the reference run.")
     var python = ProcessInfo.processInfo.environment["TEXTCRAFTOR_PYTHON"] ?? "python3"
@@ -68,7 +70,8 @@ struct BenchTrain: ParsableCommand {
         rewards.setPreprocessing(.training)
         pipeline.textEncoder.setTrainable(true)
         let optimizer = AdamW(parameters: pipeline.textEncoder.trainableParameters, learningRate: 1e-6)
-        let settings = SamplingSettings(samplingSteps: steps, gradientWindow: window, guidanceScale: guidance)
+        let settings = SamplingSettings(samplingSteps: steps, gradientWindow: window, guidanceScale: guidance,
+                                        checkpointsVAE: !noVAECheckpoint)
         let prompts = Array(["a red circle on a blue background", "two small squares, photo"].prefix(batch))
             + Array(repeating: "a green triangle", count: max(0, batch - 2))
         let generator = Generator(seed: 0)
@@ -106,7 +109,7 @@ struct BenchTrain: ParsableCommand {
         if let kb = reference?["peak_rss_kb"] { reference?["peak_rss_mb"] = kb / 1024 }
         printComparison(
             "TextCraftor training step: \(model), batch \(batch), \(steps) steps, window \(window), \(size)x\(size), "
-                + "\(rewards.terms.map(\.reward.name).joined(separator: "+")), \(gradient) gradient, mixed precision \(precision.rawValue), "
+                + "\(rewards.terms.map(\.reward.name).joined(separator: "+")), \(gradient) gradient\(gradient == "windowed" && !noVAECheckpoint ? " (VAE checkpointed)" : ""), mixed precision \(precision.rawValue), "
                 + "\(device), \(Torch.threadCount) thread(s), best of \(repeats); \(String(format: "%.4g", flops.total / 1e12)) TFLOP per step",
             measures: [
                 ("train_step_s", "one training step", "s", false),

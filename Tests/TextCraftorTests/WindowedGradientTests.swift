@@ -6,12 +6,13 @@ import Torch
 @testable import TextCraftor
 
 @Suite(.serialized) struct WindowedGradientTests {
-    /// The windowed walk-back (one UNet step of graph at a time) gives the gradient of plain backpropagation.
-    @Test(arguments: [1, 3, 5])
-    func windowedEqualsFullBackprop(window: Int) throws {
+    /// The windowed walk-back (one UNet step of graph at a time, the VAE decoder checkpointed piece by piece or
+    /// not) gives the gradient of plain backpropagation.
+    @Test(arguments: [(1, true), (3, true), (5, true), (5, false)])
+    func windowedEqualsFullBackprop(window: Int, checkpointsVAE: Bool) throws {
         let (pipeline, trainable, original, rewards) = try tinySetup()
         let noise = Tensor.randn([2, 4, 8, 8], generator: Generator(seed: 1234))
-        let settings = SamplingSettings(samplingSteps: 5, gradientWindow: window)
+        let settings = SamplingSettings(samplingSteps: 5, gradientWindow: window, checkpointsVAE: checkpointsVAE)
         let full = try promptTrainingStep(pipeline: pipeline, trainable: trainable, original: original, rewards: rewards,
                                           prompts: fixturePrompts, initialNoise: noise, settings: settings, mode: .fullBackprop)
         let expected = gradients(trainable)
@@ -22,6 +23,21 @@ import Torch
         let error = relativeError(gradients(trainable), expected)
         #expect(error <= 1e-4, "window \(window): relative error \(error)")
         #expect(expected.values.map { $0.abs().sum().item() }.reduce(0, +) > 0, "the gradient is not zero")
+    }
+
+    /// A checkpointed chain's walk back gives the gradient of backpropagating through the whole chain.
+    @Test func checkpointedChainEqualsPlainBackprop() throws {
+        let weights = (0..<3).map { Tensor.randn([6, 6], generator: Generator(seed: UInt64($0))) }
+        let stages: [(Tensor) -> Tensor] = weights.map { w in { ($0.matmul(w)).tanh() } } + [{ $0 * $0 }]
+        let input = Tensor.randn([4, 6], generator: Generator(seed: 9))
+        let x = input.detach().requiringGrad()
+        stages.reduce(x) { $1($0) }.sum().backward()
+        var chain = CheckpointedChain(stages)
+        let output = withNoGrad { chain.forward(input) }
+        #expect(chain.inputs.count == 4)
+        let gradient = chain.backward(output.onesLike())
+        #expect((gradient - x.grad!).abs().max().item() < 1e-6)
+        #expect(x.grad!.abs().sum().item() > 0)
     }
 
     @Test func windowLargerThanTheStepsIsRefused() throws {
