@@ -6,6 +6,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <ATen/detail/CUDAHooksInterface.h>
+#include <c10/core/CachingDeviceAllocator.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/grad_mode.h>
 #include <torch/csrc/autograd/variable.h>
@@ -159,6 +160,17 @@ int ct_cuda_load(const char *path) {
 }
 int ct_cuda_is_available(void) { GUARD(-1, return at::hasCUDA() ? 1 : 0;) }
 int ct_cuda_device_count(void) { GUARD(-1, return at::hasCUDA() ? static_cast<int>(at::detail::getCUDAHooks().deviceCount()) : 0;) }
+// Through c10's device-generic allocator interface (c10/core/CachingDeviceAllocator.h), which the CUDA caching
+// allocator implements once libtorch_cuda is loaded: no CUDA headers needed here. Index 0 of a StatArray is the
+// aggregate over the small and large pools, as torch.cuda.memory_stats reports it.
+int ct_cuda_memory_stats(int index, int64_t *out) {
+  STATUS(auto stats = c10::getDeviceAllocator(at::kCUDA)->getDeviceStats(static_cast<c10::DeviceIndex>(index));
+         out[0] = stats.allocated_bytes[0].current; out[1] = stats.allocated_bytes[0].peak;
+         out[2] = stats.reserved_bytes[0].current; out[3] = stats.reserved_bytes[0].peak)
+}
+int ct_cuda_reset_peak_memory(int index) {
+  STATUS(c10::getDeviceAllocator(at::kCUDA)->resetPeakStats(static_cast<c10::DeviceIndex>(index)))
+}
 int ct_cuda_synchronize(int index) {
   STATUS(at::detail::getCUDAHooks().deviceSynchronize(static_cast<c10::DeviceIndex>(index)))
 }

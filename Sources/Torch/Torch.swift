@@ -62,6 +62,27 @@ public enum Torch {
         checkStatus(ct_cuda_synchronize(Int32(index)), "cuda_synchronize")
     }
 
+    /// The CUDA caching allocator's memory for a device, in bytes: allocated now and at its peak (what
+    /// `torch.cuda.memory_allocated` / `max_memory_allocated` report), reserved now and at its peak. Throws for a
+    /// device that is not CUDA or where CUDA is not loaded.
+    public static func cudaMemory(_ device: Device) throws
+        -> (allocated: Int64, peakAllocated: Int64, reserved: Int64, peakReserved: Int64)
+    {
+        guard case .cuda(let index) = device else {
+            throw TorchError(op: "cuda_memory_stats", message: "\(device) is not a CUDA device")
+        }
+        try device.ensureAvailable()
+        var out = [Int64](repeating: 0, count: 4)
+        guard ct_cuda_memory_stats(Int32(index), &out) == 0 else { throw TorchError.last("cuda_memory_stats") }
+        return (out[0], out[1], out[2], out[3])
+    }
+
+    /// Starts the peaks of `cudaMemory` again from the current values (`torch.cuda.reset_peak_memory_stats`).
+    public static func resetPeakCUDAMemory(_ device: Device) throws {
+        guard case .cuda(let index) = device else { return }
+        guard ct_cuda_reset_peak_memory(Int32(index)) == 0 else { throw TorchError.last("cuda_reset_peak_memory") }
+    }
+
     /// TF32 for CUDA matmuls and convolutions (`torch.backends.cuda.matmul.allow_tf32`, cudnn likewise).
     public static func setTF32(_ enabled: Bool) {
         checkStatus(ct_set_tf32(enabled ? 1 : 0), "set_tf32")

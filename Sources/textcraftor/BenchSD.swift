@@ -61,7 +61,10 @@ struct BenchSD: ParsableCommand {
         let ours: [String: Double] = try withNoGrad {
             let unet = best { _ = pipeline.unet(sample, timestep: t, encoderHiddenStates: context) }
             let run = try best { _ = try pipeline.generate(request) }
-            return ["unet_ms": unet * 1e3, "pipeline_s": run, "images_per_s": Double(batch) / run, "tflops": flops.total / run / 1e12]
+            var ours = ["unet_ms": unet * 1e3, "pipeline_s": run, "images_per_s": Double(batch) / run,
+                        "tflops": flops.total / run / 1e12]
+            if case .cuda = device { ours["peak_cuda_mb"] = Double(try Torch.cudaMemory(device).peakAllocated) / 1_048_576 }
+            return ours
         }
         var reference = runPythonReference(python: python, script: script, arguments: [
             "--model", model, "--size", "\(size)", "--steps", "\(steps)", "--repeats", "\(repeats)", "--batch", "\(batch)",
@@ -76,6 +79,7 @@ struct BenchSD: ParsableCommand {
                 ("pipeline_s", "pipeline, \(batch) prompt(s), \(steps) steps", "s", false),
                 ("unet_ms", "UNet forward, batch \(2 * batch)", "ms", false),
                 ("tflops", "achieved TFLOP/s", "", true),
-            ], ours: ours, reference: reference, python: python)
+            ] + (ours["peak_cuda_mb"] == nil ? [] : [("peak_cuda_mb", "peak CUDA memory (allocated)", "MB", false)]),
+            ours: ours, reference: reference, python: python)
     }
 }

@@ -93,8 +93,10 @@ struct BenchTrain: ParsableCommand {
             times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
         }
         let best = times.min()!
-        let ours = ["train_step_s": best, "peak_rss_mb": peakResidentMemoryMB(), "tflops": flops.total / best / 1e12,
+        var ours = ["train_step_s": best, "peak_rss_mb": peakResidentMemoryMB(), "tflops": flops.total / best / 1e12,
                     "step_tflop": flops.total / 1e12]
+        // As the reference's torch.cuda.max_memory_allocated: the whole run, loading included.
+        if case .cuda = device { ours["peak_cuda_mb"] = Double(try Torch.cudaMemory(device).peakAllocated) / 1_048_576 }
         if json {
             let data = try JSONSerialization.data(withJSONObject: ours, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
@@ -115,7 +117,8 @@ struct BenchTrain: ParsableCommand {
                 ("train_step_s", "one training step", "s", false),
                 ("tflops", "achieved TFLOP/s", "", true),
                 ("peak_rss_mb", "peak resident memory", "MB", false),
-            ], ours: ours, reference: reference, python: python)
+            ] + (ours["peak_cuda_mb"] == nil ? [] : [("peak_cuda_mb", "peak CUDA memory (allocated)", "MB", false)]),
+            ours: ours, reference: reference, python: python)
         if precision == .fp16 { print("(the reference has no fp16 variant: it ran in float32)") }
     }
 }

@@ -95,5 +95,9 @@ import CTorch
         #expect(throws: TorchError.self) { try Device.cuda(0).ensureAvailable() }
         #expect(Device("cuda:1") == .cuda(1))
         #expect(Device("gpu") == nil)
+        // The allocator's statistics: an error naming the reason, not a crash.
+        #expect(throws: TorchError.self) { try Torch.cudaMemory(.cuda(0)) }
+        #expect(throws: TorchError.self) { try Torch.cudaMemory(.cpu) }
+        #expect(Device("meta") == .meta && Tensor.zeros([2, 3], device: .meta).device == .meta)
     }
 }
