@@ -68,6 +68,9 @@ public struct TrainingOptions: Sendable, Equatable, Codable {
     public var saveEvery: Int?
     public var seed: UInt64?
     public var shuffle: Bool?
+    // Hardware: cpu, cuda or cuda:N (checked where the device is opened), and the frozen models' precision
+    public var device: String?
+    public var mixedPrecision: MixedPrecision?
     // Files and folders
     public var model: String?
     public var prompts: String?
@@ -81,7 +84,7 @@ public struct TrainingOptions: Sendable, Equatable, Codable {
         samplingSteps: Int? = nil, gradientWindow: Int? = nil, guidanceScale: Double? = nil,
         mode: TrainingMode? = nil, train: TrainedNetwork? = nil, batchSize: Int? = nil, maxSteps: Int? = nil,
         saveEvery: Int? = nil, seed: UInt64? = nil, shuffle: Bool? = nil,
-        model: String? = nil, prompts: String? = nil, data: String? = nil, out: String? = nil,
+        device: String? = nil, mixedPrecision: MixedPrecision? = nil, model: String? = nil, prompts: String? = nil, data: String? = nil, out: String? = nil,
         rewards: [RewardOption]? = nil
     ) {
         self.learningRate = learningRate
@@ -101,6 +104,8 @@ public struct TrainingOptions: Sendable, Equatable, Codable {
         self.saveEvery = saveEvery
         self.seed = seed
         self.shuffle = shuffle
+        self.device = device
+        self.mixedPrecision = mixedPrecision
         self.model = model
         self.prompts = prompts
         self.data = data
@@ -129,7 +134,8 @@ public struct TrainingOptions: Sendable, Equatable, Codable {
             gradientWindow: flags.gradientWindow ?? gradientWindow, guidanceScale: flags.guidanceScale ?? guidanceScale,
             mode: flags.mode ?? mode, train: flags.train ?? train, batchSize: flags.batchSize ?? batchSize,
             maxSteps: flags.maxSteps ?? maxSteps, saveEvery: flags.saveEvery ?? saveEvery, seed: flags.seed ?? seed,
-            shuffle: flags.shuffle ?? shuffle, model: flags.model ?? model, prompts: flags.prompts ?? prompts,
+            shuffle: flags.shuffle ?? shuffle, device: flags.device ?? device,
+            mixedPrecision: flags.mixedPrecision ?? mixedPrecision, model: flags.model ?? model, prompts: flags.prompts ?? prompts,
             data: flags.data ?? data, out: flags.out ?? out, rewards: flags.rewards ?? rewards)
     }
 
@@ -258,9 +264,9 @@ enum Bound {
 public enum TrainingConfigFile {
     /// Every top-level key, sorted.
     public static let keys = [
-        "batch_size", "betas", "data", "eps", "grad_accumulation", "grad_window", "guidance", "lr", "max_grad_norm",
-        "max_steps", "mode", "model", "out", "prompts", "reward", "sampling_steps", "save_every", "seed", "shuffle",
-        "train", "warmup_steps", "weight_decay",
+        "batch_size", "betas", "data", "device", "eps", "grad_accumulation", "grad_window", "guidance", "lr",
+        "max_grad_norm", "max_steps", "mixed_precision", "mode", "model", "out", "prompts", "reward", "sampling_steps",
+        "save_every", "seed", "shuffle", "train", "warmup_steps", "weight_decay",
     ]
     /// The keys of one `[[reward]]` table.
     public static let rewardKeys = ["gamma", "name", "paths", "scale"]
@@ -303,6 +309,8 @@ public enum TrainingConfigFile {
             case "save_every": options.saveEvery = try reader.integer(value, key, .positive)
             case "seed": options.seed = UInt64(try reader.integer(value, key, .nonNegative))
             case "shuffle": options.shuffle = try reader.bool(value, key)
+            case "device": options.device = try reader.string(value, key)
+            case "mixed_precision": options.mixedPrecision = try reader.choice(value, key)
             case "model": options.model = try reader.path(value, key)
             case "prompts": options.prompts = try reader.path(value, key)
             case "data": options.data = try reader.path(value, key)

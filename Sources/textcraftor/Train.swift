@@ -14,10 +14,6 @@ struct RunRecord: Codable {
     var resolution: Int?
     var textEncoder: String?
     var timestepRange: [Int]?
-    /// cpu, cuda or cuda:N (nil: cpu). A resumed run may be given another.
-    var device: String?
-    /// no, bf16 or fp16 (nil: no).
-    var mixedPrecision: String?
 }
 
 struct Train: ParsableCommand {
@@ -139,10 +135,10 @@ struct Train: ParsableCommand {
         settings.sampling = SamplingSettings(
             samplingSteps: options.samplingSteps, gradientWindow: options.gradientWindow, guidanceScale: options.guidanceScale)
         try settings.validate()
-        let precision = try MixedPrecision(flag: record.mixedPrecision ?? "no")
+        let precision = record.options.mixedPrecision ?? .no
         settings.mixedPrecision = precision
-        var device = try ModelOptions.device(record.device ?? "cpu")
-        if case .cuda = device, let distributed, record.device == "cuda" {
+        var device = try ModelOptions.device(record.options.device ?? "cpu")  // a resumed run may be given another
+        if case .cuda = device, let distributed, record.options.device == "cuda" {
             device = try ModelOptions.device("cuda:\(distributed.localRank)")
         }
         if case .cuda = device { Torch.setTF32(true) }
@@ -240,7 +236,8 @@ struct Train: ParsableCommand {
             learningRate: lr, betas: betaPair, weightDecay: weightDecay, eps: eps, warmupSteps: warmupSteps,
             gradientAccumulation: gradAccumulation, maxGradNorm: maxGradNorm, samplingSteps: samplingSteps,
             gradientWindow: gradWindow, guidanceScale: guidance, mode: mode, train: network, batchSize: batchSize,
-            maxSteps: maxSteps, saveEvery: saveEvery, seed: seed, shuffle: shuffle ? true : nil, model: model,
+            maxSteps: maxSteps, saveEvery: saveEvery, seed: seed, shuffle: shuffle ? true : nil, device: device,
+            mixedPrecision: try mixedPrecision.map(MixedPrecision.init(flag:)), model: model,
             prompts: prompts, data: dataFolder, out: out, rewards: rewardOptions)
     }
 
@@ -274,8 +271,6 @@ struct Train: ParsableCommand {
         if let keepCheckpoints { record.keepCheckpoints = keepCheckpoints }
         if let resolution { record.resolution = resolution }
         if let textEncoder { record.textEncoder = textEncoder }
-        if let device { record.device = device }
-        if let mixedPrecision { record.mixedPrecision = mixedPrecision }
         if let tRange {
             record.timestepRange = tRange.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         }

@@ -65,7 +65,7 @@ import Torch
             metrics[precision] = try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
                 .split(separator: "\n").map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
             let record = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("run.json"))) as! [String: Any]
-            #expect(record["mixedPrecision"] as? String == precision)
+            #expect((record["options"] as? [String: Any])?["mixedPrecision"] as? String == precision)
             let weights = try Tensor.load(safetensors: out.appendingPathComponent("text_encoder/model.safetensors"))
             #expect(weights.values.allSatisfy { $0.dtype == .float32 })
         }

@@ -41,6 +41,8 @@ import Testing
             save_every = 500
             seed = 42
             shuffle = true
+            device = "cuda:1"
+            mixed_precision = "bf16"
 
             [[reward]]
             name = "aesthetic"
@@ -57,7 +59,7 @@ import Testing
             learningRate: 1e-6, betas: AdamBetas(0.9, 0.99), weightDecay: 0, eps: 1e-8, warmupSteps: 100,
             gradientAccumulation: 2, maxGradNorm: 1, samplingSteps: 25, gradientWindow: 5, guidanceScale: 7.5,
             mode: .prompt, train: .text, batchSize: 4, maxSteps: 10_000, saveEvery: 500, seed: 42, shuffle: true,
-            model: path("models/sd15"), prompts: path("../prompts/parti.tsv"), data: "/data/pairs", out: path("runs/a"),
+            device: "cuda:1", mixedPrecision: .bf16, model: path("models/sd15"), prompts: path("../prompts/parti.tsv"), data: "/data/pairs", out: path("runs/a"),
             rewards: [
                 RewardOption(name: "aesthetic", paths: [path("clip-vit-large-patch14"), path("sac+logos+ava1-l14-linearMSE.pth")],
                              gamma: 1, scale: 3),
@@ -94,6 +96,8 @@ import Testing
         #expect(problem("shuffle = 1") == "key \"shuffle\": expected true or false, found an integer")
         #expect(problem("mode = \"promt\"") == "key \"mode\": expected \"prompt\" or \"direct\", found \"promt\"")
         #expect(problem("train = [\"text\"]") == "key \"train\": expected \"text\" or \"unet\", found a list")
+        #expect(problem("mixed_precision = \"fp8\"") == "key \"mixed_precision\": expected \"no\", \"bf16\" or \"fp16\", found \"fp8\"")
+        #expect(problem("device = 0") == "key \"device\": expected a string, found an integer")
         #expect(problem("out = 3") == "key \"out\": expected a string, found an integer")
         #expect(problem("betas = [0.9]") == "key \"betas\": expected a list of 2 numbers in [0, 1), found a list of 1")
         #expect(problem("betas = [0.9, 1.0]") == "key \"betas\": expected a number in [0, 1), found 1.0")
