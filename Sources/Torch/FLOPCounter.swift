@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Analytic FLOP counts of the products that dominate diffusion models (linear, conv2d, scaled dot-product attention,
 /// matmul): 2 per multiply-add, from the shapes of each call while counting is on. Normalisations, activations and
@@ -20,11 +21,12 @@ public enum FLOPCounter {
 
     private final class State: @unchecked Sendable {
         let lock = NSLock()
-        var depth = 0
         var count = Count()
     }
 
     private static let state = State()
+    /// How many `counting` calls are running: read on every product, so an atomic rather than the lock.
+    private static let depth = Atomic<Int>(0)
 
     /// Runs `body` and returns what it computed with the FLOPs of its products (nested counts each see their own
     /// and add to the outer one).
@@ -32,11 +34,11 @@ public enum FLOPCounter {
         state.lock.lock()
         let outer = state.count
         state.count = Count()
-        state.depth += 1
         state.lock.unlock()
+        depth.add(1, ordering: .sequentiallyConsistent)
         defer {
+            depth.subtract(1, ordering: .sequentiallyConsistent)
             state.lock.lock()
-            state.depth -= 1
             state.count = Count(forward: outer.forward + state.count.forward, backward: outer.backward + state.count.backward)
             state.lock.unlock()
         }
@@ -47,11 +49,7 @@ public enum FLOPCounter {
         return (result, counted)
     }
 
-    static var isCounting: Bool {
-        state.lock.lock()
-        defer { state.lock.unlock() }
-        return state.depth > 0
-    }
+    static var isCounting: Bool { depth.load(ordering: .relaxed) > 0 }
 
     /// A product of `flops` forward FLOPs whose gradient is wanted for `operandsNeedingGrad` of its operands.
     static func record(_ flops: Double, operandsNeedingGrad: Int) {
@@ -61,10 +59,10 @@ public enum FLOPCounter {
         state.lock.unlock()
     }
 
-    /// Records a product when counting; `operands` are checked for gradients only then.
-    static func record(_ flops: @autoclosure () -> Double, operands: [Tensor?]) {
+    /// Records a product when counting; nothing is computed, not even the operand list, when not.
+    static func record(_ flops: @autoclosure () -> Double, operands: @autoclosure () -> [Tensor?]) {
         guard isCounting else { return }
-        let needing = Autograd.isGradEnabled ? operands.reduce(0) { $0 + (($1?.requiresGrad ?? false) ? 1 : 0) } : 0
+        let needing = Autograd.isGradEnabled ? operands().reduce(0) { $0 + (($1?.requiresGrad ?? false) ? 1 : 0) } : 0
         record(flops(), operandsNeedingGrad: needing)
     }
 }
