@@ -1,5 +1,4 @@
 import Foundation
-import Synchronization
 
 /// Analytic FLOP counts of the products that dominate diffusion models (linear, conv2d, scaled dot-product attention,
 /// matmul): 2 per multiply-add, from the shapes of each call while counting is on. Normalisations, activations and
@@ -19,50 +18,47 @@ public enum FLOPCounter {
         }
     }
 
-    private final class State: @unchecked Sendable {
-        let lock = NSLock()
+    /// The count of one `counting` call, owned by the thread that runs it: ops are issued from the caller's thread
+    /// (libtorch's own worker threads never call back here), so concurrent work elsewhere in the process (other tests,
+    /// other requests) is never counted in.
+    private final class Counter {
         var count = Count()
     }
 
-    private static let state = State()
-    /// How many `counting` calls are running: read on every product, so an atomic rather than the lock.
-    private static let depth = Atomic<Int>(0)
+    private static let key: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key, nil)
+        return key
+    }()
 
-    /// Runs `body` and returns what it computed with the FLOPs of its products (nested counts each see their own
-    /// and add to the outer one).
+    private static var current: Counter? {
+        pthread_getspecific(key).map { Unmanaged<Counter>.fromOpaque($0).takeUnretainedValue() }
+    }
+
+    /// Runs `body` and returns what it computed with the FLOPs of its products on this thread (a nested count sees
+    /// its own, which the outer one includes).
     public static func counting<R>(_ body: () throws -> R) rethrows -> (R, Count) {
-        state.lock.lock()
-        let outer = state.count
-        state.count = Count()
-        state.lock.unlock()
-        depth.add(1, ordering: .sequentiallyConsistent)
+        let counter = Counter()
+        let outer = pthread_getspecific(key)
+        pthread_setspecific(key, Unmanaged.passUnretained(counter).toOpaque())
         defer {
-            depth.subtract(1, ordering: .sequentiallyConsistent)
-            state.lock.lock()
-            state.count = Count(forward: outer.forward + state.count.forward, backward: outer.backward + state.count.backward)
-            state.lock.unlock()
+            pthread_setspecific(key, outer)
+            if let outer {
+                let enclosing = Unmanaged<Counter>.fromOpaque(outer).takeUnretainedValue()
+                enclosing.count.forward += counter.count.forward
+                enclosing.count.backward += counter.count.backward
+            }
         }
-        let result = try body()
-        state.lock.lock()
-        let counted = state.count
-        state.lock.unlock()
-        return (result, counted)
+        let result = try withExtendedLifetime(counter) { try body() }
+        return (result, counter.count)
     }
 
-    static var isCounting: Bool { depth.load(ordering: .relaxed) > 0 }
-
-    /// A product of `flops` forward FLOPs whose gradient is wanted for `operandsNeedingGrad` of its operands.
-    static func record(_ flops: Double, operandsNeedingGrad: Int) {
-        state.lock.lock()
-        state.count.forward += flops
-        state.count.backward += flops * Double(operandsNeedingGrad)
-        state.lock.unlock()
-    }
-
-    /// Records a product when counting; nothing is computed, not even the operand list, when not.
+    /// Records a product when this thread is counting; nothing is computed, not even the operand list, when not.
     static func record(_ flops: @autoclosure () -> Double, operands: @autoclosure () -> [Tensor?]) {
-        guard isCounting else { return }
+        guard let counter = current else { return }
         let needing = Autograd.isGradEnabled ? operands().reduce(0) { $0 + (($1?.requiresGrad ?? false) ? 1 : 0) } : 0
-        record(flops(), operandsNeedingGrad: needing)
+        let forward = flops()
+        counter.count.forward += forward
+        counter.count.backward += forward * Double(needing)
     }
 }
