@@ -98,18 +98,32 @@ public struct DataParallel {
         }
     }
 
-    func diagnose(step: Int, error: Error) -> String {
+    /// Names the ranks that stopped. A rank can die just after recording its arrival at the step, so arrival alone
+    /// cannot tell: every rank whose collective failed answers a roll call in the store, and the ranks that do not
+    /// answer within a grace period (dead or frozen) are the ones named, with the last step each reached.
+    func diagnose(step: Int, error: Error, grace: Double = 3) -> String {
         let cause = (error as? TorchError)?.message.split(separator: "\n").first.map(String.init) ?? "\(error)"
-        var behind: [String] = []
-        for other in 0..<worldSize where other != rank {
-            let value: String?
-            do { value = try group.value(Self.key(other)) } catch {
-                return "rank \(rank): the store on rank 0 cannot be reached at step \(step): rank 0 stopped (\(cause))"
+        let unreachable = "rank \(rank): the store on rank 0 cannot be reached at step \(step): rank 0 stopped (\(cause))"
+        func rollCall(_ rank: Int) -> String { "textcraftor/alive/\(step)/\(rank)" }
+        var silent = Set(0..<worldSize).subtracting([rank])
+        do {
+            try group.set(rollCall(rank), "1")
+            let deadline = Date().addingTimeInterval(min(grace, group.timeout))
+            while !silent.isEmpty {
+                for other in silent where try group.value(rollCall(other)) != nil { silent.remove(other) }
+                if silent.isEmpty || Date() >= deadline { break }
+                usleep(50_000)
             }
-            let reached = value.flatMap { Int($0) } ?? 0
-            if reached < step { behind.append("rank \(other) (last at step \(reached))") }
+        } catch {
+            return unreachable
         }
-        let who = behind.isEmpty ? "a peer" : behind.joined(separator: ", ")
+        var named: [String] = []
+        for other in silent.sorted() {
+            let value: String?
+            do { value = try group.value(Self.key(other)) } catch { return unreachable }
+            named.append("rank \(other) (last at step \(value.flatMap { Int($0) } ?? 0))")
+        }
+        let who = named.isEmpty ? "a peer" : named.joined(separator: ", ")
         return "rank \(rank): \(who) stopped responding at step \(step), within the \(Int(group.timeout)) s timeout (\(cause))"
     }
 }
