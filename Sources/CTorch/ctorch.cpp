@@ -168,9 +168,6 @@ int ct_cuda_memory_stats(int index, int64_t *out) {
          out[0] = stats.allocated_bytes[0].current; out[1] = stats.allocated_bytes[0].peak;
          out[2] = stats.reserved_bytes[0].current; out[3] = stats.reserved_bytes[0].peak)
 }
-int ct_cuda_reset_peak_memory(int index) {
-  STATUS(c10::getDeviceAllocator(at::kCUDA)->resetPeakStats(static_cast<c10::DeviceIndex>(index)))
-}
 int ct_cuda_synchronize(int index) {
   STATUS(at::detail::getCUDAHooks().deviceSynchronize(static_cast<c10::DeviceIndex>(index)))
 }

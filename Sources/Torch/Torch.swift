@@ -77,12 +77,6 @@ public enum Torch {
         return (out[0], out[1], out[2], out[3])
     }
 
-    /// Starts the peaks of `cudaMemory` again from the current values (`torch.cuda.reset_peak_memory_stats`).
-    public static func resetPeakCUDAMemory(_ device: Device) throws {
-        guard case .cuda(let index) = device else { return }
-        guard ct_cuda_reset_peak_memory(Int32(index)) == 0 else { throw TorchError.last("cuda_reset_peak_memory") }
-    }
-
     /// TF32 for CUDA matmuls and convolutions (`torch.backends.cuda.matmul.allow_tf32`, cudnn likewise).
     public static func setTF32(_ enabled: Bool) {
         checkStatus(ct_set_tf32(enabled ? 1 : 0), "set_tf32")

@@ -37,7 +37,6 @@ int ct_cuda_synchronize(int device_index);
 /* The CUDA caching allocator's statistics for a device (torch.cuda.max_memory_allocated and friends), in bytes:
    out[0] allocated now, out[1] peak allocated, out[2] reserved now, out[3] peak reserved. */
 int ct_cuda_memory_stats(int device_index, int64_t *out);
-int ct_cuda_reset_peak_memory(int device_index);
 int ct_set_tf32(int enabled);
 
 // MARK: lifetime and metadata
