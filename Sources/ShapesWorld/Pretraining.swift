@@ -34,6 +34,8 @@ public struct PretrainingPlan: Codable, Hashable, Sendable {
     public var vaeLearningRate = 1e-3
     public var unetLearningRate = 1e-3
     public var aestheticLearningRate = 1e-3
+    /// How the UNet's training images are degraded and captioned.
+    public var unetRecipe = UNetPretrainer.defaultRecipe
 
     public init() {}
 
@@ -176,7 +178,7 @@ public final class ShapesPretraining {
         if !finished(.unet) {
             let trainer = try UNetPretrainer(
                 textEncoder: clip.textModel, tokenizer: clip.tokenizer, vae: vae, seed: plan.seed &+ 2,
-                batchSize: plan.unetBatchSize, learningRate: plan.unetLearningRate)
+                batchSize: plan.unetBatchSize, learningRate: plan.unetLearningRate, recipe: plan.unetRecipe)
             let (seconds, losses) = train(.unet, optimizer: trainer.optimizer) { trainer.step() }
             try ModelWriter.writeComponent(
                 config: trainer.unet.config, className: "UNet2DConditionModel", weights: trainer.unet.stateDict(),

@@ -21,17 +21,24 @@ extension Degradation.Kind {
 public struct SampleRecipe: Hashable, Sendable, Codable {
     /// The probability that a render is degraded (one random `Degradation`).
     public var degradationProbability: Double
-    /// The probability that a caption names the image's quality: its degradation's word, or "sharp" if clean.
+    /// The probability that a degraded image's caption names its degradation ("washed-out, a large red circle ...").
     public var qualityWordProbability: Double
+    /// The probability that a clean image's caption says "sharp". Above `qualityWordProbability`, captions silent
+    /// about quality come mostly with degraded images, as on the web, where the words "professional photo, sharp
+    /// focus" go with the good pictures and plain captions with everything else.
+    public var sharpWordProbability: Double
     /// The kinds of degradation drawn from (uniformly).
     public var kinds: [Degradation.Kind]
     /// Strengths are uniform in [minimumStrength, 1].
     public var minimumStrength: Double
 
-    public init(degradationProbability: Double, qualityWordProbability: Double,
+    /// `sharpWordProbability` defaults to `qualityWordProbability`: every image's caption is then equally likely to
+    /// name its quality.
+    public init(degradationProbability: Double, qualityWordProbability: Double, sharpWordProbability: Double? = nil,
                 kinds: [Degradation.Kind] = Degradation.Kind.allCases, minimumStrength: Double = 0.2) {
         self.degradationProbability = degradationProbability
         self.qualityWordProbability = qualityWordProbability
+        self.sharpWordProbability = sharpWordProbability ?? qualityWordProbability
         self.kinds = kinds
         self.minimumStrength = minimumStrength
     }
@@ -70,7 +77,7 @@ public struct Sample: Sendable {
             pixels = degradation!.apply(to: pixels)
         }
         var caption = Captions.caption(for: scene, seed: generator.next())
-        if generator.unit() < recipe.qualityWordProbability {
+        if generator.unit() < (degradation == nil ? recipe.sharpWordProbability : recipe.qualityWordProbability) {
             caption = (degradation?.kind.word ?? SampleRecipe.cleanWord) + ", " + caption
         }
         return Sample(scene: scene, degradation: degradation, pixels: pixels, caption: caption)

@@ -50,12 +50,14 @@ public final class UNetPretrainer {
     public let captionDropout: Double
     public let recipe: SampleRecipe
 
-    /// Half the renders degraded, half the captions naming the quality: a prompt silent about quality then draws
-    /// sharp and degraded images alike, and the text encoder has something to steer. Only degradations that the
-    /// 8×8×4 latents can hold and the aesthetic head sees (washed-out and tinted, at strength 0.5 or more): pixel
-    /// noise and blur do not survive the VAE, so a UNet trained on them learns nothing it can draw.
+    /// Half the renders washed-out (strength 0.5 or more), and captions that say so for 85% of the clean renders
+    /// ("sharp, ...") but only 30% of the washed-out ones: 82% of the captions silent about quality go with washed-out
+    /// images. A plain prompt then draws a mostly washed-out image and "sharp, ..." a clean one, as a plain prompt
+    /// gives SD a mediocre picture and "professional photo, sharp focus, ..." a better one; that gap is what
+    /// TextCraftor's text encoder learns to close. Washed-out is the degradation the 8×8×4 latents hold and the
+    /// aesthetic head sees most clearly (pixel noise and blur do not survive the VAE; a tint barely moves the head).
     public static let defaultRecipe = SampleRecipe(
-        degradationProbability: 0.5, qualityWordProbability: 0.5, kinds: [.lowContrast, .colourShift],
+        degradationProbability: 0.5, qualityWordProbability: 0.3, sharpWordProbability: 0.85, kinds: [.lowContrast],
         minimumStrength: 0.5)
 
     public init(

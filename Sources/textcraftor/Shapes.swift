@@ -79,14 +79,15 @@ struct Shapes: ParsableCommand {
                 Four stages, each with its own seed derived from --seed: a tiny CLIP (contrastive, on renders and \
                 captions, half of them degraded and named so: "blurry, a large red circle ..."), a tiny VAE \
                 (32x32x3 <-> 8x8x4, its scaling factor measured as 1/std of the latents), a tiny UNet on the frozen CLIP \
-                text tower (epsilon prediction, SD1.5's schedule, 10% caption dropout; half its renders washed-out or \
-                tinted, half of those captions saying so) and an aesthetic head (LAION's predictor shape) regressing \
+                text tower (epsilon prediction, SD1.5's schedule, 10% caption dropout; half its renders washed-out, \
+                "sharp, ..." on 85% of the clean ones' captions, "washed-out, ..." on 30% of the others', so that a \
+                prompt silent about quality draws a mostly washed-out image) and an aesthetic head (LAION's predictor shape) regressing \
                 the oracle's quality score from the CLIP image embedding, on degraded renders and VAE round trips.
 
                 Writes OUT as a diffusers folder (model_index.json, tokenizer/, text_encoder/, unet/, vae/, \
                 scheduler/) plus rewards/clip/ and rewards/aesthetic.safetensors and pretraining.json (plan, times, \
                 losses and measurements). Work goes to OUT.partial first; a stopped run continues from its last \
-                finished stage when run again with the same options. The default plan takes about 51 minutes on 2 \
+                finished stage when run again with the same options. The default plan takes about 50 minutes on 2 \
                 idle CPU cores; --scale 0.01 runs every stage briefly (a smoke test).
                 """)
 
