@@ -24,6 +24,7 @@
 
 #include <dlfcn.h>
 #include <cstring>
+#include <stdexcept>
 #include <memory>
 #include <string>
 #include <vector>
@@ -664,8 +665,24 @@ int ct_autocast_enabled(int dt) { GUARD(-1, return at::autocast::is_autocast_ena
 namespace {
 struct ProcessGroupHandle {
   c10::intrusive_ptr<c10d::TCPStore> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
+  c10::intrusive_ptr<c10d::Backend> group;  // ProcessGroupGloo, or ProcessGroupNCCL from the plugin
 };
+// The plugin's one entry (native/nccl/textcraftor_nccl.cpp): takes a Store reference, gives a Backend reference.
+using NCCLBackendFactory = void *(*)(void *store, int rank, int size, long long timeout_ms, char *error, int capacity);
+c10::intrusive_ptr<c10d::Backend> nccl_backend(const char *plugin, c10::intrusive_ptr<c10d::Store> store, int rank,
+                                               int size, int64_t timeout_ms) {
+  void *library = dlopen(plugin, RTLD_NOW | RTLD_GLOBAL);
+  if (library == nullptr) {
+    const char *message = dlerror();
+    throw std::runtime_error(std::string("cannot load the NCCL plugin: ") + (message ? message : plugin));
+  }
+  auto factory = reinterpret_cast<NCCLBackendFactory>(dlsym(library, "textcraftor_nccl_backend"));
+  if (factory == nullptr) throw std::runtime_error(std::string(plugin) + " has no textcraftor_nccl_backend: not the NCCL plugin");
+  char error[1024] = {0};
+  void *backend = factory(store.release(), rank, size, static_cast<long long>(timeout_ms), error, sizeof error);
+  if (backend == nullptr) throw std::runtime_error(std::string("ProcessGroupNCCL: ") + error);
+  return c10::intrusive_ptr<c10d::Backend>::reclaim(static_cast<c10d::Backend *>(backend));
+}
 ProcessGroupHandle &PG(ct_process_group pg) { return *reinterpret_cast<ProcessGroupHandle *>(pg); }
 std::vector<at::Tensor> tensor_list(const ct_tensor *tensors, int n) {
   std::vector<at::Tensor> list;
@@ -675,7 +692,8 @@ std::vector<at::Tensor> tensor_list(const ct_tensor *tensors, int n) {
 }  // namespace
 
 int ct_dist_available(void) { return 1; }
-ct_process_group ct_dist_init(const char *host, int port, int rank, int world_size, int host_store, int64_t timeout_ms) {
+ct_process_group ct_dist_init(const char *host, int port, int rank, int world_size, int host_store, int64_t timeout_ms,
+                              const char *nccl_plugin) {
   GUARD(nullptr, {
     c10d::TCPStoreOptions options;
     options.port = static_cast<uint16_t>(port);
@@ -686,11 +704,15 @@ ct_process_group ct_dist_init(const char *host, int port, int rank, int world_si
     options.timeout = std::chrono::milliseconds(timeout_ms);
     auto handle = std::make_unique<ProcessGroupHandle>();
     handle->store = c10::make_intrusive<c10d::TCPStore>(std::string(host), options);
-    auto gloo = c10d::ProcessGroupGloo::Options::create_default(std::chrono::milliseconds(timeout_ms));
     // The group's own keys under a prefix, as init_process_group does: a launcher's store holds keys of its own.
-    auto prefixed = c10::make_intrusive<c10d::PrefixStore>("textcraftor/pg", handle->store);
-    handle->group = c10::make_intrusive<c10d::ProcessGroupGloo>(
-        c10::static_intrusive_pointer_cast<c10d::Store>(prefixed), rank, world_size, gloo);
+    auto prefixed = c10::static_intrusive_pointer_cast<c10d::Store>(
+        c10::make_intrusive<c10d::PrefixStore>("textcraftor/pg", handle->store));
+    if (nccl_plugin != nullptr) {
+      handle->group = nccl_backend(nccl_plugin, prefixed, rank, world_size, timeout_ms);
+    } else {
+      auto gloo = c10d::ProcessGroupGloo::Options::create_default(std::chrono::milliseconds(timeout_ms));
+      handle->group = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, rank, world_size, gloo);
+    }
     return reinterpret_cast<ct_process_group>(handle.release());
   })
 }
@@ -724,7 +746,7 @@ int ct_dist_available(void) { return 0; }
 namespace {
 void no_gloo() { set_error("this build of the shim has no Gloo (install libgloo-dev and rebuild)"); }
 }  // namespace
-ct_process_group ct_dist_init(const char *, int, int, int, int, int64_t) { no_gloo(); return nullptr; }
+ct_process_group ct_dist_init(const char *, int, int, int, int, int64_t, const char *) { no_gloo(); return nullptr; }
 void ct_dist_free(ct_process_group) {}
 int ct_dist_all_reduce(ct_process_group, const ct_tensor *, int, int) { no_gloo(); return -1; }
 int ct_dist_broadcast(ct_process_group, const ct_tensor *, int, int) { no_gloo(); return -1; }

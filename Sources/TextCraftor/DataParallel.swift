@@ -38,6 +38,13 @@ public struct DataParallel {
         try group.set(Self.key(rank), String(step))
     }
 
+    /// Where a collective's tensors must be: on the GPU of the parameters for NCCL, on the CPU for Gloo (a CUDA
+    /// tensor goes through host memory).
+    func staged(_ tensor: Tensor, like parameter: Tensor?) -> Tensor {
+        let device = group.backend.onCUDA ? (parameter?.device ?? .cpu) : .cpu
+        return tensor.device == device ? tensor : tensor.to(device)
+    }
+
     /// Averages the gradients of `parameters` and the values in `scalars` across the ranks, in one collective.
     /// A parameter without a gradient counts as zeros.
     func average(gradientsOf parameters: [Tensor], scalars: [Double], step: Int) throws -> [Double] {
@@ -50,9 +57,13 @@ public struct DataParallel {
         }
         // One flat buffer per dtype, as DDP's buckets: c10d reduces a list of tensors as replicas of one, so the
         // gradients travel concatenated and are copied back.
-        let values = Tensor(scalars, shape: [scalars.count])
+        let values = staged(Tensor(scalars, shape: [scalars.count]), like: parameters.first)
         let byType = Dictionary(grouping: gradients.indices, by: { gradients[$0].dtype })
-        let buffers = withNoGrad { byType.values.map { indices in Tensor.cat(indices.map { gradients[$0].flatten() }, dim: 0) } }
+        let buffers = withNoGrad {
+            byType.values.map { indices in
+                staged(Tensor.cat(indices.map { gradients[$0].flatten() }, dim: 0), like: parameters.first)
+            }
+        }
         try collective(step: step) {
             for buffer in buffers { try group.allReduce([buffer], .sum) }
             try group.allReduce([values], .sum)
@@ -80,7 +91,8 @@ public struct DataParallel {
             }
         }
         let signed = Int64(bitPattern: hash)
-        let high = Tensor([signed], shape: [1]), low = Tensor([signed], shape: [1])
+        let high = staged(Tensor([signed], shape: [1]), like: parameters.first)
+        let low = staged(Tensor([signed], shape: [1]), like: parameters.first)
         try collective(step: step) {
             try group.allReduce([high], .max)
             try group.allReduce([low], .min)

@@ -34,17 +34,36 @@ struct DistributedEnvironment: Equatable {
             launcherHostsStore: env["TORCHELASTIC_USE_AGENT_STORE"]?.lowercased() == "true")
     }
 
+    /// The backend `--dist-backend NAME` asks for on `device`: auto is NCCL on CUDA where the plugin is found, else
+    /// Gloo; nccl needs a CUDA device and the plugin. Fails in one line naming the flag.
+    static func backend(_ name: String, device: Device, plugin: String? = ProcessGroup.ncclPlugin()) throws -> ProcessGroup.Backend {
+        let onCUDA: Bool = if case .cuda = device { true } else { false }
+        switch name {
+        case "gloo":
+            return .gloo
+        case "auto":
+            return onCUDA ? plugin.map { .nccl(plugin: $0) } ?? .gloo : .gloo
+        case "nccl":
+            guard onCUDA else { throw CommandError("--dist-backend nccl needs --device cuda (NCCL runs on GPUs; Gloo serves the CPU)") }
+            guard let plugin else {
+                throw CommandError("--dist-backend nccl: no NCCL plugin found: build it with scripts/build-nccl-plugin against this CUDA libtorch, or set TEXTCRAFTOR_NCCL_PLUGIN")
+            }
+            return .nccl(plugin: plugin)
+        default:
+            throw CommandError("--dist-backend \(name): expected auto, gloo or nccl")
+        }
+    }
     /// Joins the group (rank 0 hosts the store), or fails in one line naming the address.
-    func join(timeout: Double) throws -> ProcessGroup {
+    func join(timeout: Double, backend: ProcessGroup.Backend = .gloo) throws -> ProcessGroup {
         guard ProcessGroup.isAvailable else {
             throw CommandError("this textcraftor was built without Gloo (install libgloo-dev and rebuild): no data-parallel training")
         }
         do {
             return try ProcessGroup(host: masterAddress, port: masterPort, rank: rank, worldSize: worldSize, timeout: timeout,
-                                    launcherHostsStore: launcherHostsStore)
+                                    launcherHostsStore: launcherHostsStore, backend: backend)
         } catch {
             let cause = (error as? TorchError)?.message.split(separator: "\n").first.map(String.init) ?? "\(error)"
-            throw CommandError("rank \(rank): cannot form the group of \(worldSize) at \(masterAddress):\(masterPort) within \(Int(timeout)) s (\(cause))")
+            throw CommandError("rank \(rank): cannot form the \(backend) group of \(worldSize) at \(masterAddress):\(masterPort) within \(Int(timeout)) s (\(cause))")
         }
     }
 }

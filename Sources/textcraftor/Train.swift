@@ -86,10 +86,18 @@ struct Train: ParsableCommand {
     var distTimeout: Double = 300
     @Option(help: "Data-parallel: compare a hash of the parameters across ranks every N steps (and at the end).")
     var syncCheckEvery = 100
+    @Option(help: ArgumentHelp(
+        "Data-parallel: auto (default), gloo or nccl.",
+        discussion: "auto is NCCL on CUDA where the NCCL plugin is found (scripts/build-nccl-plugin; TEXTCRAFTOR_NCCL_PLUGIN or libtextcraftor_nccl.so beside the executable), else Gloo, which serves CUDA tensors through host memory. Named for a single process (no WORLD_SIZE, no --nproc-per-node), it forms a group of one, which runs the collectives' path end to end.",
+        valueName: "NAME"))
+    var distBackend = "auto"
 
     func run() throws {
         guard distTimeout > 0 else { throw CommandError("--dist-timeout must be positive (got \(distTimeout))") }
         guard syncCheckEvery >= 1 else { throw CommandError("--sync-check-every must be at least 1 (got \(syncCheckEvery))") }
+        guard ["auto", "gloo", "nccl"].contains(distBackend) else {
+            throw CommandError("--dist-backend \(distBackend): expected auto, gloo or nccl")
+        }
         if let nprocPerNode {
             guard nprocPerNode >= 1 else { throw CommandError("--nproc-per-node must be at least 1 (got \(nprocPerNode))") }
             guard ProcessInfo.processInfo.environment["RANK"] == nil else {
@@ -104,7 +112,12 @@ struct Train: ParsableCommand {
                 return
             }
         }
-        let distributed = try DistributedEnvironment.fromEnvironment()
+        var distributed = try DistributedEnvironment.fromEnvironment()
+        if distributed == nil, distBackend != "auto" {
+            // A backend named for a single process forms a group of one: the collectives' path runs, end to end.
+            guard let port = ProcessGroup.freePort() else { throw CommandError("--dist-backend \(distBackend): no free port on 127.0.0.1") }
+            distributed = DistributedEnvironment(rank: 0, worldSize: 1, localRank: 0, masterAddress: "127.0.0.1", masterPort: port)
+        }
         let rank = distributed?.rank ?? 0
         let (record, outURL, resuming) = try resolveRecord(rank: rank)
         let options = try record.options.resolved()
@@ -180,7 +193,7 @@ struct Train: ParsableCommand {
             weighted.add(try RewardRegistry.load(name: reward.name, paths: reward.paths, dtype: precision.frozenDType, device: device),
                          gamma: reward.gamma, scale: reward.scale)
         }
-        let group = try distributed?.join(timeout: distTimeout)
+        let group = try distributed?.join(timeout: distTimeout, backend: try DistributedEnvironment.backend(distBackend, device: device))
         let run = RunFolder(outURL)
         if rank == 0 { try run.prepare() }
         let trainer = try Trainer(pipeline: pipeline, original: original, modelFolder: modelURL, rewards: weighted, data: data,

@@ -53,10 +53,29 @@ struct DistributedCLITests {
         #expect(resumedAlone.status == 0, "\(resumedAlone.err)")
         #expect(maxDifference(try weights(twoThenOne), reference) <= 1e-6)
 
+        // A backend named for one process forms a group of one: the collectives run and change nothing.
+        let alone = temporaryOutput()
+        defer { try? FileManager.default.removeItem(at: alone) }
+        let groupOfOne = try train(alone, file, ["--max-steps", "4", "--dist-backend", "gloo"])
+        #expect(groupOfOne.status == 0, "\(groupOfOne.err)")
+        #expect(maxDifference(try weights(alone), reference) <= 1e-6)
+
         #expect(try train(oneThenTwo, file, ["--max-steps", "2"]).status == 0)
         let resumedTwo = try textcraftor(["train", "--resume", oneThenTwo.path, "--max-steps", "4", "--nproc-per-node", "2"])
         #expect(resumedTwo.status == 0, "\(resumedTwo.err)")
         #expect(maxDifference(try weights(oneThenTwo), reference) <= 1e-6)
+    }
+
+    @Test(arguments: [
+        (["--dist-backend", "mpi"], "Error: --dist-backend mpi: expected auto, gloo or nccl"),
+        (["--dist-backend", "nccl"], "Error: --dist-backend nccl needs --device cuda (NCCL runs on GPUs; Gloo serves the CPU)"),
+    ])
+    func badBackendsFailInOneLine(flags: [String], message: String) throws {
+        let out = temporaryOutput()
+        defer { try? FileManager.default.removeItem(at: out) }
+        let result = try train(out, try prompts(), ["--max-steps", "1"] + flags)
+        #expect(result.status != 0)
+        #expect(result.err.split(separator: "\n").last.map(String.init) == message, "\(result.err)")
     }
 
     /// SIGKILL: rank 1 dies (its sockets close); SIGSTOP: it hangs, and rank 0's collective times out.

@@ -20,6 +20,11 @@ swift build -c release --product textcraftor --static-swift-stdlib -Xlinker -rpa
 strip -o .device/bin/textcraftor .build/release/textcraftor
 xz -T0 -6 .device/bin/textcraftor
 cp -r .build/release/TextCraftor_StableDiffusion.resources .build/release/TextCraftor_TextCraftor.resources .device/bin/
+# The NCCL plugin, built against a CUDA torch of the device's version (PYTHON names its interpreter), beside the
+# binary where `train --dist-backend nccl` looks for it.
+if ! scripts/build-nccl-plugin .device/bin/libtextcraftor_nccl.so; then
+  echo "pack: no NCCL plugin (needs a CUDA torch 2.11 for PYTHON, with NCCL's and CUDA's headers); Gloo only" >&2
+fi
 for lib in libpng16.so.16 libjpeg.so.62; do
   cp -L "$(ldconfig -p | awk -v l="$lib" '$1 == l {print $NF; exit}')" .device/lib/
 done
@@ -38,6 +43,7 @@ bin=/tmp/textcraftor-bin
 if [ ! -x "$bin/textcraftor" ]; then
   mkdir -p "$bin" && xz -dc "$here/bin/textcraftor.xz" > "$bin/textcraftor" && chmod +x "$bin/textcraftor"
   cp -r "$here"/bin/*.resources "$bin/"
+  [ -e "$here/bin/libtextcraftor_nccl.so" ] && cp "$here/bin/libtextcraftor_nccl.so" "$bin/"
 fi
 torchlib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 if [ ! -d /tmp/site ]; then

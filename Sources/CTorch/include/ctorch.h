@@ -207,8 +207,11 @@ typedef struct ct_process_group_opaque *ct_process_group;
 enum { CT_REDUCE_SUM = 0, CT_REDUCE_MAX = 1, CT_REDUCE_MIN = 2 };
 int ct_dist_available(void); // 1 when the shim was built with Gloo's headers (libgloo-dev), else 0
 // host_store: this process hosts the store at host:port (rank 0, unless a launcher such as torchrun already hosts
-// it); every rank connects, then the Gloo group forms. timeout_ms bounds the rendezvous and every later collective.
-ct_process_group ct_dist_init(const char *host, int port, int rank, int world_size, int host_store, int64_t timeout_ms);
+// it); every rank connects, then the group forms. timeout_ms bounds the rendezvous and every later collective.
+// nccl_plugin: NULL for Gloo; else the path of libtextcraftor_nccl.so (native/nccl), whose ProcessGroupNCCL then
+// runs the collectives (CUDA tensors; libtorch_cuda must be loaded first).
+ct_process_group ct_dist_init(const char *host, int port, int rank, int world_size, int host_store, int64_t timeout_ms,
+                              const char *nccl_plugin);
 void ct_dist_free(ct_process_group pg);
 int ct_dist_all_reduce(ct_process_group pg, const ct_tensor *tensors, int n, int op); // in place, one collective
 int ct_dist_broadcast(ct_process_group pg, const ct_tensor *tensors, int n, int root); // in place
