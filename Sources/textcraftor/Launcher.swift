@@ -34,25 +34,37 @@ struct DistributedEnvironment: Equatable {
             launcherHostsStore: env["TORCHELASTIC_USE_AGENT_STORE"]?.lowercased() == "true")
     }
 
-    /// The backend `--dist-backend NAME` asks for on `device`: auto is NCCL on CUDA where the plugin is found, else
-    /// Gloo; nccl needs a CUDA device and the plugin. Fails in one line naming the flag.
-    static func backend(_ name: String, device: Device, plugin: String? = ProcessGroup.ncclPlugin()) throws -> ProcessGroup.Backend {
+    /// What `--dist-backend` names.
+    enum BackendChoice: String {
+        case auto, gloo, nccl
+
+        /// The flag's value, or a one-line error naming it.
+        init(flag: String) throws {
+            guard let choice = Self(rawValue: flag) else { throw CommandError("--dist-backend \(flag): expected auto, gloo or nccl") }
+            self = choice
+        }
+    }
+
+    /// The backend `choice` gives on `device`: auto is NCCL on CUDA where the plugin is found, else Gloo; nccl needs
+    /// a CUDA device and the plugin. Fails in one line naming the flag.
+    static func backend(_ choice: BackendChoice, device: Device, plugin: String? = ProcessGroup.ncclPlugin()) throws
+        -> ProcessGroup.Backend
+    {
         let onCUDA: Bool = if case .cuda = device { true } else { false }
-        switch name {
-        case "gloo":
+        switch choice {
+        case .gloo:
             return .gloo
-        case "auto":
+        case .auto:
             return onCUDA ? plugin.map { .nccl(plugin: $0) } ?? .gloo : .gloo
-        case "nccl":
+        case .nccl:
             guard onCUDA else { throw CommandError("--dist-backend nccl needs --device cuda (NCCL runs on GPUs; Gloo serves the CPU)") }
             guard let plugin else {
                 throw CommandError("--dist-backend nccl: no NCCL plugin found: build it with scripts/build-nccl-plugin against this CUDA libtorch, or set TEXTCRAFTOR_NCCL_PLUGIN")
             }
             return .nccl(plugin: plugin)
-        default:
-            throw CommandError("--dist-backend \(name): expected auto, gloo or nccl")
         }
     }
+
     /// Joins the group (rank 0 hosts the store), or fails in one line naming the address.
     func join(timeout: Double, backend: ProcessGroup.Backend = .gloo) throws -> ProcessGroup {
         guard ProcessGroup.isAvailable else {

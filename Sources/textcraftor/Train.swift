@@ -95,9 +95,7 @@ struct Train: ParsableCommand {
     func run() throws {
         guard distTimeout > 0 else { throw CommandError("--dist-timeout must be positive (got \(distTimeout))") }
         guard syncCheckEvery >= 1 else { throw CommandError("--sync-check-every must be at least 1 (got \(syncCheckEvery))") }
-        guard ["auto", "gloo", "nccl"].contains(distBackend) else {
-            throw CommandError("--dist-backend \(distBackend): expected auto, gloo or nccl")
-        }
+        let backendChoice = try DistributedEnvironment.BackendChoice(flag: distBackend)
         if let nprocPerNode {
             guard nprocPerNode >= 1 else { throw CommandError("--nproc-per-node must be at least 1 (got \(nprocPerNode))") }
             guard ProcessInfo.processInfo.environment["RANK"] == nil else {
@@ -113,7 +111,7 @@ struct Train: ParsableCommand {
             }
         }
         var distributed = try DistributedEnvironment.fromEnvironment()
-        if distributed == nil, distBackend != "auto" {
+        if distributed == nil, backendChoice != .auto {
             // A backend named for a single process forms a group of one: the collectives' path runs, end to end.
             guard let port = ProcessGroup.freePort() else { throw CommandError("--dist-backend \(distBackend): no free port on 127.0.0.1") }
             distributed = DistributedEnvironment(rank: 0, worldSize: 1, localRank: 0, masterAddress: "127.0.0.1", masterPort: port)
@@ -193,7 +191,7 @@ struct Train: ParsableCommand {
             weighted.add(try RewardRegistry.load(name: reward.name, paths: reward.paths, dtype: precision.frozenDType, device: device),
                          gamma: reward.gamma, scale: reward.scale)
         }
-        let group = try distributed?.join(timeout: distTimeout, backend: try DistributedEnvironment.backend(distBackend, device: device))
+        let group = try distributed?.join(timeout: distTimeout, backend: try DistributedEnvironment.backend(backendChoice, device: device))
         let run = RunFolder(outURL)
         if rank == 0 { try run.prepare() }
         let trainer = try Trainer(pipeline: pipeline, original: original, modelFolder: modelURL, rewards: weighted, data: data,
