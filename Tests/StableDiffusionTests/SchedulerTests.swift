@@ -22,6 +22,16 @@ private struct SchedulerFixture {
     func floats(_ name: String) throws -> [Float] { try tensor(name).toArray(Float.self) }
 }
 
+/// diffusers' zero-terminal-SNR rescaling takes torch's float32 sqrt, which libtorch's CPU build hands to MKL's vector
+/// math (vsSqrt), whose rounding depends on the processor: on an AMD EPYC 20% of its results are not the correctly
+/// rounded ones, and the schedule there differs from the fixture's (made on an Intel Xeon) by up to 3.8e-6 relative,
+/// the sigmas by 7.2e-6 (measured). We call the same libtorch, so on any one machine we match what diffusers gives
+/// there; across machines those schedules are compared to 2e-5 relative, every other one bit for bit.
+private func sameSchedule(_ ours: [Float], _ diffusers: [Float], rescaledToZeroSNR: Bool) -> Bool {
+    guard rescaledToZeroSNR else { return ours == diffusers }
+    return ours.count == diffusers.count && zip(ours, diffusers).allSatisfy { a, b in a == b || abs(a - b) <= 2e-5 * abs(b) }
+}
+
 /// cases.json: what each rollout ran.
 private struct Manifest: Decodable {
     struct Case: Decodable, Sendable, CustomTestStringConvertible {
@@ -70,8 +80,13 @@ private func writeConfig(_ json: String) throws -> URL {
 
         #expect(scheduler.timesteps == (try f.doubles("\(c.name).timesteps")))
         #expect(scheduler.initNoiseSigma == (try f.doubles("\(c.name).init_noise_sigma"))[0])
-        if let euler = scheduler as? EulerDiscreteScheduler { #expect(euler.sigmas == (try f.floats("\(c.name).sigmas"))) }
-        if let dpm = scheduler as? DPMSolverMultistepScheduler { #expect(dpm.sigmas == (try f.floats("\(c.name).sigmas"))) }
+        let zeroSNR = c.config.rescaleBetasZeroSNR
+        if let euler = scheduler as? EulerDiscreteScheduler {
+            #expect(sameSchedule(euler.sigmas, try f.floats("\(c.name).sigmas"), rescaledToZeroSNR: zeroSNR))
+        }
+        if let dpm = scheduler as? DPMSolverMultistepScheduler {
+            #expect(sameSchedule(dpm.sigmas, try f.floats("\(c.name).sigmas"), rescaledToZeroSNR: zeroSNR))
+        }
 
         let const = try f.tensor("const")
         let samples = try f.tensor("\(c.name).samples"), inputs = try f.tensor("\(c.name).inputs")
@@ -182,7 +197,7 @@ private func writeConfig(_ json: String) throws -> URL {
         #expect(trailing.timesteps.count == 62 && trailing.timesteps.last == -1)
     }
 
-    @Test func alphasCumprodAreBitIdenticalToDiffusers() throws {
+    @Test func alphasCumprodMatchDiffusers() throws {
         let f = try SchedulerFixture()
         for (label, schedule, rescale) in [
             ("linear", "linear", false), ("scaled_linear", "scaled_linear", false),
@@ -195,7 +210,7 @@ private func writeConfig(_ json: String) throws -> URL {
                 config.rescaleBetasZeroSNR = rescale
                 let scheduler = try makeScheduler(config: config)
                 let expected = try f.floats("alphas_cumprod.\(kind.shortName).\(label)")
-                #expect(scheduler.noiseSchedule.alphasCumprod == expected, "\(kind) \(label)")
+                #expect(sameSchedule(scheduler.noiseSchedule.alphasCumprod, expected, rescaledToZeroSNR: rescale), "\(kind) \(label)")
             }
         }
     }

@@ -166,7 +166,8 @@ public struct NoiseSchedule: Sendable {
     }
 
     /// diffusers' `rescale_zero_terminal_snr` (Lin et al. 2023, Algorithm 1), in libtorch's float32 ops as diffusers
-    /// runs it (torch's float32 sqrt is not always the correctly rounded one, so Swift's would differ in the last bit).
+    /// runs it (torch's float32 sqrt is MKL's vsSqrt, not always the correctly rounded one, so Swift's would differ in
+    /// the last bit; its rounding also depends on the processor, so diffusers' values differ slightly between machines).
     static func rescaledToZeroTerminalSNR(_ betas: [Float]) -> [Float] {
         let count = betas.count
         let root = Tensor(cumprod(betas.map { 1 - $0 })).sqrt()
