@@ -130,6 +130,41 @@ import Torch
         #expect(help.out.contains("sd21      Stable Diffusion 2.1") && help.out.contains("hpsv2     HPSv2"))
     }
 
+    /// `bench train --reference-precision` chooses the reference's precision apart from ours (the issue's targets are
+    /// stated against the authors' float32); by default it follows --mixed-precision. A stand-in Python records the
+    /// arguments it is given and answers with fixed numbers, which the table prints beside ours with their ratio.
+    @Test func benchTrainPassesTheReferencePrecision() throws {
+        let folder = temporaryOutput()
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let python = folder.appendingPathComponent("python")
+        let log = folder.appendingPathComponent("arguments")
+        try """
+            #!/bin/sh
+            echo "$*" >> \(log.path)
+            echo '{"train_step_s": 1000, "peak_rss_kb": 1048576000}'
+            """.write(to: python, atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: python.path)
+        func bench(_ flags: [String]) throws -> (out: String, arguments: String) {
+            try? FileManager.default.removeItem(at: log)
+            let run = try textcraftor(["bench", "train", "--repeats", "1", "--python", python.path] + flags)
+            #expect(run.status == 0, "\(run.err)")
+            return (run.out, (try? String(contentsOf: log, encoding: .utf8)) ?? "")
+        }
+        let same = try bench(["--mixed-precision", "bf16"])
+        #expect(same.arguments.contains("--precision bf16") && same.out.contains("mixed precision bf16 (reference bf16)"), "\(same)")
+        let authors = try bench(["--mixed-precision", "bf16", "--reference-precision", "fp32"])
+        #expect(authors.arguments.contains("--precision fp32") && authors.out.contains("mixed precision bf16 (reference fp32)"), "\(authors)")
+        // 1000 s and 1,024,000 MB on the reference's side: ours is far better on both, so both ratios are large.
+        let row = try #require(authors.out.split(separator: "\n").first { $0.hasPrefix("one training step") })
+        #expect(row.contains("1000.000 s"), "\(row)")
+        let memory = try #require(authors.out.split(separator: "\n").first { $0.hasPrefix("peak resident memory") })
+        #expect(memory.contains("1024000.000 MB"), "\(memory)")
+        #expect(try bench([]).arguments.contains("--precision fp32"))
+        let bad = try textcraftor(["bench", "train", "--reference-precision", "fp16"])
+        #expect(bad.status == 1 && bad.err == "Error: --reference-precision fp16: expected fp32 or bf16\n", "\(bad.err)")
+    }
+
     /// The benchmarks run on the tiny pipeline and print their tables (here without a reference Python).
     @Test func benchmarksPrintTheirTablesOnTheTinyPipeline() throws {
         let generate = try textcraftor(["bench", "generate", "--repeats", "1", "--python", "/nonexistent/python"])
