@@ -83,11 +83,13 @@ def pixels(image, size, mean=ref.MEAN, std=ref.STD):
 if args.pickscore:
     from transformers import CLIPModel, CLIPTokenizer
     pick = ref.frozen(CLIPModel.from_pretrained(args.pickscore, dtype=m.dtype).to(m.device))
-    pick_tok_dir = os.path.join(args.pickscore, "tokenizer")
-    pick_tok = CLIPTokenizer.from_pretrained(pick_tok_dir if os.path.isdir(pick_tok_dir) else args.clip)
+    # The tokenizer's files: in tokenizer/ (synth-model) or beside the weights, else the aesthetic CLIP's (the same BPE).
+    candidates = [os.path.join(d, sub) for d in (args.pickscore, args.clip) for sub in ("tokenizer", "")]
+    pick_tok = CLIPTokenizer.from_pretrained(next(d for d in candidates if os.path.isfile(os.path.join(d, "vocab.json"))))
 
     def pickscore(image, prompts):
-        f = torch.nn.functional.normalize(pick.get_image_features(pixel_values=pixels(image, 224)), dim=-1)
+        f = torch.nn.functional.normalize(
+            pick.get_image_features(pixel_values=pixels(image, pick.config.vision_config.image_size)), dim=-1)
         with torch.no_grad():
             t = torch.nn.functional.normalize(pick.get_text_features(input_ids=m.ids(pick_tok, prompts)), dim=-1)
         return pick.logit_scale.exp() * (f * t).sum(-1)
