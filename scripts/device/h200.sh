@@ -29,18 +29,19 @@ echo "# $(date -u +%F): scripts/device/h200.sh$([ -n "${DRY:-}" ] && echo ' (DRY
 
 if [ -n "${DRY:-}" ]; then
   tc=(.build/release/textcraftor)
-  device=cpu models=/tmp/h200-dry
+  device=cpu
   sd=Tests/StableDiffusionTests/Fixtures/sd/tiny-sd15 clip=Tests/RewardsTests/Fixtures/hf/clip
   head=Tests/RewardsTests/Fixtures/hf/aesthetic.pth
   extra=(--pickscore Tests/RewardsTests/Fixtures/hf/pickscore)  # the tiny open_clip fixture has no 49408-token vocabulary
-  shape=(--size 64 --steps 5 --window 2 --repeats 1) gen=(--size 64 --steps 5 --repeats 1) backends=(gloo)
+  shape=(--size 64 --steps 5 --window 2 --repeats 1) gen=(--size 64 --steps 5 --repeats 1 --dtype float32) backends=(gloo)
   train_shape=(--resolution 64 --sampling-steps 4 --grad-window 2)
 else
   tc=(bash .device/run.sh)
   device=cuda models=/tmp/m
   sd=$models/sd15 clip=$models/aes/clip head=$models/aes/aesthetic.safetensors
   extra=(--pickscore "$models/pick" --hpsv2 "$models/hps/HPS_v2.safetensors")
-  shape=(--size 512 --steps 25 --window 5 --repeats 2) gen=(--size 512 --steps 25 --repeats 2) backends=(nccl gloo)
+  shape=(--size 512 --steps 25 --window 5 --repeats 2) gen=(--size 512 --steps 25 --repeats 2 --dtype float16)
+  backends=(nccl gloo)
   train_shape=(--resolution 512 --sampling-steps 25 --grad-window 5)
 fi
 
@@ -68,13 +69,15 @@ if [ -z "${DRY:-}" ]; then
   mkdir -p "$models"
   "${tc[@]}" --help > /dev/null 2>&1  # run.sh unpacks the binary and the wheels once, before the parallel calls
   echo "== [$((SECONDS - start)) s] synth-model sd15, aesthetic, pickscore, hpsv2" >> "$log"
+  pending=()
   for p in "sd15 sd15" "aesthetic aes" "pickscore pick" "hpsv2 hps"; do
-    set -- $p; "${tc[@]}" synth-model --preset "$1" --out "$models/$2" >> "$log" 2>&1 &
+    set -- $p; "${tc[@]}" synth-model --preset "$1" --out "$models/$2" >> "$log" 2>&1 & pending+=("$!:synth-model $1")
   done
   if [ ! -e /tmp/textcraftor-bin/libtextcraftor_nccl.so ]; then
     PYTHON=python3 scripts/build-nccl-plugin /tmp/textcraftor-bin/libtextcraftor_nccl.so >> "$log" 2>&1 &
+    pending+=("$!:build-nccl-plugin")
   fi
-  wait
+  for job in "${pending[@]}"; do wait "${job%%:*}" || echo "failed: ${job#*:} (see h200.log)" | tee -a "$results"; done
   echo "== [$((SECONDS - start)) s] models and plugin ready" >> "$log"
 fi
 
@@ -82,7 +85,7 @@ rewards=(--model "$sd" --clip "$clip" --aesthetic "$head" "${extra[@]}" --device
 step "training step, batch 1: ours bf16, reference fp32 (the authors')" \
   "${tc[@]}" bench train "${rewards[@]}" "${shape[@]}" --batch 1 --mixed-precision bf16 --reference-precision fp32
 step "sampling, batch 4, float16: ours against diffusers" \
-  "${tc[@]}" bench generate --model "$sd" "${gen[@]}" --batch 4 --device "$device" --dtype "$([ -n "${DRY:-}" ] && echo float32 || echo float16)"
+  "${tc[@]}" bench generate --model "$sd" "${gen[@]}" --batch 4 --device "$device"
 step "training step, batch 4: ours bf16, reference fp32" \
   "${tc[@]}" bench train "${rewards[@]}" "${shape[@]}" --batch 4 --mixed-precision bf16 --reference-precision fp32
 
