@@ -10,11 +10,13 @@ import os
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import torch
 from diffusers import StableDiffusionPipeline
 
 p = argparse.ArgumentParser()
-p.add_argument("--model", required=True)
+p.add_argument("--model", default=os.path.join(ROOT, "Tests", "StableDiffusionTests", "Fixtures", "sd", "tiny-sd15"),
+               help="a diffusers Stable Diffusion folder (default: the tiny test model, as textcraftor bench generate)")
 p.add_argument("--size", type=int, default=64)
 p.add_argument("--steps", type=int, default=10)
 p.add_argument("--batch", type=int, default=2, help="prompts per pipeline run")

@@ -89,9 +89,11 @@ if args.pickscore:
 
     def pickscore(image, prompts):
         f = torch.nn.functional.normalize(
-            pick.get_image_features(pixel_values=pixels(image, pick.config.vision_config.image_size)), dim=-1)
+            ref.features(pick.get_image_features(pixel_values=pixels(image, pick.config.vision_config.image_size))),
+            dim=-1)
         with torch.no_grad():
-            t = torch.nn.functional.normalize(pick.get_text_features(input_ids=m.ids(pick_tok, prompts)), dim=-1)
+            t = torch.nn.functional.normalize(
+                ref.features(pick.get_text_features(input_ids=m.ids(pick_tok, prompts))), dim=-1)
         return pick.logit_scale.exp() * (f * t).sum(-1)
     extra.append((1.0, pickscore))
 

@@ -122,6 +122,12 @@ class AestheticMLP(torch.nn.Module):
         return self.layers(x)
 
 
+def features(out):
+    """The embeddings of CLIPModel.get_image_features / get_text_features: a tensor on transformers 4, an output
+    object whose pooler_output holds the same projected embeddings on transformers 5."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
 def frozen(module):
     module.eval()
     for p in module.parameters():
@@ -218,11 +224,11 @@ def train_step(m, te, te_frozen, prompts, steps, window, seed=SEED, guidance=GUI
     mean = torch.tensor(MEAN, device=m.device, dtype=m.dtype).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=m.device, dtype=m.dtype).view(1, 3, 1, 1)
     pixels = (F.adaptive_avg_pool2d(image, (size, size)) - mean) / std
-    f = F.normalize(m.clip.get_image_features(pixel_values=pixels), dim=-1)
+    f = F.normalize(features(m.clip.get_image_features(pixel_values=pixels)), dim=-1)
     aesthetic = m.aesthetic(f).squeeze(-1)
     clip_ids = m.ids(m.clip_tokenizer, prompts)
     with torch.no_grad():
-        text = m.clip.get_text_features(input_ids=clip_ids)
+        text = features(m.clip.get_text_features(input_ids=clip_ids))
     clip = (f * F.normalize(text, dim=-1)).sum(-1)
     total = SCALES["aesthetic"] * GAMMAS["aesthetic"] * aesthetic + SCALES["clip"] * GAMMAS["clip"] * clip
     if extra_rewards is not None:
