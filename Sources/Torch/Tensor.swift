@@ -5,7 +5,8 @@ import Foundation
 /// counted storage, as in Python) and frees it when the Swift object goes away.
 ///
 /// Failures of tensor arithmetic are programming errors, like an out-of-range array index: they stop the program with
-/// the op's name and libtorch's message. To turn them into Swift errors instead, run the code in `Torch.catching {}`.
+/// the op's name and libtorch's message. Code that takes shapes or values from outside (a file, a user) checks them
+/// first and throws, as `Module.load` and `Tensor(bytes:shape:dtype:)` do.
 public final class Tensor: @unchecked Sendable {
     let handle: ct_tensor
 
@@ -114,7 +115,7 @@ public final class Tensor: @unchecked Sendable {
     /// The value of a one-element tensor.
     public func item() -> Double {
         let v = ct_item(handle)
-        if ct_last_error() != nil { failedStatus("item") }
+        if ct_last_error() != nil { failed("item") }
         return v
     }
 

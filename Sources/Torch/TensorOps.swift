@@ -272,7 +272,6 @@ extension Tensor {
         var values: ct_tensor?, indices: ct_tensor?
         let status = ct_max_dim(handle, Int64(dim), keepDim ? 1 : 0, min ? 1 : 0, &values, &indices)
         checkStatus(status, min ? "min" : "max")
-        guard status == 0 else { return (Tensor(handle: failed("max")), Tensor(handle: failed("max"))) }
         return (Tensor(handle: values!), Tensor(handle: indices!))
     }
 
