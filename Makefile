@@ -33,12 +33,13 @@ test:
 demo: release
 	$(BIN) demo --out demo
 
-## make bench: engine and Stable Diffusion benchmarks, side by side with Python torch / diffusers when $(PYTHON)
-## can import them.
+## make bench: engine, Stable Diffusion and tokenizer benchmarks, side by side with Python torch / diffusers /
+## transformers when $(PYTHON) can import them.
 bench: release
 	$(BIN) bench ops --python "$(PYTHON)"
 	$(BIN) bench generate --python "$(PYTHON)"
 	$(BIN) bench train --python "$(PYTHON)"
+	$(BIN) bench tokenize --python "$(PYTHON)"
 
 doctor: release
 	$(BIN) doctor

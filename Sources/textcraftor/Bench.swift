@@ -5,7 +5,7 @@ import Torch
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks, printed side by side with the same work in Python torch when one is installed.",
-        subcommands: [BenchOps.self, BenchSD.self, BenchTrain.self])
+        subcommands: [BenchOps.self, BenchSD.self, BenchTrain.self, BenchTokenize.self])
 }
 
 /// Per-op overhead and matmul throughput of our engine against Python torch, measured the same way in both:

@@ -165,6 +165,60 @@ import Torch
         #expect(bad.status == 1 && bad.err == "Error: --reference-precision fp16: expected fp32 or bf16\n", "\(bad.err)")
     }
 
+    /// `bench tokenize` hands the reference script the same tokenizer folder and prompts, prints its numbers beside
+    /// ours, and compares the ids through a checksum. A stand-in Python records what it was given and answers fixed
+    /// numbers with the checksum of the ids the fixtures check against transformers: "wow!!!" is 2781 995, so both
+    /// prompts are [49406, 2781, 995, 49407] at --max-length 4, and Σ id × (position + 1) over the 8 ids is 921518.
+    @Test func benchTokenizeComparesWithTheReference() throws {
+        let folder = temporaryOutput()
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let promptFile = folder.appendingPathComponent("prompts.txt")
+        try "wow!!!\nwow!!! wow!!!\n".write(to: promptFile, atomically: true, encoding: .utf8)
+        let python = folder.appendingPathComponent("python")
+        let log = folder.appendingPathComponent("arguments"), copy = folder.appendingPathComponent("prompts.json")
+        func standIn(checksum: Int) throws {
+            try """
+                #!/bin/sh
+                echo "$*" > \(log.path)
+                while [ $# -gt 0 ]; do
+                  [ "$1" = --prompts-file ] && cp "$2" \(copy.path)
+                  [ "$1" = --tokenizer ] && ls "$2" >> \(log.path)
+                  shift
+                done
+                echo '{"load_ms": 1000, "cold_prompts_per_s": 2, "warm_prompts_per_s": 4, "ids_checksum": \(checksum), "transformers_major": 4, "ftfy": 1}'
+                """.write(to: python, atomically: true, encoding: .utf8)
+            try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: python.path)
+        }
+        func bench() throws -> String {
+            let run = try textcraftor([
+                "bench", "tokenize", "--prompts", promptFile.path, "--max-length", "4", "--repeats", "1",
+                "--python", python.path, "--script", repository.appendingPathComponent("scripts/bench/clip_tokenizer.py").path,
+            ])
+            #expect(run.status == 0, "\(run.err)")
+            return run.out
+        }
+        try standIn(checksum: 921518)
+        let same = try bench()
+        #expect(same.contains("ids: the same as transformers 4's CLIPTokenizer (with ftfy) for all 2 prompts"), "\(same)")
+        let load = try #require(same.split(separator: "\n").first { $0.hasPrefix("load vocab.json and merges.txt") })
+        #expect(load.contains("1000.000 ms"), "\(load)")
+        let warm = try #require(same.split(separator: "\n").first { $0.hasPrefix("2 prompts, words cached") })
+        #expect(warm.contains("4.000 prompts/s"), "\(warm)")
+        // The script got the prompts as a JSON list, and the bundled tokenizer written out as a transformers folder.
+        let given = try JSONSerialization.jsonObject(with: Data(contentsOf: copy)) as? [String]
+        #expect(given == ["wow!!!", "wow!!! wow!!!"])
+        let arguments = try String(contentsOf: log, encoding: .utf8)
+        #expect(arguments.contains("--max-length 4 --repeats 1"), "\(arguments)")
+        for file in ["merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json"] {
+            #expect(arguments.contains("\n\(file)\n"), "\(arguments)")
+        }
+        try standIn(checksum: 7)
+        #expect(try bench().contains("ids: differ from transformers 4's CLIPTokenizer (with ftfy): checksum 921518 here, 7 there"))
+        let bad = try textcraftor(["bench", "tokenize", "--repeats", "0"])
+        #expect(bad.status == 1 && bad.err == "Error: --repeats must be at least 1 (got 0)\n", "\(bad.err)")
+    }
+
     /// The benchmarks run on the tiny pipeline and print their tables (here without a reference Python).
     @Test func benchmarksPrintTheirTablesOnTheTinyPipeline() throws {
         let generate = try textcraftor(["bench", "generate", "--repeats", "1", "--python", "/nonexistent/python"])
