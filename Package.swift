@@ -51,7 +51,9 @@ let package = Package(
         .target(name: "Rewards", dependencies: ["Torch", "NN", "StableDiffusion", "CImageCodecs"]),
         .target(
             name: "TextCraftor",
-            dependencies: ["Torch", "NN", "StableDiffusion", "Rewards", .product(name: "TOMLKit", package: "TOMLKit")],
+            dependencies: [
+                "Torch", "NN", "StableDiffusion", "Rewards", "ShapesWorld", .product(name: "TOMLKit", package: "TOMLKit"),
+            ],
             // Parti-Prompts (Apache-2.0), for `textcraftor eval --parti`.
             resources: [.copy("Resources")]),
         // The embedded default world: procedural 32x32 scenes, captions, a held-out split, a pixel-only oracle.

@@ -47,7 +47,7 @@ public struct RunFolder: Sendable {
             try Data().write(to: probe)
             try FileManager.default.removeItem(at: probe)
         } catch {
-            throw TextCraftorError.invalidArgument("--out \(url.path): cannot write there (\(error.localizedDescription))")
+            throw TextCraftorError.invalidSetting(key: "out", message: "\(url.path): cannot write there (\(error.localizedDescription))")
         }
     }
 

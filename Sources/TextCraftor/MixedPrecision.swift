@@ -19,14 +19,6 @@ public enum MixedPrecision: String, CaseIterable, Codable, Sendable {
         }
     }
 
-    /// `--mixed-precision NAME`, or a one-line error that lists the choices.
-    public init(flag: String) throws {
-        guard let value = MixedPrecision(rawValue: flag.lowercased()) else {
-            throw TextCraftorError.invalidArgument("--mixed-precision \(flag): expected no, bf16 or fp16")
-        }
-        self = value
-    }
-
     /// The pipeline of a diffusers folder for training `target`: that network in float32, the rest in `frozenDType`.
     /// A VAE whose config sets `force_upcast` (SD 1.x/2.x's overflows in float16) stays float32 under fp16, as
     /// diffusers upcasts it; bfloat16 has float32's range and needs no upcast.

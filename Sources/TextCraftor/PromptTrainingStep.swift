@@ -8,14 +8,15 @@ import Torch
 /// (999, 959, ..., 39 for 25 steps, the authors' "lead=999" spacing) whose last `gradientWindow` steps use the
 /// trainable encoder's embeddings, for both the conditional and the unconditional ("") halves.
 public struct SamplingSettings: Sendable, Equatable {
-    public var samplingSteps = 25
-    public var gradientWindow = 5
-    public var guidanceScale = 7.5
+    public var samplingSteps: Int
+    public var gradientWindow: Int
+    public var guidanceScale: Double
     /// Windowed gradients only: the VAE decoder's backward recomputes it piece by piece (`CheckpointedChain`) instead
     /// of keeping its whole graph, whose activations at 512x512 outweigh a UNet step's; one more decoder forward.
     public var checkpointsVAE = true
 
-    public init(samplingSteps: Int = 25, gradientWindow: Int = 5, guidanceScale: Double = 7.5, checkpointsVAE: Bool = true) {
+    /// The defaults of a training run are `TrainingConfig`'s; this is what one step is given.
+    public init(samplingSteps: Int, gradientWindow: Int, guidanceScale: Double, checkpointsVAE: Bool = true) {
         self.samplingSteps = samplingSteps
         self.gradientWindow = gradientWindow
         self.guidanceScale = guidanceScale
@@ -24,13 +25,15 @@ public struct SamplingSettings: Sendable, Equatable {
 
     public func validate() throws {
         guard samplingSteps >= 1 else {
-            throw TextCraftorError.invalidArgument("--sampling-steps must be at least 1 (got \(samplingSteps))")
+            throw TextCraftorError.invalidSetting(key: "sampling_steps", message: "expected an integer >= 1, found \(samplingSteps)")
         }
         guard gradientWindow >= 1, gradientWindow <= samplingSteps else {
-            throw TextCraftorError.invalidArgument(
-                "--grad-window must be between 1 and --sampling-steps (\(samplingSteps)); got \(gradientWindow)")
+            throw TextCraftorError.invalidSetting(
+                key: "grad_window", message: "expected an integer between 1 and sampling_steps (\(samplingSteps)), found \(gradientWindow)")
         }
-        guard guidanceScale >= 0 else { throw TextCraftorError.invalidArgument("--guidance must not be negative (got \(guidanceScale))") }
+        guard guidanceScale >= 0 else {
+            throw TextCraftorError.invalidSetting(key: "guidance", message: "expected a number >= 0, found \(guidanceScale)")
+        }
     }
 
     /// The trainer's scheduler: DDIM on the model's noise schedule, trailing spacing, no sample clipping.

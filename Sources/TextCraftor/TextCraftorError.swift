@@ -7,6 +7,8 @@ public enum TextCraftorError: Error, CustomStringConvertible, Equatable, Sendabl
     case invalidData(file: String, message: String)
     case invalidConfig(file: String, message: String)
     case invalidArgument(String)
+    /// A configuration value out of its range: names the key as the config file spells it (`batch_size`).
+    case invalidSetting(key: String, message: String)
     case invalidCheckpoint(folder: String, message: String)
     case nonFinite(step: Int, what: String)
     /// Data-parallel training failed: a rank stopped, or the ranks drifted apart.
@@ -18,6 +20,7 @@ public enum TextCraftorError: Error, CustomStringConvertible, Equatable, Sendabl
         case .invalidData(let file, let message): "\(file): \(message)"
         case .invalidConfig(let file, let message): "\(file): \(message)"
         case .invalidArgument(let message): message
+        case .invalidSetting(let key, let message): "\(key): \(message)"
         case .invalidCheckpoint(let folder, let message): "\(folder): \(message)"
         case .nonFinite(let step, let what):
             "step \(step): the \(what) is not finite; stopped, the last good checkpoint is kept"

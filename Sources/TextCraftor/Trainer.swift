@@ -40,51 +40,6 @@ public enum TrainingData {
     }
 }
 
-/// The optimisation settings of a run (defaults: METHOD.md's, the authors' code).
-public struct TrainerSettings: Sendable {
-    public var learningRate = 1e-6
-    public var betas = (0.9, 0.999)
-    public var weightDecay = 1e-2
-    public var eps = 1e-8
-    /// Linear warm-up of the learning rate over this many steps (0: constant, as the authors).
-    public var warmupSteps = 0
-    public var batchSize = 1
-    public var gradAccumulation = 1
-    /// Clip the global gradient norm (off by default, as the authors).
-    public var maxGradNorm: Double? = nil
-    public var maxSteps = 1000
-    public var seed: UInt64 = 0
-    public var saveEvery = 500
-    public var keepCheckpoints = 3
-    /// Image size in pixels (default: the model's).
-    public var resolution: Int? = nil
-    /// Direct fine-tuning: the range the noising timestep is drawn from, uniformly.
-    public var timestepRange = 0...999
-    public var sampling = SamplingSettings()
-    /// Which type the frozen models hold; under fp16 the loss is scaled (`LossScaler`). The caller loads the models.
-    public var mixedPrecision = MixedPrecision.no
-
-    public init() {}
-
-    public func validate() throws {
-        try sampling.validate()
-        for (flag, value) in [("--batch-size", batchSize), ("--grad-accumulation", gradAccumulation), ("--max-steps", maxSteps),
-                              ("--save-every", saveEvery), ("--keep-checkpoints", keepCheckpoints)] where value < 1 {
-            throw TextCraftorError.invalidArgument("\(flag) must be at least 1 (got \(value))")
-        }
-        guard learningRate > 0, learningRate.isFinite else { throw TextCraftorError.invalidArgument("--lr must be positive (got \(learningRate))") }
-        guard warmupSteps >= 0 else { throw TextCraftorError.invalidArgument("--warmup-steps must not be negative (got \(warmupSteps))") }
-        if let maxGradNorm, !(maxGradNorm > 0) {
-            throw TextCraftorError.invalidArgument("--max-grad-norm must be positive (got \(maxGradNorm))")
-        }
-    }
-
-    /// The learning rate at a step (0-based): linear warm-up, then constant.
-    public func learningRate(at step: Int) -> Double {
-        warmupSteps > 0 ? learningRate * min(1, Double(step + 1) / Double(warmupSteps)) : learningRate
-    }
-}
-
 /// What the trainer reports after each step.
 public struct StepReport: Sendable {
     public let step: Int
@@ -102,8 +57,8 @@ public final class Trainer {
     public let original: CLIPTextModel
     public let rewards: WeightedReward
     public let data: TrainingData
-    public let settings: TrainerSettings
-    public let target: TrainedNetwork
+    public let config: TrainingConfig
+    public var target: TrainedNetwork { config.train }
     public let run: RunFolder
     let component: RunFolder.Component
     let optimizer: AdamW
@@ -128,15 +83,15 @@ public final class Trainer {
     /// `modelFolder`: the diffusers folder, whose component config is copied next to the trained weights.
     public init(
         pipeline: StableDiffusionPipeline, original: CLIPTextModel, modelFolder: URL, rewards: WeightedReward,
-        data: TrainingData, settings: TrainerSettings, target: TrainedNetwork = .text, run: RunFolder
+        data: TrainingData, config: TrainingConfig, run: RunFolder
     ) throws {
-        try settings.validate()
+        try config.validate()
+        let target = config.train
         self.pipeline = pipeline
         self.original = original
         self.rewards = rewards
         self.data = data
-        self.settings = settings
-        self.target = target
+        self.config = config
         self.run = run
         component = target == .text
             ? RunFolder.Component(name: "text_encoder", weights: "model.safetensors",
@@ -150,9 +105,9 @@ public final class Trainer {
         pipeline.unet.setTrainable(target == .unet)
         optimizer = AdamW(
             parameters: (target == .text ? pipeline.textEncoder as any Module : pipeline.unet).trainableParameters,
-            learningRate: settings.learningRate, betas: settings.betas, eps: settings.eps, weightDecay: settings.weightDecay)
-        noise = Generator(seed: settings.seed)
-        lossScaler = settings.mixedPrecision == .fp16 ? LossScaler() : nil
+            learningRate: config.learningRate, betas: config.betas.pair, eps: config.eps, weightDecay: config.weightDecay)
+        noise = Generator(seed: config.seed)
+        lossScaler = config.mixedPrecision == .fp16 ? LossScaler() : nil
     }
 
     /// Continues from the newest complete checkpoint of the run folder.
@@ -169,49 +124,49 @@ public final class Trainer {
     public func train(onStep: (StepReport) -> Void = { _ in }) throws {
         if let parallel {
             guard case .prompts = data else {
-                throw TextCraftorError.invalidArgument("data-parallel training is for prompt mode (--mode prompt)")
+                throw TextCraftorError.invalidSetting(key: "mode", message: "data-parallel training is for prompt mode")
             }
-            guard settings.batchSize % parallel.worldSize == 0 else {
-                throw TextCraftorError.invalidArgument(
-                    "--batch-size \(settings.batchSize) does not split across \(parallel.worldSize) processes: use a multiple of \(parallel.worldSize)")
+            guard config.batchSize % parallel.worldSize == 0 else {
+                throw TextCraftorError.invalidSetting(key: "batch_size",
+                    message: "\(config.batchSize) does not split across \(parallel.worldSize) processes: use a multiple of \(parallel.worldSize)")
             }
         }
         if isWriter { try run.prepare() }
-        let size = settings.resolution ?? pipeline.defaultSize
-        let latentShape = [settings.batchSize, pipeline.unet.config.in_channels, size / pipeline.vaeScaleFactor, size / pipeline.vaeScaleFactor]
+        let size = config.resolution ?? pipeline.defaultSize
+        let latentShape = [config.batchSize, pipeline.unet.config.in_channels, size / pipeline.vaeScaleFactor, size / pipeline.vaeScaleFactor]
         var stopAgreed = false  // data-parallel: every rank stops after the same step, once any rank was asked to
-        while step < settings.maxSteps {
+        while step < config.maxSteps {
             if parallel == nil ? stopRequested() : stopAgreed { break }
             let start = Date()
-            optimizer.learningRate = settings.learningRate(at: step)
+            optimizer.learningRate = config.learningRate(at: step)
             var loss = 0.0
             var rewardSums: [String: Double] = [:]
-            for _ in 0..<settings.gradAccumulation {
+            for _ in 0..<config.gradientAccumulation {
                 let outcome: StepOutcome
-                let scale = (lossScaler?.scale ?? 1) / Double(settings.gradAccumulation)
+                let scale = (lossScaler?.scale ?? 1) / Double(config.gradientAccumulation)
                 switch data {
                 case .prompts(let batches):
                     var noiseTensor = Tensor.randn(latentShape, generator: noise)  // the step's first random draw
                     var prompts = batches.next()
-                    if let shard = parallel?.shard(settings.batchSize) {  // this rank's rows of the global batch
+                    if let shard = parallel?.shard(config.batchSize) {  // this rank's rows of the global batch
                         noiseTensor = noiseTensor.narrow(dim: 0, start: shard.lowerBound, length: shard.count)
                         prompts = Array(prompts[shard])
                     }
                     // The UNet stage samples with the (fine-tuned) encoder throughout: it is frozen there.
                     outcome = try promptTrainingStep(
                         pipeline: pipeline, trainable: pipeline.textEncoder, original: target == .text ? original : pipeline.textEncoder,
-                        rewards: rewards, prompts: prompts, initialNoise: noiseTensor, settings: settings.sampling,
+                        rewards: rewards, prompts: prompts, initialNoise: noiseTensor, settings: config.sampling,
                         lossScale: scale, trainsTextEncoder: target == .text)
                 case .pairs(let batches):
                     let batch = batches.next()
                     let images = try Tensor.stack(batch.map { try Self.loadImage($0.image, size: size) }).to(pipeline.device)
                     outcome = try directTrainingStep(
                         pipeline: pipeline, textEncoder: pipeline.textEncoder, rewards: rewards, images: images,
-                        captions: batch.map(\.caption), timestepRange: settings.timestepRange, generator: noise,
+                        captions: batch.map(\.caption), timestepRange: config.timestepRange.range, generator: noise,
                         lossScale: scale, trainsTextEncoder: target == .text)
                 }
-                loss += outcome.loss / Double(settings.gradAccumulation)
-                for (name, mean) in outcome.rewards { rewardSums[name, default: 0] += mean / Double(settings.gradAccumulation) }
+                loss += outcome.loss / Double(config.gradientAccumulation)
+                for (name, mean) in outcome.rewards { rewardSums[name, default: 0] += mean / Double(config.gradientAccumulation) }
             }
             if let parallel {
                 let names = rewardSums.keys.sorted()
@@ -237,16 +192,16 @@ public final class Trainer {
             }
             optimizer.zeroGrad()
             step += 1
-            if let parallel, step % parallel.syncCheckEvery == 0 || step == settings.maxSteps {
+            if let parallel, step % parallel.syncCheckEvery == 0 || step == config.maxSteps {
                 try parallel.checkInSync(optimizer.parameters, step: step)
             }
             let report = StepReport(step: step, loss: loss, rewards: rewardSums, learningRate: optimizer.learningRate,
                                     gradNorm: gradNorm, seconds: Date().timeIntervalSince(start))
             if isWriter { try appendMetrics(report) }
             onStep(report)
-            if step % settings.saveEvery == 0 || step == settings.maxSteps { try save() }
+            if step % config.saveEvery == 0 || step == config.maxSteps { try save() }
         }
-        if step < settings.maxSteps { try save() }  // stopped early: keep where we are
+        if step < config.maxSteps { try save() }  // stopped early: keep where we are
     }
 
     /// The optimizer's moments and counters (for tests and inspection).
@@ -256,11 +211,11 @@ public final class Trainer {
         guard isWriter else { return }
         try run.save(component: component, model: trainable, optimizer: optimizer, generator: noise,
                      state: try state(),
-                     keep: settings.keepCheckpoints)
+                     keep: config.keepCheckpoints)
     }
 
     func state() throws -> TrainingState {
-        var state = TrainingState(step: step, promptCursor: try data.cursor(), seed: settings.seed)
+        var state = TrainingState(step: step, promptCursor: try data.cursor(), seed: config.seed)
         state.lossScaler = lossScaler
         return state
     }
@@ -279,7 +234,7 @@ public final class Trainer {
     func clipGradients() -> Double {
         let grads = optimizer.parameters.compactMap(\.grad)
         let norm = grads.reduce(0.0) { $0 + $1.to(.float64).square().sum().item() }.squareRoot()
-        if let maxNorm = settings.maxGradNorm, norm.isFinite {
+        if let maxNorm = config.maxGradNorm, norm.isFinite {
             let coefficient = maxNorm / (norm + 1e-6)
             if coefficient < 1 { withNoGrad { grads.forEach { $0 *= coefficient } } }
         }

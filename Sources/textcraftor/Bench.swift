@@ -31,10 +31,10 @@ struct BenchOps: ParsableCommand {
         if let threads { Torch.threadCount = threads }
         let threadCount = Torch.threadCount
         let ours = measure()
-        let reference = runReference(threads: threadCount)
+        let (reference, failure) = runReference(threads: threadCount)
         printComparison(
             "op benchmark, \(threadCount) thread(s), best of \(repeats) (libtorch \(Torch.runtimeVersion ?? "?"))",
-            measures: BenchOps.measures, ours: ours, reference: reference, python: python)
+            measures: BenchOps.measures, ours: ours, reference: reference, failure: failure)
     }
 
     static let measures: [(key: String, label: String, unit: String, higherIsBetter: Bool)] = [
@@ -67,32 +67,44 @@ struct BenchOps: ParsableCommand {
         }
     }
 
-    func runReference(threads: Int) -> [String: Double]? {
+    func runReference(threads: Int) -> (numbers: [String: Double]?, failure: String?) {
         runPythonReference(python: python, script: script, arguments: [
             "--calls", "\(calls)", "--matmuls", "\(matmuls)", "--repeats", "\(repeats)", "--threads", "\(threads)",
         ])
     }
 }
 
-/// Runs a reference script that prints one JSON object of numbers; nil when it cannot run (no torch, say).
-func runPythonReference(python: String, script: String, arguments: [String]) -> [String: Double]? {
-        guard FileManager.default.fileExists(atPath: script) else { return nil }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [python, script] + arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
-        guard (try? process.run()) != nil else { return nil }
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { return nil }
-        return try? JSONDecoder().decode([String: Double].self, from: data)
+/// Runs a reference script that prints one JSON object of numbers. Without numbers, `failure` says why in one line:
+/// the last line the script wrote to stderr (a Python traceback ends with the exception), or that it cannot start.
+func runPythonReference(python: String, script: String, arguments: [String]) -> (numbers: [String: Double]?, failure: String?) {
+    guard FileManager.default.fileExists(atPath: script) else { return (nil, "\(script) is not here (run from the repository)") }
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = [python, script] + arguments
+    let out = Pipe()
+    // stderr goes to a file, so that a chatty script cannot block on a full pipe while stdout is read.
+    let errorsFile = FileManager.default.temporaryDirectory.appendingPathComponent("textcraftor-reference-\(UUID().uuidString).log")
+    FileManager.default.createFile(atPath: errorsFile.path, contents: nil)
+    defer { try? FileManager.default.removeItem(at: errorsFile) }
+    process.standardOutput = out
+    process.standardError = try? FileHandle(forWritingTo: errorsFile)
+    guard (try? process.run()) != nil else { return (nil, "\(python) cannot be started") }
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    let errors = FileManager.default.contents(atPath: errorsFile.path) ?? Data()
+    let lastLine = String(decoding: errors, as: UTF8.self).split(whereSeparator: \.isNewline).last.map { String($0.prefix(300)) }
+    guard process.terminationStatus == 0 else {
+        return (nil, "\(python) \(script) failed: \(lastLine ?? "exit status \(process.terminationStatus)")")
+    }
+    guard let numbers = try? JSONDecoder().decode([String: Double].self, from: data) else {
+        return (nil, "\(python) \(script) printed no JSON object of numbers")
+    }
+    return (numbers, nil)
 }
 
 /// Prints our numbers beside the reference's, with ratios (above 1: Swift is better).
 func printComparison(_ title: String, measures: [(key: String, label: String, unit: String, higherIsBetter: Bool)],
-                     ours: [String: Double], reference: [String: Double]?, python: String) {
+                     ours: [String: Double], reference: [String: Double]?, failure: String?) {
     print(title)
     var rows: [[String]] = []
     for m in measures {
@@ -102,7 +114,7 @@ func printComparison(_ title: String, measures: [(key: String, label: String, un
                      ratio.map { String(format: "%.2fx", $0) } ?? "-"])
     }
     printTable(["measure", "swift", "python", "ratio"], rows)
-    if reference == nil { print("(no reference: \(python) cannot run it; set --python or TEXTCRAFTOR_PYTHON)") }
+    if reference == nil { print("(no reference: \(failure ?? "it did not run"); set --python or TEXTCRAFTOR_PYTHON)") }
 }
 
 /// Prints rows under a header with aligned columns.

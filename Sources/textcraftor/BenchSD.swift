@@ -25,16 +25,15 @@ struct BenchSD: ParsableCommand {
     @Option(help: "Denoising steps of the pipeline.") var steps = 10
     @Option(help: "Prompts per pipeline run.") var batch = 2
     @Option(help: "Repeats; the best is kept.") var repeats = 3
-    @Option(help: "cpu, cuda or cuda:N.") var device = "cpu"
-    @Option(help: "Weights dtype: float32, float16 or bfloat16.") var dtype = "float32"
+    @OptionGroup var deviceOptions: DeviceOptions
+    @OptionGroup var dtypeOptions: DTypeOptions
     @Option(help: "Python with torch and diffusers for the reference run.")
     var python = ProcessInfo.processInfo.environment["TEXTCRAFTOR_PYTHON"] ?? "python3"
     @Option(help: "The reference script.") var script = "scripts/bench/sd.py"
 
     func run() throws {
         guard batch >= 1, steps >= 1, repeats >= 1 else { throw CommandError("--batch, --steps and --repeats must be at least 1") }
-        let (type, device) = try ModelOptions.resolve(dtype: dtype, device: device)
-        if case .cuda = device { Torch.setTF32(true) }
+        let (type, device) = (dtypeOptions.dtype.dtype, try speakingFlags { try deviceOptions.opened() })
         let pipeline = try StableDiffusionPipeline.load(folder: URL(fileURLWithPath: model), dtype: type, device: device)
         let g = Generator(seed: 0)
         let latent = size / pipeline.vaeScaleFactor
@@ -66,7 +65,7 @@ struct BenchSD: ParsableCommand {
             if case .cuda = device { ours["peak_cuda_mb"] = Double(try Torch.cudaMemory(device).peakAllocated) / 1_048_576 }
             return ours
         }
-        var reference = runPythonReference(python: python, script: script, arguments: [
+        var (reference, failure) = runPythonReference(python: python, script: script, arguments: [
             "--model", model, "--size", "\(size)", "--steps", "\(steps)", "--repeats", "\(repeats)", "--batch", "\(batch)",
             "--threads", "\(Torch.threadCount)", "--device", "\(device)", "--dtype", "\(type)",
         ])
@@ -80,6 +79,6 @@ struct BenchSD: ParsableCommand {
                 ("unet_ms", "UNet forward, batch \(2 * batch)", "ms", false),
                 ("tflops", "achieved TFLOP/s", "", true),
             ] + (ours["peak_cuda_mb"] == nil ? [] : [("peak_cuda_mb", "peak CUDA memory (allocated)", "MB", false)]),
-            ours: ours, reference: reference, python: python)
+            ours: ours, reference: reference, failure: failure)
     }
 }

@@ -50,7 +50,7 @@ struct BenchTokenize: ParsableCommand {
         try JSONSerialization.data(withJSONObject: texts).write(to: promptsFile, options: .atomic)
 
         let (ours, checksum) = try measure(folder: folder, prompts: texts)
-        let reference = runPythonReference(python: python, script: script, arguments: [
+        let (reference, failure) = runPythonReference(python: python, script: script, arguments: [
             "--tokenizer", folder.path, "--prompts-file", promptsFile.path, "--max-length", "\(maxLength)",
             "--repeats", "\(repeats)",
         ])
@@ -62,7 +62,7 @@ struct BenchTokenize: ParsableCommand {
                 ("cold_prompts_per_s", "\(n) prompts, empty word cache", "prompts/s", true),
                 ("warm_prompts_per_s", "\(n) prompts, words cached", "prompts/s", true),
             ],
-            ours: ours, reference: reference, python: python)
+            ours: ours, reference: reference, failure: failure)
         guard let reference, let theirs = reference["ids_checksum"] else { return }
         let version = reference["transformers_major"].map { "transformers \(Int($0))" } ?? "transformers"
         let ftfy = reference["ftfy"] == 1 ? "with ftfy" : "without ftfy"

@@ -36,9 +36,9 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "An HPSv2 checkpoint (open_clip ViT-H-14): adds its reward.") var hpsv2: String?
     @Option(help: "Timed steps; the best is kept.") var repeats = 3
     @Option(help: "windowed (ours) or full (plain backprop through the window, for comparison).") var gradient = "windowed"
-    @Option(help: "cpu, cuda or cuda:N.") var device = "cpu"
+    @OptionGroup var deviceOptions: DeviceOptions
     @Option(help: "no, bf16 or fp16: the frozen models in that type, the text encoder in float32 (as `train`).")
-    var mixedPrecision = "no"
+    var mixedPrecision = MixedPrecision.no
     @Option(help: ArgumentHelp(
         "fp32 or bf16: the reference's precision (default: bf16 with --mixed-precision bf16, else fp32).",
         discussion: "fp32 is the authors' setting, the one the speed and memory targets are stated against."))
@@ -54,13 +54,12 @@ struct BenchTrain: ParsableCommand {
         guard let mode: GradientMode = ["windowed": .windowed, "full": .fullBackprop][gradient] else {
             throw CommandError("--gradient \(gradient): expected windowed or full")
         }
-        let precision = try MixedPrecision(flag: mixedPrecision)
+        let precision = mixedPrecision
         let referencePrecision = referencePrecision ?? (precision == .bf16 ? "bf16" : "fp32")
         guard ["fp32", "bf16"].contains(referencePrecision) else {
             throw CommandError("--reference-precision \(referencePrecision): expected fp32 or bf16")
         }
-        let device = try ModelOptions.device(device)
-        if case .cuda = device { Torch.setTF32(true) }
+        let device = try speakingFlags { try deviceOptions.opened() }
         let pipeline = try precision.loadPipeline(folder: URL(fileURLWithPath: model), device: device, training: .text)
         let folder = URL(fileURLWithPath: model).appendingPathComponent("text_encoder")
         let original = try CLIPTextModel.load(
@@ -111,7 +110,7 @@ struct BenchTrain: ParsableCommand {
             print(String(decoding: data, as: UTF8.self))
             return
         }
-        var reference = runPythonReference(python: python, script: script, arguments: [
+        var (reference, failure) = runPythonReference(python: python, script: script, arguments: [
             "--model", model, "--clip", clip, "--aesthetic", aesthetic, "--batch", "\(batch)", "--steps", "\(steps)",
             "--window", "\(window)", "--size", "\(size)", "--repeats", "\(repeats)", "--threads", "\(Torch.threadCount)",
             "--guidance", "\(guidance)", "--device", "\(device)", "--precision", referencePrecision,
@@ -128,7 +127,7 @@ struct BenchTrain: ParsableCommand {
                 ("tflops", "achieved TFLOP/s", "", true),
                 ("peak_rss_mb", "peak resident memory", "MB", false),
             ] + (ours["peak_cuda_mb"] == nil ? [] : [("peak_cuda_mb", "peak CUDA memory (allocated)", "MB", false)]),
-            ours: ours, reference: reference, python: python)
+            ours: ours, reference: reference, failure: failure)
         if precision == .fp16 && reference != nil { print("(the reference has no fp16 variant: it ran in \(referencePrecision))") }
     }
 }

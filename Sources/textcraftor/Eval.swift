@@ -32,8 +32,8 @@ struct Eval: ParsableCommand {
 
     @Option(help: "A diffusers model folder (with --demo: default the ShapesWorld bundle).", completion: .directory)
     var model: String?
-    @Option(help: "Weights dtype: float32, float16 or bfloat16.") var dtype = "float32"
-    @Option(help: "cpu, cuda or cuda:N.") var device = "cpu"
+    @OptionGroup var dtypeOptions: DTypeOptions
+    @OptionGroup var deviceOptions: DeviceOptions
     @Option(help: "Weights variant to prefer, e.g. fp16.") var weightsVariant: String?
     @Flag(help: "Evaluate on the ShapesWorld bundle with its rewards and the oracle's alignment and quality.") var demo = false
 
@@ -90,7 +90,7 @@ struct Eval: ParsableCommand {
     }
 
     func run() throws {
-        let (dtype, device) = try ModelOptions.resolve(dtype: self.dtype, device: self.device)
+        let (dtype, device) = (dtypeOptions.dtype.dtype, try speakingFlags { try deviceOptions.opened() })
         let modelURL = demo ? try shapesBundle(model) : URL(fileURLWithPath: model!)
         let prompts = try promptSet()
         let encoders = try encoderFolders()
@@ -114,7 +114,7 @@ struct Eval: ParsableCommand {
 
         let output = URL(fileURLWithPath: out)
         let manifest = EvalManifest(
-            model: modelURL.path, dtype: self.dtype, device: self.device, prompts: prompts.prompts, sampling: sampling,
+            model: modelURL.path, dtype: dtypeOptions.dtype.rawValue, device: deviceOptions.device ?? "cpu", prompts: prompts.prompts, sampling: sampling,
             variants: variants.map { EvalManifest.Variant(name: $0.name, description: $0.description) })
         try EvalFolder.prepare(output, manifest: manifest, overwrite: overwrite)
 
@@ -259,7 +259,7 @@ struct Eval: ParsableCommand {
             scorers.append(EvalScorer(name: name, device: device, reward: reward))
         }
         for spec in rewards {
-            let (name, paths, _) = try parseRewardSpec(spec)
+            let (name, paths) = try speakingFlags { let r = try RewardOption(spec: spec); return (r.name, r.paths) }
             guard !scorers.contains(where: { $0.name == name }) else { throw CommandError("--reward names \(name) twice") }
             do { add(name, try RewardRegistry.load(name: name, paths: paths, device: device)) } catch {
                 throw CommandError("--reward \(spec): \(error)")

@@ -3,44 +3,6 @@ import Foundation
 import StableDiffusion
 import Torch
 
-/// Options shared by the commands that load a Stable Diffusion folder.
-struct ModelOptions: ParsableArguments {
-    @Option(help: "A diffusers model folder (model_index.json, text_encoder/, tokenizer/, unet/, vae/, scheduler/).",
-            completion: .directory)
-    var model: String
-
-    @Option(help: "Weights dtype: float32, float16 or bfloat16.")
-    var dtype = "float32"
-
-    @Option(help: "cpu, cuda or cuda:N.")
-    var device = "cpu"
-
-    @Option(help: "Weights variant to prefer, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors).")
-    var variant: String?
-
-    func resolved() throws -> (DType, Device) { try Self.resolve(dtype: dtype, device: device) }
-
-    /// The --dtype and --device flags, checked (the device must be usable here).
-    static func resolve(dtype name: String, device deviceName: String) throws -> (DType, Device) {
-        guard let dtype = DType(name: name), dtype.isFloatingPoint else {
-            throw CommandError("--dtype \(name): expected float32, float16 or bfloat16")
-        }
-        return (dtype, try device(deviceName))
-    }
-
-    /// A --device flag, checked: CUDA asked for where it cannot run is an error naming the reason, never a CPU run.
-    static func device(_ name: String, flag: String = "--device") throws -> Device {
-        guard let device = Device(name) else { throw CommandError("\(flag) \(name): expected cpu, cuda or cuda:N") }
-        try device.ensureAvailable()
-        return device
-    }
-
-    func load() throws -> StableDiffusionPipeline {
-        let (dtype, device) = try resolved()
-        return try StableDiffusionPipeline.load(folder: URL(fileURLWithPath: model), dtype: dtype, device: device, variant: variant)
-    }
-}
-
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Generate images with a Stable Diffusion folder, reproducibly (same seed, same images as diffusers).",
@@ -60,6 +22,8 @@ struct Generate: ParsableCommand {
             """)
 
     @OptionGroup var modelOptions: ModelOptions
+    @OptionGroup var deviceOptions: DeviceOptions
+    @OptionGroup var dtypeOptions: DTypeOptions
 
     @Option(name: .customLong("prompt"), help: "A prompt (repeat for several).")
     var prompts: [String] = []
@@ -99,6 +63,10 @@ struct Generate: ParsableCommand {
         valueName: "N"))
     var finetunedSteps: Int?
 
+    func validate() throws {
+        guard modelOptions.model != nil else { throw CommandError("give --model (a diffusers folder)") }
+    }
+
     func run() throws {
         var allPrompts = prompts
         if let promptsFile {
@@ -119,7 +87,10 @@ struct Generate: ParsableCommand {
 
         let recipe = try EncoderRecipe(textEncoder: textEncoder, blend: blend, mix: mix, finetunedSteps: finetunedSteps)
 
-        let pipeline = try modelOptions.load()
+        let model = modelOptions.model!
+        let pipeline = try StableDiffusionPipeline.load(
+            folder: URL(fileURLWithPath: model), dtype: dtypeOptions.dtype.dtype, device: try deviceOptions.opened(),
+            variant: modelOptions.variant)
         let sampler = try pipeline.makeScheduler(scheduler)
         try pipeline.validate(request)  // before anything is written
         let unetCalls = try pipeline.unetCalls(request, scheduler: sampler)
@@ -149,10 +120,10 @@ struct Generate: ParsableCommand {
             try Tensor.save(tensors.mapValues { $0.to(dtype: .float32, device: .cpu) }, to: outURL.appendingPathComponent("latents.safetensors"))
         }
         var metadata: [String: Any] = [
-            "model": modelOptions.model, "prompts": request.prompts, "negative_prompts": request.negativePrompts ?? [],
+            "model": model, "prompts": request.prompts, "negative_prompts": request.negativePrompts ?? [],
             "steps": steps, "guidance_scale": guidance, "seed": request.seed, "scheduler": scheduler ?? "model default",
             "scheduler_class": "\(type(of: sampler))", "height": result.images.size(1), "width": result.images.size(2),
-            "images_per_prompt": imagesPerPrompt, "eta": eta, "dtype": modelOptions.dtype, "device": modelOptions.device,
+            "images_per_prompt": imagesPerPrompt, "eta": eta, "dtype": dtypeOptions.dtype.rawValue, "device": deviceOptions.device ?? "cpu",
             "variant": modelOptions.variant ?? "", "images": (0..<result.images.size(0)).map { String(format: "%04d.png", $0) },
             "unet_calls": unetCalls,
         ]

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Rewards
+import TextCraftor
 import Torch
 
 struct Score: ParsableCommand {
@@ -25,22 +26,22 @@ struct Score: ParsableCommand {
     @Option(help: "evaluation (the reward models' own resize and crop) or training (the authors' pooling).")
     var preprocessing = "evaluation"
     @Option(help: "Images per forward pass.") var batchSize = 8
-    @Option(help: "cpu, cuda or cuda:N.") var device = "cpu"
+    @OptionGroup var deviceOptions: DeviceOptions
     @Flag(help: "One JSON object per image (and one for the mean) instead of a table.") var json = false
 
     func run() throws {
         guard let mode = PreprocessingMode(rawValue: preprocessing) else {
             throw CommandError("--preprocessing \(preprocessing): expected evaluation or training")
         }
-        let device = try ModelOptions.device(device)
+        let device = try speakingFlags { try deviceOptions.opened() }
         guard batchSize >= 1 else { throw CommandError("--batch-size must be at least 1 (got \(batchSize))") }
         guard !rewards.isEmpty else { throw CommandError("give at least one --reward NAME=PATH") }
         let files = try imageFiles()
         let texts = try promptsForImages(files)
         let weighted = WeightedReward()
         for spec in rewards {
-            let (name, paths, gamma) = try parseRewardSpec(spec)
-            weighted.add(try RewardRegistry.load(name: name, paths: paths, device: device), gamma: gamma)
+            let reward = try speakingFlags { try RewardOption(spec: spec) }
+            weighted.add(try RewardRegistry.load(name: reward.name, paths: reward.paths, device: device), gamma: reward.gamma)
         }
         weighted.setPreprocessing(mode)
 

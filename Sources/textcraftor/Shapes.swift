@@ -3,6 +3,7 @@ import Foundation
 import ShapesWorld
 import Torch
 import StableDiffusion
+import TextCraftor
 
 struct Shapes: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -184,7 +185,8 @@ struct Shapes: ParsableCommand {
                     finetuned: encoder)
                 evaluator.prefix = prefix
                 evaluator.negative = negative
-                rows.append((name, try evaluator.evaluate(label: name, blend: encoder == nil ? nil : 1).mean))
+                let bar = ProgressBar("eval \(name)", total: prompts.count)
+                rows.append((name, try evaluator.evaluate(blend: encoder == nil ? nil : 1) { done, _ in bar.update(done) }.mean))
             }
             let width = max(14, rows.map(\.0.count).max()! + 2)
             print("\(split.rawValue) prompts: \(prompts.count) x \(imagesPerPrompt) images, DDIM \(steps) steps, guidance \(guidance)")

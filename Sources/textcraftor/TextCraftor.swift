@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 @main
 struct TextCraftor: ParsableCommand {
@@ -14,6 +15,22 @@ struct TextCraftor: ParsableCommand {
             """,
         subcommands: [Train.self, Generate.self, Score.self, Eval.self, Tokenize.self, Inspect.self, Doctor.self, Bench.self, SynthModel.self, Shapes.self, Demo.self]
     )
+
+    /// As ArgumentParser's, but every failure is one line: a bad flag value prints its message without the usage
+    /// block (`--help` says the rest), so scripts and logs see one `Error: ...` line, and exits with status 1 like
+    /// every other error (an explicit `ExitCode` keeps its own).
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success || error is CleanExit { exit(withError: error) }  // --help, --version
+            let message = message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+            FileHandle.standardError.write(Data("Error: \(message)\n".utf8))
+            Foundation.exit(code == .validationFailure ? 1 : code.rawValue)
+        }
+    }
 }
 
 /// A user-facing failure of a command: ArgumentParser prints it as one line and exits with status 1.

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TextCraftor
 
 /// The `textcraftor` binary beside this test bundle, run with arguments; returns exit status, stdout and stderr.
 func textcraftor(_ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
@@ -33,7 +34,7 @@ func temporaryOutput() -> URL {
         (["--guidance=-1"], "Error: --guidance must not be negative (got -1.0)"),
         (["--height", "60"], "Error: --height must be a positive multiple of 8 (got 60)"),
         (["--scheduler", "heun"], "Error: --scheduler \"heun\" is not supported (supported: ddim, euler, dpm, pndm)"),
-        (["--dtype", "int8"], "Error: --dtype int8: expected float32, float16 or bfloat16"),
+        (["--dtype", "int8"], "Error: The value 'int8' is invalid for '--dtype <dtype>'. Please provide one of 'float32', 'float16' or 'bfloat16'."),
     ])
     func badGenerateFlagsFailInOneLineAndWriteNothing(flags: [String], message: String) throws {
         let out = temporaryOutput()
@@ -146,9 +147,9 @@ func temporaryOutput() -> URL {
     }
 
     @Test(arguments: [
-        (["--grad-window", "3"], "Error: grad_window (3) is more than sampling_steps (2)"),
+        (["--grad-window", "3"], "Error: --grad-window: 3 is more than sampling_steps (2)"),
         (["--reward", "vibes=/tmp"], "Error: unknown reward \"vibes\" (known: aesthetic, pickscore, hpsv2, clip)"),
-        (["--batch-size", "0"], "Error: batch_size: expected an integer >= 1, found 0"),
+        (["--batch-size", "0"], "Error: --batch-size: expected an integer >= 1, found 0"),
     ])
     func badFlagsFailInOneLineAndWriteNothing(flags: [String], message: String) throws {
         let out = temporaryOutput()
@@ -180,7 +181,7 @@ func temporaryOutput() -> URL {
     @Test func unwritableOutputIsRefused() throws {
         let run = try train(URL(fileURLWithPath: "/proc/textcraftor-run"), [])
         #expect(run.status == 1)
-        #expect(run.err.hasPrefix("Error: --out /proc/textcraftor-run: cannot write there"), "\(run.err)")
+        #expect(run.err.hasPrefix("Error: --out: /proc/textcraftor-run: cannot write there"), "\(run.err)")
     }
 
     @Test func resumeNeedsARun() throws {
@@ -252,9 +253,17 @@ func temporaryOutput() -> URL {
         let lines = try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8).split(separator: "\n")
         #expect(lines.count == 2, "--max-steps 2 overrides the file's 5")
         let record = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("run.json"))) as! [String: Any]
-        let options = record["options"] as! [String: Any]
-        #expect(options["maxSteps"] as? Int == 2)
-        #expect(options["learningRate"] as? Double == 1e-3)
+        #expect(record["maxSteps"] as? Int == 2)
+        #expect(record["learningRate"] as? Double == 1e-3)
+    }
+
+    /// Every key of the configuration can be given as a flag of the same name.
+    @Test func everyConfigKeyHasItsFlag() throws {
+        let help = try textcraftor(["train", "--help"]).out
+        for key in TrainingConfig.keys {
+            let flag = "--" + key.replacingOccurrences(of: "_", with: "-")
+            #expect(help.contains(flag + " ") || help.contains(flag + "\n") || help.contains(flag + "/"), "\(flag)")
+        }
     }
 
     @Test func unetStageWritesADiffusersUNet() throws {

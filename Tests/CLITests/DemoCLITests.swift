@@ -71,8 +71,8 @@ import Testing
 
     @Test(arguments: [
         (["demo", "--rewards", "pickscore"], "Error: --rewards: unknown reward \"pickscore\" (ShapesWorld has aesthetic and clip)"),
-        (["demo", "--steps", "0"], "Error: --steps must be at least 1 (got 0)"),
-        (["demo", "--grad-window", "12"], "Error: --grad-window 12 is more than --sampling-steps 10"),
+        (["demo", "--steps", "0"], "Error: --steps: expected an integer >= 1, found 0"),
+        (["demo", "--grad-window", "12"], "Error: --grad-window: 12 is more than sampling_steps (10)"),
         (["demo", "--model", "/nonexistent/bundle"], "Error: /nonexistent/bundle: no such file or folder"),
         (["shapes", "eval", "--split", "test"], "Error: --split test: expected train or held-out"),
         (["shapes", "eval", "--text-encoder", "/nonexistent/te"], "Error: --text-encoder /nonexistent/te:"),

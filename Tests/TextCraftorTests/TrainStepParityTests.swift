@@ -19,7 +19,7 @@ import Torch
                 "the step's noise is randn from a generator seeded with 1234")
         let outcome = try promptTrainingStep(
             pipeline: pipeline, trainable: trainable, original: original, rewards: rewards, prompts: fixturePrompts,
-            initialNoise: noise, settings: SamplingSettings(samplingSteps: 5, gradientWindow: window))
+            initialNoise: noise, settings: SamplingSettings(samplingSteps: 5, gradientWindow: window, guidanceScale: 7.5))
         let expectedLoss = try fixture.tensor("\(name).loss").item()
         #expect(abs(outcome.loss - expectedLoss) <= 1e-5 * abs(expectedLoss), "loss \(outcome.loss) vs \(expectedLoss)")
         let maxImageDifference = (outcome.images - (try fixture.tensor("\(name).image"))).abs().max().item()

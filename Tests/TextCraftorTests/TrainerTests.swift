@@ -9,16 +9,17 @@ func temporaryRun() -> URL { FileManager.default.temporaryDirectory.appendingPat
 
 func makeTrainer(_ out: URL, maxSteps: Int, saveEvery: Int = 1, lr: Double = 1e-3) throws -> Trainer {
     let (pipeline, _, original, rewards) = try tinySetup()
-    var settings = TrainerSettings()
-    settings.learningRate = lr
-    settings.maxSteps = maxSteps
-    settings.saveEvery = saveEvery
-    settings.batchSize = 2
-    settings.seed = 7
-    settings.sampling = SamplingSettings(samplingSteps: 3, gradientWindow: 2)
+    var config = TrainingConfig()
+    config.learningRate = lr
+    config.maxSteps = maxSteps
+    config.saveEvery = saveEvery
+    config.batchSize = 2
+    config.seed = 7
+    config.samplingSteps = 3
+    config.gradientWindow = 2
     let prompts = try SampledBatches(fixturePrompts + ["a green triangle"], batchSize: 2, shuffle: true, seed: 3)
     return try Trainer(pipeline: pipeline, original: original, modelFolder: tinySD15, rewards: rewards,
-                       data: .prompts(prompts), settings: settings, run: RunFolder(out))
+                       data: .prompts(prompts), config: config, run: RunFolder(out))
 }
 
 @Suite(.serialized) struct TrainerTests {
@@ -78,10 +79,10 @@ func makeTrainer(_ out: URL, maxSteps: Int, saveEvery: Int = 1, lr: Double = 1e-
     }
 
     @Test func settingsAreChecked() {
-        var s = TrainerSettings()
+        var s = TrainingConfig()
         s.batchSize = 0
-        #expect(throws: TextCraftorError.invalidArgument("--batch-size must be at least 1 (got 0)")) { try s.validate() }
-        s = TrainerSettings()
+        #expect(throws: TextCraftorError.invalidSetting(key: "batch_size", message: "expected an integer >= 1, found 0")) { try s.validate() }
+        s = TrainingConfig()
         s.warmupSteps = 4
         #expect(s.learningRate(at: 0) == 0.25e-6)
         #expect(s.learningRate(at: 3) == 1e-6)

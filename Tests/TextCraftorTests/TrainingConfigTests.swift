@@ -3,9 +3,9 @@ import Testing
 
 @testable import TextCraftor
 
-@Suite final class TrainingConfigFileTests: TemporaryFolderSuite {
-    func parse(_ toml: String) throws -> TrainingOptions {
-        try TrainingConfigFile.load(try write(toml, to: "train.toml", in: folder))
+@Suite final class TrainingConfigTests: TemporaryFolderSuite {
+    func parse(_ toml: String) throws -> TrainingConfig {
+        try ConfigFile.load(try write(toml, to: "train.toml", in: folder))
     }
 
     /// The error a config gives, without the file name in front.
@@ -17,32 +17,82 @@ import Testing
 
     func path(_ relative: String) -> String { folder.appendingPathComponent(relative).standardizedFileURL.path }
 
+    /// A configuration that differs from the defaults in every key.
+    func everyKeyChanged() -> TrainingConfig {
+        var c = TrainingConfig()
+        c.mode = .direct
+        c.train = .unet
+        c.model = path("models/sd15")
+        c.prompts = path("../prompts/parti.tsv")
+        c.promptColumn = "caption"
+        c.data = "/data/pairs"
+        c.textEncoder = path("runs/a/text_encoder")
+        c.rewards = [
+            RewardOption(name: "aesthetic", paths: [path("clip-vit-large-patch14"), path("sac+logos+ava1-l14-linearMSE.pth")],
+                         gamma: 1, scale: 3),
+            RewardOption(name: "clip", paths: ["/weights/open_clip_vit_g14.bin"], gamma: 0.5, scale: nil),
+        ]
+        c.out = path("runs/b")
+        c.samplingSteps = 20
+        c.gradientWindow = 4
+        c.guidanceScale = 6
+        c.resolution = 256
+        c.timestepRange = TimestepRange(low: 100, high: 600)
+        c.learningRate = 2e-6
+        c.betas = AdamBetas(0.9, 0.99)
+        c.weightDecay = 0
+        c.eps = 1e-7
+        c.warmupSteps = 100
+        c.gradientAccumulation = 2
+        c.maxGradNorm = 1
+        c.batchSize = 4
+        c.maxSteps = 10_000
+        c.saveEvery = 250
+        c.keepCheckpoints = 5
+        c.seed = 42
+        c.shuffle = true
+        c.device = "cuda:1"
+        c.mixedPrecision = .bf16
+        c.distTimeout = 60
+        c.syncCheckEvery = 10
+        c.distBackend = .gloo
+        return c
+    }
+
     @Test func everyKey() throws {
-        let options = try parse("""
+        let config = try parse("""
             # TextCraftor on Parti, aesthetic + CLIP
-            mode = "prompt"
-            train = "text"
+            mode = "direct"
+            train = "unet"
             model = "models/sd15"
             prompts = "../prompts/parti.tsv"
+            prompt_column = "caption"
             data = "/data/pairs"
-            out = "runs/a"
-            lr = 1e-6
+            text_encoder = "runs/a/text_encoder"
+            out = "runs/b"
+            sampling_steps = 20
+            grad_window = 4
+            guidance = 6
+            resolution = 256
+            t_range = [100, 600]
+            lr = 2e-6
             betas = [0.9, 0.99]
             weight_decay = 0
-            eps = 1e-8
+            eps = 1e-7
             warmup_steps = 100
             grad_accumulation = 2
             max_grad_norm = 1.0
-            sampling_steps = 25
-            grad_window = 5
-            guidance = 7.5
             batch_size = 4
             max_steps = 10_000
-            save_every = 500
+            save_every = 250
+            keep_checkpoints = 5
             seed = 42
             shuffle = true
             device = "cuda:1"
             mixed_precision = "bf16"
+            dist_timeout = 60
+            sync_check_every = 10
+            dist_backend = "gloo"
 
             [[reward]]
             name = "aesthetic"
@@ -55,21 +105,14 @@ import Testing
             paths = "/weights/open_clip_vit_g14.bin"
             gamma = 0.5
             """)
-        #expect(options == TrainingOptions(
-            learningRate: 1e-6, betas: AdamBetas(0.9, 0.99), weightDecay: 0, eps: 1e-8, warmupSteps: 100,
-            gradientAccumulation: 2, maxGradNorm: 1, samplingSteps: 25, gradientWindow: 5, guidanceScale: 7.5,
-            mode: .prompt, train: .text, batchSize: 4, maxSteps: 10_000, saveEvery: 500, seed: 42, shuffle: true,
-            device: "cuda:1", mixedPrecision: .bf16, model: path("models/sd15"), prompts: path("../prompts/parti.tsv"), data: "/data/pairs", out: path("runs/a"),
-            rewards: [
-                RewardOption(name: "aesthetic", paths: [path("clip-vit-large-patch14"), path("sac+logos+ava1-l14-linearMSE.pth")],
-                             gamma: 1, scale: 3),
-                RewardOption(name: "clip", paths: ["/weights/open_clip_vit_g14.bin"], gamma: 0.5, scale: nil),
-            ]))
-        #expect(options.prompts == folder.deletingLastPathComponent().appendingPathComponent("prompts/parti.tsv").path)
+        #expect(config == everyKeyChanged())
+        #expect(config.prompts == folder.deletingLastPathComponent().appendingPathComponent("prompts/parti.tsv").path)
+        // Every key of the type is a key of the file: the test above gives them all.
+        #expect(TrainingConfig.keys.count == 32)
     }
 
-    @Test func anEmptyFileGivesNothing() throws {
-        #expect(try parse("# nothing yet\n") == TrainingOptions())
+    @Test func anEmptyFileGivesTheDefaults() throws {
+        #expect(try parse("# nothing yet\n") == TrainingConfig())
         #expect(try parse("guidance = 1\n").guidanceScale == 1.0)
         #expect(try parse("reward = [{ name = \"hpsv2\", paths = \"hps.pt\" }]").rewards
             == [RewardOption(name: "hpsv2", paths: [path("hps.pt")])])
@@ -97,6 +140,8 @@ import Testing
         #expect(problem("mode = \"promt\"") == "key \"mode\": expected \"prompt\" or \"direct\", found \"promt\"")
         #expect(problem("train = [\"text\"]") == "key \"train\": expected \"text\" or \"unet\", found a list")
         #expect(problem("mixed_precision = \"fp8\"") == "key \"mixed_precision\": expected \"no\", \"bf16\" or \"fp16\", found \"fp8\"")
+        #expect(problem("t_range = [5]") == "key \"t_range\": expected a list of 2 integers [LOW, HIGH], found a list of 1")
+        #expect(problem("dist_backend = \"mpi\"") == "key \"dist_backend\": expected \"auto\", \"gloo\" or \"nccl\", found \"mpi\"")
         #expect(problem("device = 0") == "key \"device\": expected a string, found an integer")
         #expect(problem("out = 3") == "key \"out\": expected a string, found an integer")
         #expect(problem("betas = [0.9]") == "key \"betas\": expected a list of 2 numbers in [0, 1), found a list of 1")
@@ -121,28 +166,37 @@ import Testing
         let twice = try #require(problem("lr = 1\nlr = 2\n"))
         #expect(twice == "line 2, column 6: Error while parsing key-value pair: cannot redefine existing integer 'lr'")
         let missing = folder.appendingPathComponent("none.toml")
-        #expect(message { try TrainingConfigFile.load(missing) } == "\(missing.path): no such file")
+        #expect(message { try ConfigFile.load(missing, as: TrainingConfig.self) } == "\(missing.path): no such file")
     }
 
-    @Test func resolvedGivesTheMethodDefaults() throws {
-        let resolved = try TrainingOptions().resolved()
-        #expect(resolved == TrainingOptions.Resolved(
-            learningRate: 1e-6, betas: AdamBetas(0.9, 0.999), weightDecay: 1e-2, eps: 1e-8, warmupSteps: 0,
-            gradientAccumulation: 1, maxGradNorm: nil, samplingSteps: 25, gradientWindow: 5, guidanceScale: 7.5,
-            mode: .prompt, train: .text, batchSize: 1, maxSteps: nil, saveEvery: 500, seed: 0, shuffle: false,
-            model: nil, prompts: nil, data: nil, out: nil, rewards: []))
-        #expect(resolved.betas.pair == (0.9, 0.999))
-        #expect(try TrainingOptions(batchSize: 8, maxSteps: 100).resolved().batchSize == 8)
+    @Test func theDefaultsAreTheMethods() throws {
+        let c = TrainingConfig()
+        try c.validate()
+        #expect(c.learningRate == 1e-6 && c.betas == AdamBetas(0.9, 0.999) && c.weightDecay == 1e-2 && c.eps == 1e-8)
+        #expect(c.warmupSteps == 0 && c.gradientAccumulation == 1 && c.maxGradNorm == nil)
+        #expect(c.samplingSteps == 25 && c.gradientWindow == 5 && c.guidanceScale == 7.5)
+        #expect(c.mode == .prompt && c.train == .text && c.batchSize == 1 && c.maxSteps == 1000 && c.saveEvery == 500)
+        #expect(c.keepCheckpoints == 3 && c.seed == 0 && !c.shuffle && c.rewards.isEmpty && c.model == nil)
+        #expect(c.timestepRange == TimestepRange(low: 0, high: 999) && c.device == "cpu" && c.mixedPrecision == .no)
+        #expect(c.betas.pair == (0.9, 0.999))
     }
 
-    @Test func resolvedChecksWhatFlagsGive() {
-        #expect(message { try TrainingOptions(learningRate: -1).resolved() } == "lr: expected a number > 0, found -1.0")
-        #expect(message { try TrainingOptions(gradientWindow: 0).resolved() } == "grad_window: expected an integer >= 1, found 0")
-        #expect(message { try TrainingOptions(samplingSteps: 10, gradientWindow: 15).resolved() }
-            == "grad_window (15) is more than sampling_steps (10)")
-        #expect(message { try TrainingOptions(betas: AdamBetas(0.9, 1)).resolved() } == "betas: expected a number in [0, 1), found 1.0")
-        #expect(message { try TrainingOptions(rewards: [RewardOption(name: "clip", paths: [], gamma: .infinity)]).resolved() }
+    @Test func validateNamesTheKey() {
+        func problem(_ change: (inout TrainingConfig) -> Void) -> String? {
+            var c = TrainingConfig()
+            change(&c)
+            return message { try c.validate() }
+        }
+        #expect(problem { $0.learningRate = -1 } == "lr: expected a number > 0, found -1.0")
+        #expect(problem { $0.gradientWindow = 0 } == "grad_window: expected an integer >= 1, found 0")
+        #expect(problem { $0.samplingSteps = 10; $0.gradientWindow = 15 } == "grad_window: 15 is more than sampling_steps (10)")
+        #expect(problem { $0.betas = AdamBetas(0.9, 1) } == "betas: expected a number in [0, 1), found 1.0")
+        #expect(problem { $0.rewards = [RewardOption(name: "clip", paths: [], gamma: .infinity)] }
             == "reward[0].gamma: expected a number, found inf")
+        #expect(problem { $0.timestepRange = TimestepRange(low: 600, high: 100) }
+            == "t_range: expected two timesteps LOW,HIGH with 0 <= LOW <= HIGH <= 999, found 600,100")
+        #expect(problem { $0.device = "gpu" } == "device: expected cpu, cuda or cuda:N, found \"gpu\"")
+        #expect(problem { $0.keepCheckpoints = 0 } == "keep_checkpoints: expected an integer >= 1, found 0")
     }
 
     @Test func flagsOverrideTheFile() throws {
@@ -156,8 +210,7 @@ import Testing
             name = "aesthetic"
             paths = ["clip", "head.pth"]
             """)
-        let flags = TrainingOptions(batchSize: 2, shuffle: false, out: "runs/from-flag")
-        let merged = try file.overlaid(with: flags).resolved()
+        let merged = try file.overlaying([("batch_size", 2), ("shuffle", false), ("out", "runs/from-flag")])
         #expect(merged.learningRate == 1e-5)
         #expect(merged.batchSize == 2)
         #expect(merged.seed == 7)
@@ -167,25 +220,19 @@ import Testing
         #expect(merged.samplingSteps == 25)
 
         // Rewards from the flags replace the file's whole list.
-        let rewardFlags = TrainingOptions(rewards: [RewardOption(name: "hpsv2", paths: ["hps.pt"], gamma: 2)])
-        #expect(try file.overlaid(with: rewardFlags).resolved().rewards == rewardFlags.rewards)
+        let rewards = [RewardOption(name: "hpsv2", paths: ["hps.pt"], gamma: 2)]
+        #expect(try file.overlaying([("reward", rewards)]).rewards == rewards)
+        // An optional key takes the flag's plain value.
+        #expect(try file.overlaying([("max_grad_norm", 0.5)]).maxGradNorm == 0.5)
+        #expect(message { try file.overlaying([("batch_size", "2")]) } == "TrainingConfig key \"batch_size\" takes no String")
+        #expect(message { try file.overlaying([("learning_rate", 1.0)]) } == "TrainingConfig has no key \"learning_rate\"")
     }
 
-    @Test func overlayCoversEveryField() {
-        // Two option sets that differ in every field: an overlay field that was forgotten shows up here.
-        let a = TrainingOptions(
-            learningRate: 1, betas: AdamBetas(0.1, 0.2), weightDecay: 1, eps: 1, warmupSteps: 1, gradientAccumulation: 1,
-            maxGradNorm: 1, samplingSteps: 1, gradientWindow: 1, guidanceScale: 1, mode: .prompt, train: .text,
-            batchSize: 1, maxSteps: 1, saveEvery: 1, seed: 1, shuffle: false, model: "a", prompts: "a", data: "a",
-            out: "a", rewards: [RewardOption(name: "clip", paths: ["a"])])
-        let b = TrainingOptions(
-            learningRate: 2, betas: AdamBetas(0.3, 0.4), weightDecay: 2, eps: 2, warmupSteps: 2, gradientAccumulation: 2,
-            maxGradNorm: 2, samplingSteps: 2, gradientWindow: 2, guidanceScale: 2, mode: .direct, train: .unet,
-            batchSize: 2, maxSteps: 2, saveEvery: 2, seed: 2, shuffle: true, model: "b", prompts: "b", data: "b",
-            out: "b", rewards: [])
-        #expect(a.overlaid(with: b) == b)
-        #expect(b.overlaid(with: a) == a)
-        #expect(a.overlaid(with: TrainingOptions()) == a)
-        #expect(TrainingOptions().overlaid(with: a) == a)
+    /// run.json: the record decodes to the configuration it was written from, every key included.
+    @Test func theRecordRoundTrips() throws {
+        let config = everyKeyChanged()
+        let decoded = try JSONDecoder().decode(TrainingConfig.self, from: try JSONEncoder().encode(config))
+        #expect(decoded == config)
+        #expect(try JSONDecoder().decode(TrainingConfig.self, from: try JSONEncoder().encode(TrainingConfig())) == TrainingConfig())
     }
 }

@@ -12,7 +12,7 @@ import Torch
     func windowedEqualsFullBackprop(window: Int, checkpointsVAE: Bool) throws {
         let (pipeline, trainable, original, rewards) = try tinySetup()
         let noise = Tensor.randn([2, 4, 8, 8], generator: Generator(seed: 1234))
-        let settings = SamplingSettings(samplingSteps: 5, gradientWindow: window, checkpointsVAE: checkpointsVAE)
+        let settings = SamplingSettings(samplingSteps: 5, gradientWindow: window, guidanceScale: 7.5, checkpointsVAE: checkpointsVAE)
         let full = try promptTrainingStep(pipeline: pipeline, trainable: trainable, original: original, rewards: rewards,
                                           prompts: fixturePrompts, initialNoise: noise, settings: settings, mode: .fullBackprop)
         let expected = gradients(trainable)
@@ -41,14 +41,14 @@ import Torch
     }
 
     @Test func windowLargerThanTheStepsIsRefused() throws {
-        #expect(throws: TextCraftorError.invalidArgument("--grad-window must be between 1 and --sampling-steps (5); got 6")) {
-            try SamplingSettings(samplingSteps: 5, gradientWindow: 6).validate()
+        #expect(throws: TextCraftorError.invalidSetting(key: "grad_window", message: "expected an integer between 1 and sampling_steps (5), found 6")) {
+            try SamplingSettings(samplingSteps: 5, gradientWindow: 6, guidanceScale: 7.5).validate()
         }
     }
 
     @Test func trailingTimestepsAreTheAuthors() throws {
         let (pipeline, _, _, _) = try tinySetup()
-        let scheduler = try SamplingSettings().makeScheduler(pipeline)
+        let scheduler = try TrainingConfig().sampling.makeScheduler(pipeline)
         #expect(scheduler.timesteps == stride(from: 999.0, through: 39, by: -40).map { $0 })
     }
 }
@@ -60,7 +60,7 @@ import Torch
         pipeline.textEncoder.setTrainable(false)
         pipeline.unet.setTrainable(true)
         let noise = Tensor.randn([2, 4, 8, 8], generator: Generator(seed: 9))
-        let settings = SamplingSettings(samplingSteps: 4, gradientWindow: 3)
+        let settings = SamplingSettings(samplingSteps: 4, gradientWindow: 3, guidanceScale: 7.5)
         func run(_ mode: GradientMode) throws -> [String: Tensor] {
             pipeline.unet.parameters.forEach { $0.zeroGrad() }
             _ = try promptTrainingStep(pipeline: pipeline, trainable: pipeline.textEncoder, original: original, rewards: rewards,
@@ -90,13 +90,14 @@ import Torch
         let (pipeline, _, original, _) = try tinySetup()
         let rewards = WeightedReward()
         rewards.add(Poisoned())
-        var settings = TrainerSettings()
-        settings.maxSteps = 5
-        settings.saveEvery = 1
-        settings.sampling = SamplingSettings(samplingSteps: 2, gradientWindow: 1)
+        var config = TrainingConfig()
+        config.maxSteps = 5
+        config.saveEvery = 1
+        config.samplingSteps = 2
+        config.gradientWindow = 1
         let trainer = try Trainer(pipeline: pipeline, original: original, modelFolder: tinySD15, rewards: rewards,
                                   data: .prompts(try SampledBatches(fixturePrompts, batchSize: 1, shuffle: false, seed: 0)),
-                                  settings: settings, run: RunFolder(out))
+                                  config: config, run: RunFolder(out))
         #expect(throws: TextCraftorError.nonFinite(step: 3, what: "loss")) { try trainer.train() }
         #expect(RunFolder(out).completeCheckpoints().map(\.lastPathComponent) == ["step-00000001", "step-00000002"])
         let metrics = try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8)

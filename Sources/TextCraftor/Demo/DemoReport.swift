@@ -1,15 +1,14 @@
 import Foundation
 import ShapesWorld
 import StableDiffusion
-import TextCraftor
 import Torch
 
 /// The demo's results and the files that show them: grid.png, curves.svg, metrics.json and report.html.
-struct DemoReport {
+public struct DemoReport {
     var bundle: String
     var terms: [(name: String, gamma: Double)]
     var clipConstraint: Bool
-    var settings: TrainerSettings
+    var settings: TrainingConfig
     var trainPromptCount: Int
     var baseline: DemoEvaluation
     var finetuned: DemoEvaluation
@@ -21,26 +20,26 @@ struct DemoReport {
     var gridRows: Int
 
     /// The targets the demo is held to: the aesthetic reward up by 15% relative, alignment down by at most 2 points.
-    static let aestheticTarget = 0.15
-    static let alignmentDropLimit = 2.0
+    public static let aestheticTarget = 0.15
+    public static let alignmentDropLimit = 2.0
 
-    var before: ShapesScores { baseline.mean }
-    var after: ShapesScores { finetuned.mean }
-    var aestheticChange: Double { after.aesthetic / before.aesthetic - 1 }
+    public var before: ShapesScores { baseline.mean }
+    public var after: ShapesScores { finetuned.mean }
+    public var aestheticChange: Double { after.aesthetic / before.aesthetic - 1 }
     /// In percentage points.
-    var alignmentChange: Double { (after.alignment - before.alignment) * 100 }
-    var targetsMet: Bool { aestheticChange >= Self.aestheticTarget && -alignmentChange <= Self.alignmentDropLimit }
+    public var alignmentChange: Double { (after.alignment - before.alignment) * 100 }
+    public var targetsMet: Bool { aestheticChange >= Self.aestheticTarget && -alignmentChange <= Self.alignmentDropLimit }
 
     // MARK: - Text
 
     /// The header of a scores table whose labels take `width` characters.
-    static func header(width: Int = 14) -> String {
+    public static func header(width: Int = 14) -> String {
         String(repeating: " ", count: width) + "aesthetic".leftPad(10) + "CLIP score".leftPad(12) + "alignment".leftPad(11)
             + "quality".leftPad(10)
     }
 
     /// A row of a scores table.
-    static func row(_ label: String, _ s: ShapesScores, width: Int = 14) -> String {
+    public static func row(_ label: String, _ s: ShapesScores, width: Int = 14) -> String {
         label.padding(toLength: width, withPad: " ", startingAt: 0)
             + String(format: "%10.3f %11.4f %10.1f%% %9.2f", s.aesthetic, s.clipScore, s.alignment * 100, s.quality)
     }
@@ -52,7 +51,7 @@ struct DemoReport {
                      (after.quality / before.quality - 1) * 100)
     }
 
-    func table() -> String {
+    public func table() -> String {
         let row = { Self.row($0, $1) }
         var lines = [
             "held-out prompts: \(Set(baseline.prompts).count) x \(imagesPerPrompt) images",
@@ -67,7 +66,7 @@ struct DemoReport {
         return lines.joined(separator: "\n")
     }
 
-    func verdict() -> String {
+    public func verdict() -> String {
         let aesthetic = String(format: "aesthetic reward %+.1f%% (target: at least +%.0f%%)", aestheticChange * 100, Self.aestheticTarget * 100)
         let alignment = String(format: "oracle alignment %+.1f pp (target: a drop of at most %.0f pp)", alignmentChange, Self.alignmentDropLimit)
         let constraint = clipConstraint ? "" : " [no CLIP constraint]"
@@ -76,7 +75,7 @@ struct DemoReport {
 
     // MARK: - Files
 
-    func write(to folder: URL) throws {
+    public func write(to folder: URL) throws {
         try gridPNG().write(to: folder.appendingPathComponent("grid.png"), options: .atomic)
         try Data(curvesSVG().utf8).write(to: folder.appendingPathComponent("curves.svg"), options: .atomic)
         let metrics = try JSONSerialization.data(withJSONObject: metricsObject(), options: [.prettyPrinted, .sortedKeys])
@@ -147,7 +146,7 @@ struct DemoReport {
         return svg + "</svg>\n"
     }
 
-    static func scoresObject(_ s: ShapesScores) -> [String: Any] {
+    public static func scoresObject(_ s: ShapesScores) -> [String: Any] {
         ["aesthetic": s.aesthetic, "clip_score": s.clipScore, "alignment": s.alignment, "quality": s.quality]
     }
 
@@ -168,8 +167,8 @@ struct DemoReport {
             "clip_constraint": clipConstraint,
             "settings": [
                 "steps": settings.maxSteps, "learning_rate": settings.learningRate, "batch_size": settings.batchSize,
-                "sampling_steps": settings.sampling.samplingSteps, "grad_window": settings.sampling.gradientWindow,
-                "guidance": settings.sampling.guidanceScale, "seed": settings.seed, "train_prompts": trainPromptCount,
+                "sampling_steps": settings.samplingSteps, "grad_window": settings.gradientWindow,
+                "guidance": settings.guidanceScale, "seed": settings.seed, "train_prompts": trainPromptCount,
             ] as [String: Any],
             "evaluation": ["split": "held-out", "prompts": Set(baseline.prompts).count, "images_per_prompt": k],
             "baseline": Self.scoresObject(before),
@@ -245,8 +244,8 @@ struct DemoReport {
             <p>The first image of each prompt, the same noise in every column. Blends interpolate the two encoders' \
             embeddings: w·fine-tuned + (1−w)·original.</p>
             <table>\(grid)</table>
-            <p><small>Bundle: \(escape(bundle)). Sampling: DDIM, \(settings.sampling.samplingSteps) steps, guidance \
-            \(settings.sampling.guidanceScale); gradient window \(settings.sampling.gradientWindow); learning rate \
+            <p><small>Bundle: \(escape(bundle)). Sampling: DDIM, \(settings.samplingSteps) steps, guidance \
+            \(settings.guidanceScale); gradient window \(settings.gradientWindow); learning rate \
             \(settings.learningRate), batch \(settings.batchSize), seed \(settings.seed).</small></p>
             </body></html>
 
@@ -255,5 +254,5 @@ struct DemoReport {
 }
 
 extension String {
-    func leftPad(_ width: Int) -> String { count >= width ? self : String(repeating: " ", count: width - count) + self }
+    public func leftPad(_ width: Int) -> String { count >= width ? self : String(repeating: " ", count: width - count) + self }
 }

@@ -1,0 +1,286 @@
+import Foundation
+import Rewards
+
+/// Everything a training run is started with, in one place: the defaults are the method's (METHOD.md, the authors'
+/// code), `fields` names each key as the TOML file and the flags spell it, `validate()` checks them all. The TOML
+/// file decodes into it, the flags of `textcraftor train` overlay it, `OUT/run.json` records it, `Trainer` and
+/// `TrainingSession` consume it, and `--resume` reads it back.
+public struct TrainingConfig: Configuration {
+    // What is trained, on what
+    /// prompt (TextCraftor) or direct (paired images and captions, the paper's baseline).
+    public var mode = TrainingMode.prompt
+    /// The text encoder, or the UNet in the second stage.
+    public var train = TrainedNetwork.text
+    /// A diffusers Stable Diffusion folder.
+    public var model: String?
+    /// Prompt mode: a .txt, Parti .tsv, .csv or .json prompt file.
+    public var prompts: String?
+    /// The CSV column holding the prompts.
+    public var promptColumn = "prompt"
+    /// Direct mode: a folder of images with metadata.jsonl or metadata.csv.
+    public var data: String?
+    /// UNet stage: a fine-tuned text encoder folder to condition on (nil: the model's).
+    public var textEncoder: String?
+    /// The rewards of the objective, −Σ γ·scale·R.
+    public var rewards: [RewardOption] = []
+    /// The run folder.
+    public var out: String?
+
+    // The sampler of prompt mode
+    /// DDIM steps per sample (eta 0, trailing timesteps).
+    public var samplingSteps = 25
+    /// K: the last K sampler steps run with the trainable encoder and with gradient.
+    public var gradientWindow = 5
+    public var guidanceScale = 7.5
+    /// Image size in pixels (nil: the model's).
+    public var resolution: Int?
+    /// Direct mode: the noising timestep is drawn uniformly from this range.
+    public var timestepRange = TimestepRange(low: 0, high: 999)
+
+    // Optimiser: AdamW, constant learning rate after an optional linear warm-up, no clipping by default
+    public var learningRate = 1e-6
+    public var betas = AdamBetas(0.9, 0.999)
+    public var weightDecay = 1e-2
+    public var eps = 1e-8
+    public var warmupSteps = 0
+    public var gradientAccumulation = 1
+    /// nil: no gradient clipping (the authors clip nothing).
+    public var maxGradNorm: Double?
+
+    // The run
+    /// Prompts per step (the global batch under data-parallel training).
+    public var batchSize = 1
+    public var maxSteps = 1000
+    public var saveEvery = 500
+    public var keepCheckpoints = 3
+    /// The latent noise's seed; the prompt order's too when shuffled.
+    public var seed: UInt64 = 0
+    public var shuffle = false
+
+    // Hardware: cpu, cuda or cuda:N (opened, and so checked for availability, where the run starts)
+    public var device = "cpu"
+    public var mixedPrecision = MixedPrecision.no
+
+    // Data-parallel
+    /// Seconds a rank waits for the others (the rendezvous and every collective).
+    public var distTimeout = 300.0
+    /// Compare a hash of the parameters across ranks every N steps (and at the end).
+    public var syncCheckEvery = 100
+    public var distBackend = DistributedBackend.auto
+
+    public init() {}
+
+    public static let fields: [ConfigField<Self>] = [
+        .choice("mode", \.mode),
+        .choice("train", \.train),
+        .path("model", \.model),
+        .path("prompts", \.prompts),
+        .string("prompt_column", \.promptColumn),
+        .path("data", \.data),
+        .path("text_encoder", \.textEncoder),
+        .rewards("reward", \.rewards),
+        .path("out", \.out),
+        .integer("sampling_steps", \.samplingSteps, .positive),
+        .integer("grad_window", \.gradientWindow, .positive),
+        .number("guidance", \.guidanceScale, .any),
+        .integer("resolution", \.resolution, .positive),
+        ConfigField("t_range", \.timestepRange, read: { try $1.timestepRange($0, $2) }, problem: \.problem),
+        .number("lr", \.learningRate, .positive),
+        ConfigField("betas", \.betas, read: { try $1.betas($0, $2) }, problem: \.problem),
+        .number("weight_decay", \.weightDecay, .nonNegative),
+        .number("eps", \.eps, .positive),
+        .integer("warmup_steps", \.warmupSteps, .nonNegative),
+        .integer("grad_accumulation", \.gradientAccumulation, .positive),
+        .number("max_grad_norm", \.maxGradNorm, .positive),
+        .integer("batch_size", \.batchSize, .positive),
+        .integer("max_steps", \.maxSteps, .positive),
+        .integer("save_every", \.saveEvery, .positive),
+        .integer("keep_checkpoints", \.keepCheckpoints, .positive),
+        .seed("seed", \.seed),
+        .flag("shuffle", \.shuffle),
+        ConfigField("device", \.device, read: { try $1.string($0, $2) }, problem: deviceProblem),
+        .choice("mixed_precision", \.mixedPrecision),
+        .number("dist_timeout", \.distTimeout, .positive),
+        .integer("sync_check_every", \.syncCheckEvery, .positive),
+        .choice("dist_backend", \.distBackend),
+    ]
+
+    public func validateRelations() throws {
+        guard gradientWindow <= samplingSteps else {
+            throw TextCraftorError.invalidSetting(key: "grad_window", message: "\(gradientWindow) is more than sampling_steps (\(samplingSteps))")
+        }
+    }
+
+    /// The learning rate at a step (0-based): linear warm-up, then constant.
+    public func learningRate(at step: Int) -> Double {
+        warmupSteps > 0 ? learningRate * min(1, Double(step + 1) / Double(warmupSteps)) : learningRate
+    }
+
+    /// The same settings with every file and folder as an absolute path, so that the run's record can be resumed from
+    /// anywhere.
+    public var withAbsolutePaths: TrainingConfig {
+        func absolute(_ path: String) -> String { URL(fileURLWithPath: path).standardizedFileURL.path }
+        var config = self
+        for path in [\Self.model, \Self.prompts, \Self.data, \Self.textEncoder, \Self.out] {
+            config[keyPath: path] = config[keyPath: path].map(absolute)
+        }
+        for index in config.rewards.indices { config.rewards[index].paths = config.rewards[index].paths.map(absolute) }
+        return config
+    }
+
+    /// The sampler of prompt mode, as `promptTrainingStep` takes it.
+    public var sampling: SamplingSettings {
+        SamplingSettings(samplingSteps: samplingSteps, gradientWindow: gradientWindow, guidanceScale: guidanceScale)
+    }
+}
+
+/// "cpu", "cuda" or "cuda:N" (whether it can run here is checked where it is opened).
+func deviceProblem(_ name: String) -> String? {
+    let valid = name == "cpu" || name == "cuda" || (name.hasPrefix("cuda:") && UInt(name.dropFirst(5)) != nil)
+    return valid ? nil : "expected cpu, cuda or cuda:N, found \"\(name.prefix(40))\""
+}
+
+/// What is trained on: prompts only (the method that works), or paired image–caption data (the paper's baseline).
+public enum TrainingMode: String, CaseIterable, Sendable, Codable {
+    case prompt
+    case direct
+}
+
+/// Which network is fine-tuned: the text encoder (TextCraftor), or afterwards the UNet ("TextCraftor + UNet",
+/// with the fine-tuned encoder frozen). Never both at once: the paper advises against it.
+public enum TrainedNetwork: String, CaseIterable, Sendable, Codable {
+    case text
+    case unet
+}
+
+/// Data-parallel collectives: NCCL on CUDA where its plugin is found (auto), or as named.
+public enum DistributedBackend: String, CaseIterable, Sendable, Codable {
+    case auto, gloo, nccl
+}
+
+/// AdamW's (β₁, β₂), written `[0.9, 0.999]` in files and `0.9,0.999` as a flag.
+public struct AdamBetas: Sendable, Equatable, Codable {
+    public var beta1: Double
+    public var beta2: Double
+
+    public init(_ beta1: Double, _ beta2: Double) {
+        self.beta1 = beta1
+        self.beta2 = beta2
+    }
+
+    /// "0.9,0.999"; nil when it is not two numbers.
+    public init?(_ text: String) {
+        let values = text.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
+        guard values.count == 2 else { return nil }
+        self.init(values[0], values[1])
+    }
+
+    /// As `AdamW(betas:)` takes them.
+    public var pair: (Double, Double) { (beta1, beta2) }
+
+    var problem: String? { Bound.unit.problem(beta1, integer: false) ?? Bound.unit.problem(beta2, integer: false) }
+
+    public init(from decoder: Decoder) throws {
+        var list = try decoder.unkeyedContainer()
+        self.init(try list.decode(Double.self), try list.decode(Double.self))
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var list = encoder.unkeyedContainer()
+        try list.encode(beta1)
+        try list.encode(beta2)
+    }
+}
+
+/// The range direct fine-tuning draws its noising timestep from, `[LOW, HIGH]` in files and `LOW,HIGH` as a flag.
+public struct TimestepRange: Sendable, Equatable, Codable {
+    public var low: Int
+    public var high: Int
+
+    public init(low: Int, high: Int) {
+        self.low = low
+        self.high = high
+    }
+
+    /// "100,600"; nil when it is not two integers.
+    public init?(_ text: String) {
+        let values = text.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard values.count == 2 else { return nil }
+        self.init(low: values[0], high: values[1])
+    }
+
+    public var range: ClosedRange<Int> { low...high }
+
+    var problem: String? {
+        (0 <= low && low <= high && high <= 999) ? nil
+            : "expected two timesteps LOW,HIGH with 0 <= LOW <= HIGH <= 999, found \(low),\(high)"
+    }
+
+    public init(from decoder: Decoder) throws {
+        var list = try decoder.unkeyedContainer()
+        self.init(low: try list.decode(Int.self), high: try list.decode(Int.self))
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var list = encoder.unkeyedContainer()
+        try list.encode(low)
+        try list.encode(high)
+    }
+}
+
+/// One reward of the objective: γ · scale · R. `scale` nil: the reward's own (aesthetic 3, PickScore 1, HPSv2 100,
+/// CLIP 100, `WeightedReward.defaultScales`). `paths` as `RewardRegistry.load(name:paths:)` takes them.
+public struct RewardOption: Sendable, Equatable, Codable {
+    public var name: String
+    public var paths: [String]
+    public var gamma: Double
+    public var scale: Double?
+
+    /// The keys of one `[[reward]]` table.
+    public static let keys = ["gamma", "name", "paths", "scale"]
+
+    public init(name: String, paths: [String], gamma: Double = 1, scale: Double? = nil) {
+        self.name = name
+        self.paths = paths
+        self.gamma = gamma
+        self.scale = scale
+    }
+
+    /// "hpsv2=/path/HPS_v2.pt:0.5" → hpsv2, ["/path/HPS_v2.pt"], γ 0.5; "aesthetic=a,b" has two paths.
+    public init(spec: String) throws {
+        guard let equals = spec.firstIndex(of: "=") else {
+            throw TextCraftorError.invalidArgument("\(spec.prefix(80)): expected NAME=PATH[:WEIGHT]")
+        }
+        var rest = String(spec[spec.index(after: equals)...])
+        var gamma = 1.0
+        if let colon = rest.lastIndex(of: ":"), let value = Double(rest[rest.index(after: colon)...]) {
+            gamma = value
+            rest = String(rest[..<colon])
+        }
+        guard !rest.isEmpty else { throw TextCraftorError.invalidArgument("\(spec.prefix(80)): no path given") }
+        self.init(name: String(spec[..<equals]), paths: rest.split(separator: ",").map(String.init), gamma: gamma)
+    }
+}
+
+extension ConfigField {
+    /// `[[reward]]` tables; each gamma and scale must be finite.
+    static func rewards(_ key: String, _ path: WritableKeyPath<Config, [RewardOption]>) -> Self {
+        Self(
+            key: key,
+            read: { value, reader, config in config[keyPath: path] = try reader.rewards(value) },
+            check: { config in
+                for (index, reward) in config[keyPath: path].enumerated() {
+                    if let problem = Bound.any.problem(reward.gamma, integer: false) { return ("\(key)[\(index)].gamma", problem) }
+                    if let scale = reward.scale, let problem = Bound.any.problem(scale, integer: false) {
+                        return ("\(key)[\(index)].scale", problem)
+                    }
+                }
+                return nil
+            },
+            assign: { value, config in
+                guard let value = value as? [RewardOption] else { return false }
+                config[keyPath: path] = value
+                return true
+            })
+    }
+}

@@ -1,0 +1,151 @@
+import ArgumentParser
+import Foundation
+import StableDiffusion
+import TextCraftor
+import Torch
+
+// Option groups shared by the commands, and the one way flags reach a configuration: each flag of a group that
+// overlays a `Configuration` is named after its key (`gradWindow` is `--grad-window` and the key `grad_window`), is
+// optional (nil: not given, the file's or the default value stands), and `configValues(of:)` reads the given ones.
+
+/// --model and --variant: a diffusers folder and the weights variant to prefer.
+struct ModelOptions: ParsableArguments {
+    @Option(help: "A diffusers model folder (model_index.json, text_encoder/, tokenizer/, unet/, vae/, scheduler/).",
+            completion: .directory)
+    var model: String?
+
+    @Option(help: "Weights variant to prefer, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors).")
+    var variant: String?
+}
+
+/// --device, checked the same way by every command that computes.
+struct DeviceOptions: ParsableArguments {
+    @Option(help: ArgumentHelp(
+        "cpu (default), cuda or cuda:N.",
+        discussion: "CUDA needs a CUDA build of libtorch (see `textcraftor doctor`); asked for without one, the command stops with the reason. TF32 matmuls are on for CUDA."))
+    var device: String?
+
+    func validate() throws {
+        if let device, Device(device) == nil { throw CommandError("--device \(device): expected cpu, cuda or cuda:N") }
+    }
+
+    /// The device, opened (CUDA where it cannot run is an error naming the reason).
+    func opened() throws -> Device {
+        let device = try Device.opened(device ?? "cpu", key: "device")
+        if case .cuda = device { Torch.setTF32(true) }
+        return device
+    }
+}
+
+/// --dtype of the inference commands: the weights' floating-point type.
+struct DTypeOptions: ParsableArguments {
+    @Option(help: "Weights dtype: float32 (default), float16 or bfloat16.") var dtype: FloatType = .float32
+}
+
+/// The floating-point types a model can be loaded in, by the names torch gives them.
+enum FloatType: String, CaseIterable, ExpressibleByArgument, Codable {
+    case float32, float16, bfloat16
+
+    var dtype: DType { DType(name: rawValue)! }
+}
+
+/// The data-parallel flags of `train` (its keys dist_timeout, sync_check_every and dist_backend, and the launcher's).
+struct DistributedOptions: ParsableArguments {
+    @Option(help: ArgumentHelp(
+        "Data-parallel: run as N processes on this machine (Gloo over loopback).",
+        discussion: "Several machines: start one process per rank with torchrun's variables RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set (torchrun itself can launch it). Each rank takes its rows of every global batch; gradients are averaged before each step; rank 0 writes the run folder. --batch-size must be a multiple of the number of processes.",
+        valueName: "N"))
+    var nprocPerNode: Int?
+    @Option(help: "With --nproc-per-node: the rendezvous port on 127.0.0.1 (default: a free one).") var masterPort: Int?
+    @Option(help: "Data-parallel: seconds a rank waits for the others (rendezvous and every collective) before it stops with an error naming them (default 300).")
+    var distTimeout: Double?
+    @Option(help: "Data-parallel: compare a hash of the parameters across ranks every N steps (and at the end; default 100).")
+    var syncCheckEvery: Int?
+    @Option(help: ArgumentHelp(
+        "Data-parallel: auto (default), gloo or nccl.",
+        discussion: "auto is NCCL on CUDA where the NCCL plugin is found (scripts/build-nccl-plugin; TEXTCRAFTOR_NCCL_PLUGIN or libtextcraftor_nccl.so beside the executable), else Gloo, which serves CUDA tensors through host memory. Named for a single process (no WORLD_SIZE, no --nproc-per-node), it forms a group of one, which runs the collectives' path end to end.",
+        valueName: "NAME"))
+    var distBackend: DistributedBackend?
+
+    /// The launcher's own flags: not configuration keys (a run is the same whichever way its ranks were started).
+    static let launcherFlags: Set<String> = ["nproc_per_node", "master_port"]
+
+    func validate() throws {
+        if let nprocPerNode, nprocPerNode < 1 { throw CommandError("--nproc-per-node must be at least 1 (got \(nprocPerNode))") }
+    }
+}
+
+extension MixedPrecision: ExpressibleByArgument {}
+extension TrainingMode: ExpressibleByArgument {}
+extension TrainedNetwork: ExpressibleByArgument {}
+extension DistributedBackend: ExpressibleByArgument {}
+
+/// The flags given in option groups whose properties are named after configuration keys, as (key, value): the
+/// property `gradWindow` gives the key `grad_window`. Absent flags (nil, an empty list) are left out.
+func configValues(of groups: Any..., skipping skipped: Set<String> = []) -> [(key: String, value: Any)] {
+    var values: [(key: String, value: Any)] = []
+    for group in groups {
+        for child in Mirror(reflecting: group).children {
+            guard let label = child.label, let flag = child.value as? GivenFlag else { continue }
+            let key = snakeCase(label.hasPrefix("_") ? String(label.dropFirst()) : label)
+            if skipped.contains(key) { continue }
+            if let value = flag.given { values.append((key, value)) }
+        }
+    }
+    return values
+}
+
+/// "gradWindow" -> "grad_window".
+func snakeCase(_ name: String) -> String {
+    var out = ""
+    for character in name {
+        if character.isUppercase {
+            out += "_" + character.lowercased()
+        } else {
+            out.append(character)
+        }
+    }
+    return out
+}
+
+/// An ArgumentParser property wrapper whose value, once parsed, is read without knowing its type.
+protocol GivenFlag {
+    /// The parsed value, or nil when the flag was not given (nil, or an empty repeated option).
+    var given: Any? { get }
+}
+
+extension Option: GivenFlag {
+    var given: Any? { presentValue(wrappedValue) }
+}
+
+extension Flag: GivenFlag {
+    var given: Any? { presentValue(wrappedValue) }
+}
+
+/// `value` unwrapped when it is an Optional, nil when it is nil or an empty array.
+func presentValue(_ value: Any) -> Any? {
+    let mirror = Mirror(reflecting: value)
+    if mirror.displayStyle == .optional { return mirror.children.first.map { presentValue($0.value) } ?? nil }
+    if mirror.displayStyle == .collection, mirror.children.isEmpty { return nil }
+    return value
+}
+
+extension CommandError {
+    /// A library error as the command line says it: a configuration key becomes its flag (`batch_size: ...` is
+    /// `--batch-size: ...`); other errors keep their words.
+    init(_ error: Error) {
+        if case TextCraftorError.invalidSetting(let key, let message) = error {
+            let head = key.prefix { $0 != "[" && $0 != "." }
+            self.init("--\(head.replacingOccurrences(of: "_", with: "-"))\(key.dropFirst(head.count)): \(message)")
+        } else {
+            self.init("\(error)")
+        }
+    }
+}
+
+/// Runs `body`, turning library errors into the command line's words (`CommandError(_:)`).
+func speakingFlags<T>(_ body: () throws -> T) throws -> T {
+    do { return try body() } catch let error as CommandError { throw error } catch let error as ExitCode { throw error } catch {
+        throw CommandError(error)
+    }
+}
