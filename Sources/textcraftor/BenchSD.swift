@@ -19,8 +19,8 @@ struct BenchSD: ParsableCommand {
             """,
         aliases: ["sd"])
 
-    @Option(help: "A diffusers model folder.", completion: .directory)
-    var model = "Tests/StableDiffusionTests/Fixtures/sd/tiny-sd15"
+    @Option(help: "A diffusers model folder (default: the ShapesWorld bundle).", completion: .directory)
+    var model: String?
     @Option(help: "Image size in pixels.") var size = 64
     @Option(help: "Denoising steps of the pipeline.") var steps = 10
     @Option(help: "Prompts per pipeline run.") var batch = 2
@@ -32,6 +32,7 @@ struct BenchSD: ParsableCommand {
     @Option(help: "The reference script.") var script = "scripts/bench/sd.py"
 
     func run() throws {
+        let model = try self.model ?? shapesBundle(nil).path
         guard batch >= 1, steps >= 1, repeats >= 1 else { throw CommandError("--batch, --steps and --repeats must be at least 1") }
         let (type, device) = (dtypeOptions.dtype.dtype, try speakingFlags { try deviceOptions.opened() })
         let pipeline = try StableDiffusionPipeline.load(folder: URL(fileURLWithPath: model), dtype: type, device: device)

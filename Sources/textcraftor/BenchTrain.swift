@@ -24,9 +24,9 @@ struct BenchTrain: ParsableCommand {
             authors' float32: --mixed-precision bf16 --reference-precision fp32.
             """)
 
-    @Option(help: "A diffusers model folder.") var model = "Tests/StableDiffusionTests/Fixtures/sd/tiny-sd15"
-    @Option(help: "A transformers CLIP folder for the aesthetic reward.") var clip = "Tests/RewardsTests/Fixtures/hf/clip"
-    @Option(help: "The aesthetic head.") var aesthetic = "Tests/RewardsTests/Fixtures/hf/aesthetic.pth"
+    @Option(help: "A diffusers model folder (default: the ShapesWorld bundle).") var model: String?
+    @Option(help: "A transformers CLIP folder for the aesthetic reward (default: the bundle's rewards/clip).") var clip: String?
+    @Option(help: "The aesthetic head (default: the bundle's rewards/aesthetic.safetensors).") var aesthetic: String?
     @Option(help: "Prompts per step.") var batch = 2
     @Option(help: "Sampling steps.") var steps = 5
     @Option(help: "Steps with gradient.") var window = 5
@@ -51,6 +51,10 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "The reference script.") var script = "scripts/bench/train_step.py"
 
     func run() throws {
+        let bundle = model == nil || clip == nil || aesthetic == nil ? try shapesBundle(nil) : nil
+        let model = self.model ?? bundle!.path
+        let clip = self.clip ?? bundle!.appendingPathComponent("rewards/clip").path
+        let aesthetic = self.aesthetic ?? bundle!.appendingPathComponent("rewards/aesthetic.safetensors").path
         guard let mode: GradientMode = ["windowed": .windowed, "full": .fullBackprop][gradient] else {
             throw CommandError("--gradient \(gradient): expected windowed or full")
         }

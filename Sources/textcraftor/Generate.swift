@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
-import StableDiffusion
-import Torch
+import TextCraftor
 
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -21,28 +20,46 @@ struct Generate: ParsableCommand {
             (original_prompt_embeds, original_negative_prompt_embeds).
             """)
 
-    @OptionGroup var modelOptions: ModelOptions
-    @OptionGroup var deviceOptions: DeviceOptions
-    @OptionGroup var dtypeOptions: DTypeOptions
+    @Option(help: "A TOML file with these settings (keys as the flags, with underscores; flags override it).", completion: .file())
+    var config: String?
+    @OptionGroup(title: "Model") var model: ModelOptions
+    @OptionGroup(title: "Device") var device: DeviceOptions
+    @OptionGroup(title: "Generation") var flags: GenerateFlags
 
-    @Option(name: .customLong("prompt"), help: "A prompt (repeat for several).")
-    var prompts: [String] = []
+    func run() throws {
+        let generation = try speakingFlags {
+            var config = try self.config.map { try ConfigFile.load(URL(fileURLWithPath: $0), as: GenerationConfig.self) } ?? GenerationConfig()
+            config = try config.overlaying(configValues(of: model, device, flags))
+            return try ImageGeneration(config: config) { key, message in warn("--\(key.replacingOccurrences(of: "_", with: "-")) \(message)") }
+        }
+        if generation.config.seed == nil { FileHandle.standardError.write(Data("seed: \(generation.request.seed)\n".utf8)) }
+        var bar: ProgressBar?  // the total is the scheduler's UNet calls, which can differ from --steps (PNDM)
+        let output = try generation.run { done, total in
+            bar = bar ?? ProgressBar("generate", total: total)
+            bar?.update(done)
+        }
+        for (i, words) in output.truncatedWords.enumerated() {
+            if let words { warn("prompt \(i + 1) is longer than \(generation.maxPromptTokens) tokens; dropped: \(words)") }
+        }
+        print("wrote \(output.images) images to \(generation.config.out!)")
+    }
+}
 
-    @Option(help: "A text file with one prompt per line.", completion: .file())
-    var promptsFile: String?
-
-    @Option(name: .customLong("negative-prompt"), help: "A negative prompt: one for all prompts, or one per prompt.")
-    var negativePrompts: [String] = []
-
-    @Option(help: "Denoising steps.") var steps = 25
-    @Option(help: "Classifier-free guidance scale (1 or less: no guidance).") var guidance = 7.5
+/// The flags of `generate`, each named after its `GenerationConfig` key; nil or empty: not given.
+struct GenerateFlags: ParsableArguments {
+    @Option(help: "Weights dtype: float32 (default), float16 or bfloat16.") var dtype: FloatType?
+    @Option(help: "A prompt (repeat for several).") var prompt: [String] = []
+    @Option(help: "A text file with one prompt per line.", completion: .file()) var promptsFile: String?
+    @Option(help: "A negative prompt: one for all prompts, or one per prompt.") var negativePrompt: [String] = []
+    @Option(help: "Denoising steps (default 25).") var steps: Int?
+    @Option(help: "Classifier-free guidance scale (default 7.5; 1 or less: no guidance).") var guidance: Double?
     @Option(help: "Seed of the initial noise (default: a random one, printed).") var seed: UInt64?
     @Option(help: "Scheduler: the model's own, or ddim, euler, dpm, pndm.") var scheduler: String?
     @Option(help: "Image height in pixels (default: the model's).") var height: Int?
     @Option(help: "Image width in pixels (default: the model's).") var width: Int?
-    @Option(help: "Images for each prompt.") var imagesPerPrompt = 1
-    @Option(help: "DDIM eta (0: deterministic).") var eta = 0.0
-    @Option(help: "Output folder.", completion: .directory) var out: String
+    @Option(help: "Images for each prompt (default 1).") var imagesPerPrompt: Int?
+    @Option(help: "DDIM eta (default 0: deterministic).") var eta: Double?
+    @Option(help: "Output folder.", completion: .directory) var out: String?
     @Flag(help: "Also write latents.safetensors.") var saveLatents = false
 
     @Option(help: "A fine-tuned text encoder folder (config.json + model.safetensors) used instead of the model's.",
@@ -62,74 +79,4 @@ struct Generate: ParsableCommand {
         "Condition only the last N UNet calls on the fine-tuned/blended/mixed embeddings, the ones before on the original encoder (default: all).",
         valueName: "N"))
     var finetunedSteps: Int?
-
-    func validate() throws {
-        guard modelOptions.model != nil else { throw CommandError("give --model (a diffusers folder)") }
-    }
-
-    func run() throws {
-        var allPrompts = prompts
-        if let promptsFile {
-            guard let text = try? String(contentsOfFile: promptsFile, encoding: .utf8) else {
-                throw CommandError("\(promptsFile): cannot read the prompts file")
-            }
-            allPrompts += text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-        }
-        var request = GenerationRequest(prompts: allPrompts)
-        request.negativePrompts = negativePrompts.isEmpty ? nil : negativePrompts
-        request.steps = steps
-        request.guidanceScale = guidance
-        request.seed = seed ?? UInt64.random(in: 0..<(1 << 32))
-        request.height = height
-        request.width = width
-        request.imagesPerPrompt = imagesPerPrompt
-        request.eta = eta
-
-        let recipe = try EncoderRecipe(textEncoder: textEncoder, blend: blend, mix: mix, finetunedSteps: finetunedSteps)
-
-        let model = modelOptions.model!
-        let pipeline = try StableDiffusionPipeline.load(
-            folder: URL(fileURLWithPath: model), dtype: dtypeOptions.dtype.dtype, device: try deviceOptions.opened(),
-            variant: modelOptions.variant)
-        let sampler = try pipeline.makeScheduler(scheduler)
-        try pipeline.validate(request)  // before anything is written
-        let unetCalls = try pipeline.unetCalls(request, scheduler: sampler)
-        let encoderMix = try recipe?.load(into: pipeline, variant: modelOptions.variant, unetCalls: unetCalls)
-        let outURL = URL(fileURLWithPath: out)
-        try FileManager.default.createDirectory(at: outURL, withIntermediateDirectories: true)
-        if seed == nil { FileHandle.standardError.write(Data("seed: \(request.seed)\n".utf8)) }
-
-        var bar: ProgressBar?  // the total is the scheduler's UNet calls, which can differ from --steps (PNDM)
-        let result = try pipeline.generate(request, mix: encoderMix, scheduler: sampler) { done, total in
-            bar = bar ?? ProgressBar("generate", total: total)
-            bar?.update(done)
-        }
-        for (i, words) in result.truncatedWords.enumerated() {
-            if let words { warn("prompt \(i + 1) is longer than \(pipeline.tokenizer.maxLength) tokens; dropped: \(words)") }
-        }
-        for i in 0..<result.images.size(0) {
-            try PNG.write(result.images[i], to: outURL.appendingPathComponent(String(format: "%04d.png", i)))
-        }
-        if saveLatents {
-            var tensors = ["init_latents": result.initLatents, "latents": result.latents, "prompt_embeds": result.promptEmbeds]
-            tensors["negative_prompt_embeds"] = result.negativePromptEmbeds
-            if let start = result.mixStart, start > 0 {
-                tensors["original_prompt_embeds"] = result.originalPromptEmbeds
-                tensors["original_negative_prompt_embeds"] = result.originalNegativePromptEmbeds
-            }
-            try Tensor.save(tensors.mapValues { $0.to(dtype: .float32, device: .cpu) }, to: outURL.appendingPathComponent("latents.safetensors"))
-        }
-        var metadata: [String: Any] = [
-            "model": model, "prompts": request.prompts, "negative_prompts": request.negativePrompts ?? [],
-            "steps": steps, "guidance_scale": guidance, "seed": request.seed, "scheduler": scheduler ?? "model default",
-            "scheduler_class": "\(type(of: sampler))", "height": result.images.size(1), "width": result.images.size(2),
-            "images_per_prompt": imagesPerPrompt, "eta": eta, "dtype": dtypeOptions.dtype.rawValue, "device": deviceOptions.device ?? "cpu",
-            "variant": modelOptions.variant ?? "", "images": (0..<result.images.size(0)).map { String(format: "%04d.png", $0) },
-            "unet_calls": unetCalls,
-        ]
-        metadata.merge(recipe?.metadata(unetCalls: unetCalls) ?? EncoderRecipe.noMetadata) { $1 }
-        let json = try JSONSerialization.data(withJSONObject: metadata, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
-        try json.write(to: outURL.appendingPathComponent("metadata.json"), options: .atomic)
-        print("wrote \(result.images.size(0)) images to \(out)")
-    }
 }

@@ -42,12 +42,7 @@ struct DTypeOptions: ParsableArguments {
     @Option(help: "Weights dtype: float32 (default), float16 or bfloat16.") var dtype: FloatType = .float32
 }
 
-/// The floating-point types a model can be loaded in, by the names torch gives them.
-enum FloatType: String, CaseIterable, ExpressibleByArgument, Codable {
-    case float32, float16, bfloat16
-
-    var dtype: DType { DType(name: rawValue)! }
-}
+extension FloatType: ExpressibleByArgument {}
 
 /// The data-parallel flags of `train` (its keys dist_timeout, sync_check_every and dist_backend, and the launcher's).
 struct DistributedOptions: ParsableArguments {
@@ -119,7 +114,11 @@ extension Option: GivenFlag {
 }
 
 extension Flag: GivenFlag {
-    var given: Any? { presentValue(wrappedValue) }
+    /// A plain `Bool` flag (no `--no-` form) is given when it is set: its absence leaves the file's value alone.
+    var given: Any? {
+        if Mirror(reflecting: wrappedValue).displayStyle != .optional, let plain = wrappedValue as? Bool { return plain ? true : nil }
+        return presentValue(wrappedValue)
+    }
 }
 
 /// `value` unwrapped when it is an Optional, nil when it is nil or an empty array.

@@ -92,16 +92,16 @@ import Testing
 
     /// FT: the fine-tuned folder; WIDE: a config with hidden_size 16 (no weights); EMPTY: a folder without config.json.
     @Test(arguments: [
-        (["--blend", "0.5"], "Error: --blend needs --text-encoder"),
-        (["--text-encoder", "FT", "--blend", "abc"], #"Error: --blend "abc" is not a number"#),
-        (["--text-encoder", "FT", "--blend", "nan"], #"Error: --blend "nan" is not a number"#),
-        (["--text-encoder", "FT", "--blend=-0.5"], "Error: --blend must not be negative (got -0.5)"),
-        (["--mix", "original=1", "--text-encoder", "FT"], "Error: --mix cannot be used with --text-encoder or --blend"),
-        (["--mix", "original=0.5,FT"], #"Error: --mix entry "FT": expected DIR=W (the model's own encoder is named original)"#),
-        (["--mix", "original=0.5,=0.5"], #"Error: --mix entry "=0.5": expected DIR=W (the model's own encoder is named original)"#),
-        (["--mix", "original=0.5,FT=half"], #"Error: --mix entry "FT=half": weight "half" is not a number"#),
-        (["--mix", "original=1.5,FT=-0.5"], #"Error: --mix entry "FT=-0.5": weight must not be negative (got -0.5)"#),
-        (["--mix", "original=0.5,original=0.5"], #"Error: --mix names "original" twice"#),
+        (["--blend", "0.5"], "Error: --blend: needs text_encoder"),
+        (["--text-encoder", "FT", "--blend", "abc"], #"Error: --blend: "abc" is not a number"#),
+        (["--text-encoder", "FT", "--blend", "nan"], #"Error: --blend: "nan" is not a number"#),
+        (["--text-encoder", "FT", "--blend=-0.5"], "Error: --blend: expected a number >= 0, found -0.5"),
+        (["--mix", "original=1", "--text-encoder", "FT"], "Error: --mix: cannot be used with text_encoder or blend"),
+        (["--mix", "original=0.5,FT"], #"Error: --mix: entry "FT": expected DIR=W (the model's own encoder is named original)"#),
+        (["--mix", "original=0.5,=0.5"], #"Error: --mix: entry "=0.5": expected DIR=W (the model's own encoder is named original)"#),
+        (["--mix", "original=0.5,FT=half"], #"Error: --mix: entry "FT=half": weight "half" is not a number"#),
+        (["--mix", "original=1.5,FT=-0.5"], #"Error: --mix: entry "FT=-0.5": weight must not be negative (got -0.5)"#),
+        (["--mix", "original=0.5,original=0.5"], #"Error: --mix: names "original" twice"#),
         (["--mix", "original=0.5,/nonexistent/encoder=0.5"], "Error: /nonexistent/encoder: no such file or folder"),
         (["--text-encoder", "/nonexistent/encoder"], "Error: /nonexistent/encoder: no such file or folder"),
         (["--text-encoder", "EMPTY"], "Error: EMPTY/config.json: no such file or folder"),
@@ -111,7 +111,7 @@ import Testing
          "Error: --finetuned-steps must be between 0 and 3 (the scheduler's UNet calls); got 4"),
         (["--text-encoder", "FT", "--finetuned-steps=-1", "--scheduler", "pndm"],
          "Error: --finetuned-steps must be between 0 and 4 (the scheduler's UNet calls); got -1"),
-        (["--finetuned-steps", "2"], "Error: --finetuned-steps needs --text-encoder or --mix"),
+        (["--finetuned-steps", "2"], "Error: --finetuned-steps: needs text_encoder or mix"),
     ])
     func badEncoderFlagsFailInOneLineAndWriteNothing(flags: [String], message: String) throws {
         let empty = scratch.appendingPathComponent("empty"), wide = scratch.appendingPathComponent("wide")

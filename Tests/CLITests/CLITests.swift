@@ -30,8 +30,8 @@ func temporaryOutput() -> URL {
 
 @Suite struct CLITests {
     @Test(arguments: [
-        (["--steps", "0"], "Error: --steps must be at least 1 (got 0)"),
-        (["--guidance=-1"], "Error: --guidance must not be negative (got -1.0)"),
+        (["--steps", "0"], "Error: --steps: expected an integer >= 1, found 0"),
+        (["--guidance=-1"], "Error: --guidance: expected a number >= 0, found -1.0"),
         (["--height", "60"], "Error: --height must be a positive multiple of 8 (got 60)"),
         (["--scheduler", "heun"], "Error: --scheduler \"heun\" is not supported (supported: ddim, euler, dpm, pndm)"),
         (["--dtype", "int8"], "Error: The value 'int8' is invalid for '--dtype <dtype>'. Please provide one of 'float32', 'float16' or 'bfloat16'."),
@@ -257,12 +257,16 @@ func temporaryOutput() -> URL {
         #expect(record["learningRate"] as? Double == 1e-3)
     }
 
-    /// Every key of the configuration can be given as a flag of the same name.
-    @Test func everyConfigKeyHasItsFlag() throws {
-        let help = try textcraftor(["train", "--help"]).out
-        for key in TrainingConfig.keys {
+    /// Every key of a command's configuration can be given as a flag of the same name.
+    @Test(arguments: [
+        (["train"], TrainingConfig.keys), (["eval"], EvalConfig.keys), (["generate"], GenerationConfig.keys),
+        (["demo"], DemoConfig.keys),
+    ])
+    func everyConfigKeyHasItsFlag(command: [String], keys: [String]) throws {
+        let help = try textcraftor(command + ["--help"]).out
+        for key in keys {
             let flag = "--" + key.replacingOccurrences(of: "_", with: "-")
-            #expect(help.contains(flag + " ") || help.contains(flag + "\n") || help.contains(flag + "/"), "\(flag)")
+            #expect(help.contains(flag + " ") || help.contains(flag + "\n") || help.contains(flag + "/"), "\(command) \(flag)")
         }
     }
 

@@ -94,9 +94,9 @@ import Testing
 
     @Test(arguments: [
         (["--parti", "--category", "Dinosaurs"], "no prompts with Category \"Dinosaurs\""),
-        (["--text-encoder", "x=/nonexistent/encoder"], "--text-encoder x=/nonexistent/encoder: not a text encoder folder"),
-        (["--limit", "0"], "--limit must be at least 1 (got 0)"),
-        (["--blend", "0.5"], "--blend needs --text-encoder"),
+        (["--text-encoder", "x=/nonexistent/encoder"], "--text-encoder: x=/nonexistent/encoder: not a text encoder folder"),
+        (["--limit", "0"], "--limit: expected an integer >= 1, found 0"),
+        (["--blend", "0.5"], "--blend: needs text_encoder"),
     ])
     func badInputsFailInOneLine(flags: [String], message: String) throws {
         let out = temporaryOutput()

@@ -236,3 +236,64 @@ import Testing
         #expect(try JSONDecoder().decode(TrainingConfig.self, from: try JSONEncoder().encode(TrainingConfig())) == TrainingConfig())
     }
 }
+
+/// The other jobs' configurations read files and check values the same way.
+@Suite final class JobConfigTests: TemporaryFolderSuite {
+    func parse<C: Configuration>(_ toml: String, as type: C.Type) throws -> C {
+        try ConfigFile.load(try write(toml, to: "job.toml", in: folder), as: type)
+    }
+
+    @Test func evalConfigReadsAFileAndChecksItsKeys() throws {
+        let config = try parse("""
+            model = "sd"
+            prompts = ["anime.json", "photo.json"]
+            text_encoder = "hps=runs/hps"
+            blend = ["0.5"]
+            scheduler = ["ddim", "euler"]
+            images_per_prompt = 2
+            reward = "hpsv2=HPS_v2.pt"
+            out = "eval"
+            """, as: EvalConfig.self)
+        #expect(config.prompts == ["anime.json", "photo.json"])
+        #expect(config.textEncoder == ["hps=runs/hps"] && config.blend == ["0.5"] && config.scheduler == ["ddim", "euler"])
+        #expect(config.model == folder.appendingPathComponent("sd").standardizedFileURL.path)
+        #expect(config.imagesPerPrompt == 2 && config.sampling.steps == 25 && config.sampling.guidance == 7.5)
+        try config.validate()
+
+        var c = config
+        c.limit = 3
+        c.sample = 2
+        #expect(message { try c.validate() } == "limit: cannot be used with sample")
+        c = config
+        c.textEncoder = []
+        #expect(message { try c.validate() } == "blend: needs text_encoder")
+        c = EvalConfig()
+        c.demo = true
+        #expect(message { try c.validate() } == "out: no output folder given")
+        c.out = "x"
+        try c.validate()
+        #expect(c.sampling == EvalSampling(steps: 10, guidance: 5, imagesPerPrompt: 1, seed: 0))
+        #expect(message { try self.parse("images_per_prompt = 0", as: EvalConfig.self) }?.hasSuffix(
+            "key \"images_per_prompt\": expected an integer >= 1, found 0") == true)
+    }
+
+    @Test func generationConfigChecksTheEncoderRecipe() throws {
+        var c = try parse("model = \"sd\"\nout = \"o\"\nprompt = \"a red circle\"\nsteps = 3\n", as: GenerationConfig.self)
+        #expect(c.prompt == ["a red circle"] && c.steps == 3 && c.seed == nil)
+        try c.validate()
+        c.blend = "0.5"
+        #expect(message { try c.validate() } == "blend: needs text_encoder")
+        c.textEncoder = "ft"
+        c.blend = "-1"
+        #expect(message { try c.validate() } == "blend: expected a number >= 0, found -1.0")
+        c.blend = nil
+        c.mix = ["original=1"]
+        #expect(message { try c.validate() } == "mix: cannot be used with text_encoder or blend")
+    }
+
+    @Test func keysAreUniqueInEveryConfiguration() {
+        for keys in [TrainingConfig.keys, EvalConfig.keys, GenerationConfig.keys, DemoConfig.keys] {
+            #expect(Set(keys).count == keys.count)
+        }
+    }
+}

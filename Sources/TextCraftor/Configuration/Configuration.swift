@@ -166,6 +166,15 @@ extension ConfigField {
         Self(key, path, read: { try $1.path($0, $2) })
     }
 
+    /// A list of strings (a repeatable flag); one string in a file is a list of one.
+    public static func strings(_ key: String, _ path: WritableKeyPath<Config, [String]>) -> Self {
+        Self(key, path, read: { value, reader, key in
+            if value.type == .string { return [try reader.string(value, key)] }
+            guard let array = value.array else { throw reader.expected(key, "a string or a list of strings", found: ConfigFile.Reader.kind(value)) }
+            return try array.map { try reader.string($0, key) }
+        })
+    }
+
     public static func choice<T: RawRepresentable & CaseIterable>(_ key: String, _ path: WritableKeyPath<Config, T>) -> Self
     where T.RawValue == String {
         Self(key, path, read: { try $1.choice($0, $2) })

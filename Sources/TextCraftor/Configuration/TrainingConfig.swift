@@ -1,5 +1,6 @@
 import Foundation
 import Rewards
+import Torch
 
 /// Everything a training run is started with, in one place: the defaults are the method's (METHOD.md, the authors'
 /// code), `fields` names each key as the TOML file and the flags spell it, `validate()` checks them all. The TOML
@@ -151,6 +152,19 @@ public enum TrainingMode: String, CaseIterable, Sendable, Codable {
 public enum TrainedNetwork: String, CaseIterable, Sendable, Codable {
     case text
     case unet
+}
+
+/// The floating-point types a model can be loaded in, by the names torch gives them.
+public enum FloatType: String, CaseIterable, Sendable, Codable {
+    case float32, float16, bfloat16
+
+    public var dtype: DType {
+        switch self {
+        case .float32: .float32
+        case .float16: .float16
+        case .bfloat16: .bfloat16
+        }
+    }
 }
 
 /// Data-parallel collectives: NCCL on CUDA where its plugin is found (auto), or as named.

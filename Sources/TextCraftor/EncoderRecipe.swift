@@ -1,9 +1,10 @@
 import Foundation
 import StableDiffusion
 
-/// The text-encoder flags of `generate` (--text-encoder, --blend, --mix, --finetuned-steps): parsed and checked as
-/// text before the model loads, then loaded into an `EncoderMix` before anything is written.
-struct EncoderRecipe {
+/// Which text encoder(s) condition generation (`text_encoder`, `blend`, `mix`, `finetuned_steps` of a
+/// `GenerationConfig`): parsed and checked as text before the model loads, then loaded into an `EncoderMix` before
+/// anything is written.
+public struct EncoderRecipe {
     /// `original` for the model's own encoder, otherwise a folder as given.
     static let originalName = "original"
 
@@ -15,21 +16,21 @@ struct EncoderRecipe {
     let finetunedSteps: Int?
 
     /// nil when no flag asks for another encoder.
-    init?(textEncoder: String?, blend: String?, mix: [String], finetunedSteps: Int?) throws {
+    public init?(textEncoder: String?, blend: String?, mix: [String], finetunedSteps: Int?) throws {
         if !mix.isEmpty, textEncoder != nil || blend != nil {
-            throw CommandError("--mix cannot be used with --text-encoder or --blend")
+            throw Self.fail("mix", "cannot be used with text_encoder or blend")
         }
-        if blend != nil, textEncoder == nil { throw CommandError("--blend needs --text-encoder") }
+        if blend != nil, textEncoder == nil { throw Self.fail("blend", "needs text_encoder") }
         if finetunedSteps != nil, textEncoder == nil, mix.isEmpty {
-            throw CommandError("--finetuned-steps needs --text-encoder or --mix")
+            throw Self.fail("finetuned_steps", "needs text_encoder or mix")
         }
         self.finetunedSteps = finetunedSteps
         self.textEncoder = textEncoder
         if let textEncoder {
             isMix = false
             if let blend {
-                guard let w = Self.number(blend) else { throw CommandError("--blend \"\(blend)\" is not a number") }
-                guard w >= 0 else { throw CommandError("--blend must not be negative (got \(w))") }
+                guard let w = finiteNumber(blend) else { throw Self.fail("blend", "\"\(blend.prefix(40))\" is not a number") }
+                guard w >= 0 else { throw Self.fail("blend", "expected a number >= 0, found \(w)") }
                 self.blend = w
                 terms = [(nil, 1 - w), (textEncoder, w)]
             } else {
@@ -48,28 +49,27 @@ struct EncoderRecipe {
             let name = trimmed[..<equals].trimmingCharacters(in: .whitespaces)
             let weightText = trimmed[trimmed.index(after: equals)...].trimmingCharacters(in: .whitespaces)
             guard !name.isEmpty, !weightText.isEmpty else { throw Self.badEntry(entry) }
-            guard let weight = Self.number(weightText) else {
-                throw CommandError("--mix entry \"\(entry)\": weight \"\(weightText)\" is not a number")
+            guard let weight = finiteNumber(weightText) else {
+                throw Self.fail("mix", "entry \"\(entry.prefix(80))\": weight \"\(weightText.prefix(40))\" is not a number")
             }
-            guard weight >= 0 else { throw CommandError("--mix entry \"\(entry)\": weight must not be negative (got \(weight))") }
-            guard seen.insert(name).inserted else { throw CommandError("--mix names \"\(name)\" twice") }
+            guard weight >= 0 else { throw Self.fail("mix", "entry \"\(entry.prefix(80))\": weight must not be negative (got \(weight))") }
+            guard seen.insert(name).inserted else { throw Self.fail("mix", "names \"\(name.prefix(80))\" twice") }
             terms.append((name == Self.originalName ? nil : name, weight))
         }
         self.terms = terms
     }
 
-    static func badEntry(_ entry: String) -> CommandError {
-        CommandError("--mix entry \"\(entry)\": expected DIR=W (the model's own encoder is named \(originalName))")
+    static func badEntry(_ entry: String) -> TextCraftorError {
+        fail("mix", "entry \"\(entry.prefix(80))\": expected DIR=W (the model's own encoder is named \(originalName))")
     }
 
-    /// A finite number, or nil (`nan` and `inf` are not weights).
-    static func number(_ text: String) -> Double? {
-        Double(text.trimmingCharacters(in: .whitespaces)).flatMap { $0.isFinite ? $0 : nil }
-    }
+    static func fail(_ key: String, _ message: String) -> TextCraftorError { .invalidSetting(key: key, message: message) }
 
     /// Loads each folder once (checking its config's hidden size before its weights) and checks the mix against
-    /// the scheduler's UNet calls.
-    func load(into pipeline: StableDiffusionPipeline, variant: String?, unetCalls: Int) throws -> EncoderMix {
+    /// the scheduler's UNet calls. `warn(key, message)` hears of weights that do not sum to 1.
+    public func load(into pipeline: StableDiffusionPipeline, variant: String?, unetCalls: Int, warn: (String, String) -> Void = { _, _ in })
+        throws -> EncoderMix
+    {
         var loaded: [String: CLIPTextModel] = [:]
         var components: [EncoderMix.Component] = []
         for (folder, weight) in terms {
@@ -84,13 +84,13 @@ struct EncoderRecipe {
         let mix = EncoderMix(components, finetunedSteps: finetunedSteps)
         try pipeline.validate(mix, unetCalls: unetCalls)
         let sum = terms.map(\.weight).reduce(0, +)
-        if isMix, abs(sum - 1) > 1e-9 { warn("--mix weights sum to \(sum), not 1: the embeddings are scaled by it") }
+        if isMix, abs(sum - 1) > 1e-9 { warn("mix", "weights sum to \(sum), not 1: the embeddings are scaled by it") }
         return mix
     }
 
     /// What metadata.json records: the flags as resolved (the blend weight 1 when only --text-encoder was given; the
     /// fine-tuned calls resolved to all of them when --finetuned-steps was not).
-    func metadata(unetCalls: Int) -> [String: Any] {
+    public func metadata(unetCalls: Int) -> [String: Any] {
         [
             "text_encoder": textEncoder ?? NSNull(),
             "blend": textEncoder == nil ? NSNull() : blend ?? 1.0,
@@ -100,7 +100,7 @@ struct EncoderRecipe {
     }
 
     /// The same keys when the model's own encoder conditions every call.
-    static var noMetadata: [String: Any] {
+    public static var noMetadata: [String: Any] {
         [
             "text_encoder": NSNull(), "blend": NSNull(), "mix": NSNull(), "finetuned_steps": NSNull(),
         ]

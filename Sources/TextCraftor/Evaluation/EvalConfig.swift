@@ -1,0 +1,110 @@
+import Foundation
+
+/// Everything an evaluation is run with, keyed as the `eval` flags (`images_per_prompt` is `--images-per-prompt`).
+/// `OUT/eval.json` records what the images depend on, so that a rerun resumes and another run is refused.
+public struct EvalConfig: Configuration {
+    // The model
+    /// A diffusers folder (with `demo`: default the ShapesWorld bundle).
+    public var model: String?
+    /// Weights variant to prefer, e.g. fp16.
+    public var variant: String?
+    public var dtype = FloatType.float32
+    public var device = "cpu"
+    /// ShapesWorld: held-out prompts, the bundle's rewards and the oracle's alignment and quality.
+    public var demo = false
+
+    // The prompts
+    /// The Parti-Prompts benchmark shipped with the tool.
+    public var parti = false
+    /// Prompt files; several are styles (the HPSv2 benchmark's four JSON lists, say).
+    public var prompts: [String] = []
+    /// The column (TSV/CSV) or key (JSON objects) holding the prompt.
+    public var column = "prompt"
+    public var category: String?
+    public var challenge: String?
+    /// The first N prompts, or N drawn with `seed`.
+    public var limit: Int?
+    public var sample: Int?
+
+    // The variants
+    /// Fine-tuned encoders, NAME=DIR or DIR (named by its folder).
+    public var textEncoder: [String] = []
+    /// Each text encoder also blended with the original by each weight (named NAME@W).
+    public var blend: [String] = []
+    /// Style mixes NAME=W,NAME=W,... (mix1, mix2, ...).
+    public var mix: [String] = []
+    /// Schedulers: every variant per scheduler (named VARIANT+SCHEDULER). Empty: the model's own.
+    public var scheduler: [String] = []
+    /// Fine-tuned embeddings for the last N UNet calls only (nil: all).
+    public var finetunedSteps: Int?
+
+    // Sampling: prompt i draws with seed + i in every variant
+    /// Denoising steps (nil: 25; 10 with `demo`).
+    public var steps: Int?
+    /// Classifier-free guidance (nil: 7.5; 5 with `demo`).
+    public var guidance: Double?
+    public var imagesPerPrompt = 1
+    public var seed: UInt64 = 0
+
+    // Scoring and output
+    /// Rewards, NAME=PATH as `score` takes them, scored in evaluation preprocessing.
+    public var reward: [String] = []
+    /// Images per reward forward pass.
+    public var batchSize = 8
+    public var out: String?
+    /// Replace an earlier eval's different run in `out`.
+    public var overwrite = false
+    /// Prompts shown in the report's image grid.
+    public var gridPrompts = 8
+
+    public init() {}
+
+    public static let fields: [ConfigField<Self>] = [
+        .path("model", \.model),
+        .string("variant", \.variant),
+        .choice("dtype", \.dtype),
+        ConfigField("device", \.device, read: { try $1.string($0, $2) }, problem: deviceProblem),
+        .flag("demo", \.demo),
+        .flag("parti", \.parti),
+        .strings("prompts", \.prompts),
+        .string("column", \.column),
+        .string("category", \.category),
+        .string("challenge", \.challenge),
+        .integer("limit", \.limit, .positive),
+        .integer("sample", \.sample, .positive),
+        .strings("text_encoder", \.textEncoder),
+        .strings("blend", \.blend),
+        .strings("mix", \.mix),
+        .strings("scheduler", \.scheduler),
+        .integer("finetuned_steps", \.finetunedSteps, .positive),
+        .integer("steps", \.steps, .positive),
+        .number("guidance", \.guidance, .nonNegative),
+        .integer("images_per_prompt", \.imagesPerPrompt, .positive),
+        .seed("seed", \.seed),
+        .strings("reward", \.reward),
+        .integer("batch_size", \.batchSize, .positive),
+        .path("out", \.out),
+        .flag("overwrite", \.overwrite),
+        .integer("grid_prompts", \.gridPrompts, .nonNegative),
+    ]
+
+    public func validateRelations() throws {
+        func fail(_ key: String, _ message: String) -> TextCraftorError { .invalidSetting(key: key, message: message) }
+        if limit != nil, sample != nil { throw fail("limit", "cannot be used with sample") }
+        if parti, !prompts.isEmpty { throw fail("parti", "cannot be used with prompts") }
+        if out == nil { throw fail("out", "no output folder given") }
+        if !demo, model == nil { throw fail("model", "give a diffusers folder, or demo") }
+        if !demo, !parti, prompts.isEmpty { throw fail("prompts", "give a prompt set: parti or prompt files") }
+        if !demo, reward.isEmpty { throw fail("reward", "give at least one NAME=PATH") }
+        if !blend.isEmpty, textEncoder.isEmpty { throw fail("blend", "needs text_encoder") }
+        if !parti, prompts.isEmpty, category != nil || challenge != nil {
+            throw fail(category != nil ? "category" : "challenge", "needs parti or prompt files")
+        }
+    }
+
+    /// What the images depend on (a rerun with other values is another run).
+    var sampling: EvalSampling {
+        EvalSampling(steps: steps ?? (demo ? 10 : 25), guidance: guidance ?? (demo ? 5 : 7.5), imagesPerPrompt: imagesPerPrompt,
+                     seed: seed)
+    }
+}

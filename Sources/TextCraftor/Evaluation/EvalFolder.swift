@@ -1,0 +1,93 @@
+import Foundation
+import Rewards
+import StableDiffusion
+import Torch
+
+/// What the images depend on: the same in a rerun, or the images on disk are another run's.
+struct EvalSampling: Codable, Equatable, Sendable {
+    var steps: Int
+    var guidance: Double
+    var imagesPerPrompt: Int
+    var seed: UInt64
+}
+
+struct EvalVariant {
+    let name: String
+    let description: String
+    let mix: EncoderMix?
+    let schedulerName: String?
+}
+
+/// A score column: a reward model, or a measure computed from the pixels and the prompt (the ShapesWorld oracle).
+struct EvalScorer {
+    let name: String
+    let device: Device
+    var reward: (any Reward)? = nil
+    var oracle: (([UInt8], String) -> Double)? = nil
+
+    /// `pixels` [N, 3, H, W] in [0, 1].
+    func score(_ pixels: Tensor, prompts: [String]) throws -> [Double] {
+        if let reward { return try withNoGrad { try reward.score(pixels.to(device), prompts: prompts).to(.float64).toArray(Double.self) } }
+        let bytes = (pixels * 255).round().clamp(min: 0, max: 255).permute([0, 2, 3, 1]).to(.uint8).contiguous().toArray(UInt8.self)
+        let stride = bytes.count / prompts.count
+        return prompts.indices.map { oracle!(Array(bytes[$0 * stride..<($0 + 1) * stride]), prompts[$0]) }
+    }
+}
+
+/// OUT/eval.json.
+struct EvalManifest: Codable, Equatable {
+    struct Variant: Codable, Equatable {
+        let name: String
+        let description: String
+    }
+    var model: String
+    var dtype: String
+    var device: String
+    var prompts: [EvalPrompt]
+    var sampling: EvalSampling
+    var variants: [Variant]
+
+    /// The first thing that differs from `other`, in words.
+    func difference(from other: EvalManifest) -> String? {
+        if model != other.model { return "model \(other.model), not \(model)" }
+        if dtype != other.dtype || device != other.device { return "dtype/device \(other.dtype)/\(other.device)" }
+        if prompts != other.prompts { return "other prompts (\(other.prompts.count), not \(prompts.count))" }
+        if sampling != other.sampling {
+            return "other sampling (steps \(other.sampling.steps), guidance \(other.sampling.guidance), \(other.sampling.imagesPerPrompt) per prompt, seed \(other.sampling.seed))"
+        }
+        for variant in variants {
+            if let old = other.variants.first(where: { $0.name == variant.name }), old != variant {
+                return "variant \(variant.name) was \(old.description)"
+            }
+        }
+        return nil
+    }
+}
+
+enum EvalFolder {
+    /// OUT is new or empty, or an earlier eval of the same images (resumed, and may gain variants); an eval of other
+    /// images is replaced only with --overwrite; a folder that is not an eval's is never touched.
+    static func prepare(_ url: URL, manifest: EvalManifest, overwrite: Bool) throws {
+        let files = FileManager.default
+        let record = url.appendingPathComponent("eval.json")
+        let contents = (try? files.contentsOfDirectory(atPath: url.path)) ?? []
+        if !contents.isEmpty {
+            guard let data = files.contents(atPath: record.path) else {
+                throw TextCraftorError.invalidSetting(key: "out", message: "\(url.path) is not empty and holds no eval.json: choose a new or empty folder")
+            }
+            guard let old = try? JSONDecoder().decode(EvalManifest.self, from: data) else {
+                throw TextCraftorError.invalidSetting(key: "out", message: "\(record.path) cannot be read: choose a new or empty folder")
+            }
+            if let difference = manifest.difference(from: old) {
+                guard overwrite else {
+                    throw TextCraftorError.invalidSetting(key: "out", message: "\(url.path) holds images of a different run (\(difference)): pass --overwrite (overwrite = true) to replace them, or choose another folder")
+                }
+                try files.removeItem(at: url)
+            }
+        }
+        try files.createDirectory(at: url, withIntermediateDirectories: true)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        try encoder.encode(manifest).write(to: record, options: .atomic)
+    }
+}
