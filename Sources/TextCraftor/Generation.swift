@@ -4,7 +4,7 @@ import Torch
 
 /// Everything an image generation is run with, keyed as the `generate` flags; `OUT/metadata.json` records it with
 /// what it resolved to (the seed drawn, the scheduler's class, the UNet calls).
-public struct GenerationConfig: Configuration {
+public struct GenerationConfig: InferenceConfiguration {
     public var model: String?
     /// Weights variant to prefer, e.g. fp16.
     public var variant: String?
@@ -37,11 +37,7 @@ public struct GenerationConfig: Configuration {
 
     public init() {}
 
-    public static let fields: [ConfigField<Self>] = [
-        .path("model", \.model),
-        .string("variant", \.variant),
-        .choice("dtype", \.dtype),
-        ConfigField("device", \.device, read: { try $1.string($0, $2) }, problem: deviceProblem),
+    public static let fields: [ConfigField<Self>] = inferenceFields + [
         .strings("prompt", \.prompt),
         .path("prompts_file", \.promptsFile),
         .strings("negative_prompt", \.negativePrompt),

@@ -23,7 +23,7 @@ struct Demo: ParsableCommand {
 
     func run() throws {
         let started = Date()
-        let demo = try speakingFlags { try ShapesDemo(config: try DemoConfig().overlaying(configValues(of: flags))) }
+        let demo = try speakingFlags { try ShapesDemo(config: loadConfiguration(file: nil, flags: flags)) }
         let interrupt = Interrupt()
         demo.stopRequested = { interrupt.requested }
         print("ShapesWorld demo: bundle \(demo.bundle.path)")

@@ -26,17 +26,12 @@ struct Eval: ParsableCommand {
             oracle's alignment and quality; the fine-tuned encoder defaults to demo/run from `textcraftor demo`.
             """)
 
-    @Option(help: "A TOML file with these settings (keys as the flags, with underscores; flags override it).", completion: .file())
-    var config: String?
-    @OptionGroup(title: "Model") var model: ModelOptions
-    @OptionGroup(title: "Device") var device: DeviceOptions
+    @OptionGroup var options: InferenceOptions
     @OptionGroup(title: "Evaluation") var flags: EvalFlags
 
     func run() throws {
         let evaluator = try speakingFlags {
-            var config = try self.config.map { try ConfigFile.load(URL(fileURLWithPath: $0), as: EvalConfig.self) } ?? EvalConfig()
-            config = try config.overlaying(configValues(of: model, device, flags))
-            return try Evaluator(config: config)
+            try Evaluator(config: options.configuration(flags))
         }
         var generating: ProgressBar?
         var scoring: ProgressBar?

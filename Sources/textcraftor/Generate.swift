@@ -20,17 +20,12 @@ struct Generate: ParsableCommand {
             (original_prompt_embeds, original_negative_prompt_embeds).
             """)
 
-    @Option(help: "A TOML file with these settings (keys as the flags, with underscores; flags override it).", completion: .file())
-    var config: String?
-    @OptionGroup(title: "Model") var model: ModelOptions
-    @OptionGroup(title: "Device") var device: DeviceOptions
+    @OptionGroup var options: InferenceOptions
     @OptionGroup(title: "Generation") var flags: GenerateFlags
 
     func run() throws {
         let generation = try speakingFlags {
-            var config = try self.config.map { try ConfigFile.load(URL(fileURLWithPath: $0), as: GenerationConfig.self) } ?? GenerationConfig()
-            config = try config.overlaying(configValues(of: model, device, flags))
-            return try ImageGeneration(config: config) { key, message in warn("--\(key.replacingOccurrences(of: "_", with: "-")) \(message)") }
+            try ImageGeneration(config: options.configuration(flags)) { key, message in warn("--\(key.replacingOccurrences(of: "_", with: "-")) \(message)") }
         }
         if generation.config.seed == nil { FileHandle.standardError.write(Data("seed: \(generation.request.seed)\n".utf8)) }
         var bar: ProgressBar?  // the total is the scheduler's UNet calls, which can differ from --steps (PNDM)

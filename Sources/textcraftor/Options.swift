@@ -18,6 +18,19 @@ struct ModelOptions: ParsableArguments {
     var variant: String?
 }
 
+/// What `generate` and `eval` share: a `--config` TOML file, the model and the device.
+struct InferenceOptions: ParsableArguments {
+    @Option(help: "A TOML file with the settings (keys as the flags, with underscores; flags override it).", completion: .file())
+    var config: String?
+    @OptionGroup(title: "Model") var model: ModelOptions
+    @OptionGroup(title: "Device") var device: DeviceOptions
+
+    /// The `--config` file's settings (or the defaults) with these flags and `flags`' over them.
+    func configuration<C: Configuration>(_ flags: any ParsableArguments) throws -> C {
+        try loadConfiguration(file: config, flags: model, device, flags)
+    }
+}
+
 /// --device, checked the same way by every command that computes.
 struct DeviceOptions: ParsableArguments {
     @Option(help: ArgumentHelp(
@@ -77,7 +90,7 @@ extension DistributedBackend: ExpressibleByArgument {}
 
 /// The flags given in option groups whose properties are named after configuration keys, as (key, value): the
 /// property `gradWindow` gives the key `grad_window`. Absent flags (nil, an empty list) are left out.
-func configValues(of groups: Any..., skipping skipped: Set<String> = []) -> [(key: String, value: Any)] {
+func configValues(of groups: [Any], skipping skipped: Set<String> = []) -> [(key: String, value: Any)] {
     var values: [(key: String, value: Any)] = []
     for group in groups {
         for child in Mirror(reflecting: group).children {
@@ -88,6 +101,13 @@ func configValues(of groups: Any..., skipping skipped: Set<String> = []) -> [(ke
         }
     }
     return values
+}
+
+/// The configuration a command runs with: the `--config` file's (or the defaults), with the given flags of `groups`
+/// over it.
+func loadConfiguration<C: Configuration>(file: String?, flags groups: Any..., skipping skipped: Set<String> = []) throws -> C {
+    let base = try file.map { try ConfigFile.load(URL(fileURLWithPath: $0), as: C.self) } ?? C()
+    return try base.overlaying(configValues(of: groups, skipping: skipped))
 }
 
 /// "gradWindow" -> "grad_window".

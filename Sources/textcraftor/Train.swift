@@ -80,13 +80,12 @@ struct Train: ParsableCommand {
             var config: TrainingConfig
             if let resume {
                 config = try TrainingSession.recordedConfig(in: URL(fileURLWithPath: resume))
-            } else if let file = self.config {
-                config = try ConfigFile.load(URL(fileURLWithPath: file))
+                config = try config.overlaying(
+                    configValues(of: [model, training, device, distributed], skipping: DistributedOptions.launcherFlags))
             } else {
-                config = TrainingConfig()
+                config = try loadConfiguration(file: self.config, flags: model, training, device, distributed,
+                                           skipping: DistributedOptions.launcherFlags)
             }
-            config = try config.overlaying(
-                configValues(of: model, training, device, distributed, skipping: DistributedOptions.launcherFlags))
             if let resume { config.out = resume }
             guard config.out != nil else { throw CommandError("give --out (the run folder), or `out` in the config") }
             guard config.model != nil else { throw CommandError("give --model (a diffusers folder), or `model` in the config") }

@@ -67,7 +67,7 @@ struct DistributedCLITests {
     }
 
     @Test(arguments: [
-        (["--dist-backend", "mpi"], "Error: The value 'mpi' is invalid for '--dist-backend <name>'. Please provide one of 'auto', 'gloo' or 'nccl'."),
+        (["--dist-backend", "mpi"], "Error: The value 'mpi' is invalid for '--dist-backend <NAME>'. Please provide one of 'auto', 'gloo' or 'nccl'."),
         (["--dist-backend", "nccl"], "Error: --dist-backend: nccl needs a CUDA device (NCCL runs on GPUs; Gloo serves the CPU)"),
     ])
     func badBackendsFailInOneLine(flags: [String], message: String) throws {

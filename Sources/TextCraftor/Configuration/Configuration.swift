@@ -46,6 +46,21 @@ extension Configuration {
     }
 }
 
+/// A job that loads a Stable Diffusion folder to sample from it (generation, evaluation): the keys `model`,
+/// `variant`, `dtype` and `device`, read and checked alike.
+public protocol InferenceConfiguration: Configuration {
+    var model: String? { get set }
+    var variant: String? { get set }
+    var dtype: FloatType { get set }
+    var device: String { get set }
+}
+
+extension InferenceConfiguration {
+    static var inferenceFields: [ConfigField<Self>] {
+        [.path("model", \.model), .string("variant", \.variant), .choice("dtype", \.dtype), .device("device", \.device)]
+    }
+}
+
 /// The range a numeric option must lie in, and how messages say it.
 public enum Bound: Sendable {
     case any, positive, nonNegative, unit
@@ -164,6 +179,11 @@ extension ConfigField {
     /// A file or folder: in a config file, relative to the file's folder.
     public static func path(_ key: String, _ path: WritableKeyPath<Config, String?>) -> Self {
         Self(key, path, read: { try $1.path($0, $2) })
+    }
+
+    /// cpu, cuda or cuda:N (whether it can run here is checked where it is opened).
+    public static func device(_ key: String, _ path: WritableKeyPath<Config, String>) -> Self {
+        Self(key, path, read: { try $1.string($0, $2) }, problem: deviceProblem)
     }
 
     /// A list of strings (a repeatable flag); one string in a file is a list of one.

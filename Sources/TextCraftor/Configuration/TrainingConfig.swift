@@ -99,7 +99,7 @@ public struct TrainingConfig: Configuration {
         .integer("keep_checkpoints", \.keepCheckpoints, .positive),
         .seed("seed", \.seed),
         .flag("shuffle", \.shuffle),
-        ConfigField("device", \.device, read: { try $1.string($0, $2) }, problem: deviceProblem),
+        .device("device", \.device),
         .choice("mixed_precision", \.mixedPrecision),
         .number("dist_timeout", \.distTimeout, .positive),
         .integer("sync_check_every", \.syncCheckEvery, .positive),
@@ -172,8 +172,35 @@ public enum DistributedBackend: String, CaseIterable, Sendable, Codable {
     case auto, gloo, nccl
 }
 
+/// A value made of two numbers, written `[a, b]` in files and records and `a,b` as a flag.
+public protocol NumberPair: Codable {
+    associatedtype Number: Codable & LosslessStringConvertible
+    init(pair first: Number, _ second: Number)
+    var pair: (Number, Number) { get }
+}
+
+extension NumberPair {
+    /// "a,b"; nil when it is not two numbers.
+    public init?(_ text: String) {
+        let values = text.split(separator: ",").compactMap { Number(String($0.trimmingCharacters(in: .whitespaces))) }
+        guard values.count == 2 else { return nil }
+        self.init(pair: values[0], values[1])
+    }
+
+    public init(from decoder: Decoder) throws {
+        var list = try decoder.unkeyedContainer()
+        self.init(pair: try list.decode(Number.self), try list.decode(Number.self))
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var list = encoder.unkeyedContainer()
+        try list.encode(pair.0)
+        try list.encode(pair.1)
+    }
+}
+
 /// AdamW's (β₁, β₂), written `[0.9, 0.999]` in files and `0.9,0.999` as a flag.
-public struct AdamBetas: Sendable, Equatable, Codable {
+public struct AdamBetas: Sendable, Equatable, NumberPair {
     public var beta1: Double
     public var beta2: Double
 
@@ -182,32 +209,16 @@ public struct AdamBetas: Sendable, Equatable, Codable {
         self.beta2 = beta2
     }
 
-    /// "0.9,0.999"; nil when it is not two numbers.
-    public init?(_ text: String) {
-        let values = text.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
-        guard values.count == 2 else { return nil }
-        self.init(values[0], values[1])
-    }
+    public init(pair first: Double, _ second: Double) { self.init(first, second) }
 
     /// As `AdamW(betas:)` takes them.
     public var pair: (Double, Double) { (beta1, beta2) }
 
     var problem: String? { Bound.unit.problem(beta1, integer: false) ?? Bound.unit.problem(beta2, integer: false) }
-
-    public init(from decoder: Decoder) throws {
-        var list = try decoder.unkeyedContainer()
-        self.init(try list.decode(Double.self), try list.decode(Double.self))
-    }
-
-    public func encode(to encoder: Encoder) throws {
-        var list = encoder.unkeyedContainer()
-        try list.encode(beta1)
-        try list.encode(beta2)
-    }
 }
 
 /// The range direct fine-tuning draws its noising timestep from, `[LOW, HIGH]` in files and `LOW,HIGH` as a flag.
-public struct TimestepRange: Sendable, Equatable, Codable {
+public struct TimestepRange: Sendable, Equatable, NumberPair {
     public var low: Int
     public var high: Int
 
@@ -216,29 +227,15 @@ public struct TimestepRange: Sendable, Equatable, Codable {
         self.high = high
     }
 
-    /// "100,600"; nil when it is not two integers.
-    public init?(_ text: String) {
-        let values = text.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
-        guard values.count == 2 else { return nil }
-        self.init(low: values[0], high: values[1])
-    }
+    public init(pair first: Int, _ second: Int) { self.init(low: first, high: second) }
+
+    public var pair: (Int, Int) { (low, high) }
 
     public var range: ClosedRange<Int> { low...high }
 
     var problem: String? {
         (0 <= low && low <= high && high <= 999) ? nil
             : "expected two timesteps LOW,HIGH with 0 <= LOW <= HIGH <= 999, found \(low),\(high)"
-    }
-
-    public init(from decoder: Decoder) throws {
-        var list = try decoder.unkeyedContainer()
-        self.init(low: try list.decode(Int.self), high: try list.decode(Int.self))
-    }
-
-    public func encode(to encoder: Encoder) throws {
-        var list = encoder.unkeyedContainer()
-        try list.encode(low)
-        try list.encode(high)
     }
 }
 

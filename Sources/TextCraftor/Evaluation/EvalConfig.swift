@@ -2,7 +2,7 @@ import Foundation
 
 /// Everything an evaluation is run with, keyed as the `eval` flags (`images_per_prompt` is `--images-per-prompt`).
 /// `OUT/eval.json` records what the images depend on, so that a rerun resumes and another run is refused.
-public struct EvalConfig: Configuration {
+public struct EvalConfig: InferenceConfiguration {
     // The model
     /// A diffusers folder (with `demo`: default the ShapesWorld bundle).
     public var model: String?
@@ -59,11 +59,7 @@ public struct EvalConfig: Configuration {
 
     public init() {}
 
-    public static let fields: [ConfigField<Self>] = [
-        .path("model", \.model),
-        .string("variant", \.variant),
-        .choice("dtype", \.dtype),
-        ConfigField("device", \.device, read: { try $1.string($0, $2) }, problem: deviceProblem),
+    public static let fields: [ConfigField<Self>] = inferenceFields + [
         .flag("demo", \.demo),
         .flag("parti", \.parti),
         .strings("prompts", \.prompts),
