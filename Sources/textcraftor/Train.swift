@@ -124,6 +124,8 @@ struct TrainingFlags: ParsableArguments {
     @Option(help: "Last steps with gradient (default 5).") var gradWindow: Int?
     @Option(help: "Classifier-free guidance (default 7.5).") var guidance: Double?
     @Option(help: "Image size in pixels (default: the model's).") var resolution: Int?
+    @Flag(inversion: .prefixedNo, help: "Recompute the VAE decoder piece by piece in the backward pass (default): less memory, one more decoder forward.")
+    var vaeCheckpoint: Bool?
     @Option(help: "Direct mode: the timestep range, LOW,HIGH (default 0,999).", transform: TimestepRange.parse) var tRange: TimestepRange?
 
     @Option(help: "AdamW learning rate (default 1e-6, as the authors).") var lr: Double?

@@ -248,13 +248,15 @@ func temporaryOutput() -> URL {
             paths = ["\(rewards)/clip", "\(rewards)/aesthetic.pth"]
             """.write(to: folder.appendingPathComponent("run.toml"), atomically: true, encoding: .utf8)
         let out = folder.appendingPathComponent("out")
-        let run = try textcraftor(["train", "--config", folder.appendingPathComponent("run.toml").path, "--max-steps", "2", "--out", out.path])
+        let run = try textcraftor(["train", "--config", folder.appendingPathComponent("run.toml").path, "--max-steps", "2", "--out", out.path,
+                                   "--no-vae-checkpoint"])
         #expect(run.status == 0, "\(run.err)")
         let lines = try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8).split(separator: "\n")
         #expect(lines.count == 2, "--max-steps 2 overrides the file's 5")
         let record = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("run.json"))) as! [String: Any]
         #expect(record["maxSteps"] as? Int == 2)
         #expect(record["learningRate"] as? Double == 1e-3)
+        #expect(record["vaeCheckpoint"] as? Bool == false)
     }
 
     /// Every key of a command's configuration can be given as a flag of the same name.

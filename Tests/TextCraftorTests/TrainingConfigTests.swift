@@ -37,6 +37,7 @@ import Testing
         c.gradientWindow = 4
         c.guidanceScale = 6
         c.resolution = 256
+        c.vaeCheckpoint = false
         c.timestepRange = TimestepRange(low: 100, high: 600)
         c.learningRate = 2e-6
         c.betas = AdamBetas(0.9, 0.99)
@@ -74,6 +75,7 @@ import Testing
             grad_window = 4
             guidance = 6
             resolution = 256
+            vae_checkpoint = false
             t_range = [100, 600]
             lr = 2e-6
             betas = [0.9, 0.99]
@@ -108,7 +110,7 @@ import Testing
         #expect(config == everyKeyChanged())
         #expect(config.prompts == folder.deletingLastPathComponent().appendingPathComponent("prompts/parti.tsv").path)
         // Every key of the type is a key of the file: the test above gives them all.
-        #expect(TrainingConfig.keys.count == 32)
+        #expect(TrainingConfig.keys.count == 33)
     }
 
     @Test func anEmptyFileGivesTheDefaults() throws {
@@ -178,6 +180,7 @@ import Testing
         #expect(c.mode == .prompt && c.train == .text && c.batchSize == 1 && c.maxSteps == 1000 && c.saveEvery == 500)
         #expect(c.keepCheckpoints == 3 && c.seed == 0 && !c.shuffle && c.rewards.isEmpty && c.model == nil)
         #expect(c.timestepRange == TimestepRange(low: 0, high: 999) && c.device == "cpu" && c.mixedPrecision == .no)
+        #expect(c.vaeCheckpoint && c.sampling.checkpointsVAE)
         #expect(c.betas.pair == (0.9, 0.999))
     }
 

@@ -35,6 +35,9 @@ public struct TrainingConfig: Configuration {
     public var guidanceScale = 7.5
     /// Image size in pixels (nil: the model's).
     public var resolution: Int?
+    /// The windowed gradient recomputes the VAE decoder piece by piece in its backward instead of keeping its graph
+    /// (at 512x512 its activations outweigh a UNet step's): less memory for one more decoder forward.
+    public var vaeCheckpoint = true
     /// Direct mode: the noising timestep is drawn uniformly from this range.
     public var timestepRange = TimestepRange(low: 0, high: 999)
 
@@ -85,6 +88,7 @@ public struct TrainingConfig: Configuration {
         .integer("grad_window", \.gradientWindow, .positive),
         .number("guidance", \.guidanceScale, .any),
         .integer("resolution", \.resolution, .positive),
+        .flag("vae_checkpoint", \.vaeCheckpoint),
         ConfigField("t_range", \.timestepRange, read: { try $1.timestepRange($0, $2) }, problem: \.problem),
         .number("lr", \.learningRate, .positive),
         ConfigField("betas", \.betas, read: { try $1.betas($0, $2) }, problem: \.problem),
@@ -131,7 +135,8 @@ public struct TrainingConfig: Configuration {
 
     /// The sampler of prompt mode, as `promptTrainingStep` takes it.
     public var sampling: SamplingSettings {
-        SamplingSettings(samplingSteps: samplingSteps, gradientWindow: gradientWindow, guidanceScale: guidanceScale)
+        SamplingSettings(samplingSteps: samplingSteps, gradientWindow: gradientWindow, guidanceScale: guidanceScale,
+                         checkpointsVAE: vaeCheckpoint)
     }
 }
 
