@@ -80,7 +80,10 @@ public func promptTrainingStep(
     let scheduler = try settings.makeScheduler(pipeline)
     let timesteps = scheduler.timesteps
     let windowStart = timesteps.count - min(settings.gradientWindow, timesteps.count)
-    let (ids, _) = pipeline.tokenize(Array(repeating: "", count: prompts.count) + prompts)  // uncond first, as CFG
+    // Guidance above 1 conditions on the empty prompt too (first, as diffusers' CFG batch); at 1 or less the pipeline
+    // runs the prompts alone, and so does the step.
+    let guided = settings.guidanceScale > 1
+    let (ids, _) = pipeline.tokenize(guided ? Array(repeating: "", count: prompts.count) + prompts : prompts)
 
     func denoise(_ z: Tensor, _ i: Int, _ context: Tensor) -> Tensor {
         pipeline.denoise(z, timestep: timesteps[i], context: context, guidanceScale: settings.guidanceScale,

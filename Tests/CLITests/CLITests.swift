@@ -159,6 +159,19 @@ func temporaryOutput() -> URL {
         #expect(!FileManager.default.fileExists(atPath: out.path))
     }
 
+    /// Guidance at 1 or less (no unconditional half) trains; it died with a fatal error after writing run.json.
+    @Test(arguments: ["1", "0"])
+    func unguidedTrainingRuns(guidance: String) throws {
+        let out = temporaryOutput()
+        defer { try? FileManager.default.removeItem(at: out) }
+        let run = try train(out, ["--guidance", guidance, "--max-steps", "2"])
+        #expect(run.status == 0, "\(run.err)")
+        let metrics = try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8).split(separator: "\n")
+        #expect(metrics.count == 2)
+        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("run.json"))) as! [String: Any]
+        #expect(record["guidanceScale"] as? Double == Double(guidance))
+    }
+
     @Test func promptFilesMustExistAndHoldPrompts() throws {
         let out = temporaryOutput()
         let empty = try promptFile("\n\n")

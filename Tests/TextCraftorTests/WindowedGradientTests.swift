@@ -40,6 +40,24 @@ import Torch
         #expect(x.grad!.abs().sum().item() > 0)
     }
 
+    /// Guidance at 1 or less samples without the unconditional half: the step trains (it died on a batch mismatch),
+    /// and the windowed gradient still equals plain backpropagation.
+    @Test(arguments: [1.0, 0.0])
+    func unguidedStepsTrain(guidance: Double) throws {
+        let (pipeline, trainable, original, rewards) = try tinySetup()
+        let noise = Tensor.randn([2, 4, 8, 8], generator: Generator(seed: 3))
+        let settings = SamplingSettings(samplingSteps: 3, gradientWindow: 2, guidanceScale: guidance)
+        let full = try promptTrainingStep(pipeline: pipeline, trainable: trainable, original: original, rewards: rewards,
+                                          prompts: fixturePrompts, initialNoise: noise, settings: settings, mode: .fullBackprop)
+        let expected = gradients(trainable)
+        trainable.parameters.forEach { $0.zeroGrad() }
+        let windowed = try promptTrainingStep(pipeline: pipeline, trainable: trainable, original: original, rewards: rewards,
+                                              prompts: fixturePrompts, initialNoise: noise, settings: settings, mode: .windowed)
+        #expect(full.loss.isFinite && windowed.loss == full.loss)
+        #expect(relativeError(gradients(trainable), expected) <= 1e-4)
+        #expect(expected.values.map { $0.abs().sum().item() }.reduce(0, +) > 0, "the gradient is not zero")
+    }
+
     @Test func windowLargerThanTheStepsIsRefused() throws {
         #expect(throws: TextCraftorError.invalidSetting(key: "grad_window", message: "expected an integer between 1 and sampling_steps (5), found 6")) {
             try SamplingSettings(samplingSteps: 5, gradientWindow: 6, guidanceScale: 7.5).validate()
