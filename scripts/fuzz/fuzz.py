@@ -348,6 +348,7 @@ QUICK = {"safetensors", "pickle", "deep-pickle", "prompt-text", "reward-flag", "
 
 def run_one(binary, arguments, timeout, max_mb, cwd):
     start = time.time()
+    arguments = [a.replace("\x00", "") for a in arguments]  # a process's arguments cannot hold NUL
     process = subprocess.Popen([binary] + arguments, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd,
                                env=dict(os.environ, OMP_NUM_THREADS="1"))
     errors = []
@@ -386,7 +387,7 @@ def run_one(binary, arguments, timeout, max_mb, cwd):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--binary", default=None, help="the textcraftor binary (default: .build/release, else .build/debug)")
+    p.add_argument("--binary", default=None, help="the textcraftor binary (default: the newer of .build/release and .build/debug)")
     p.add_argument("--count", type=int, default=10_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=2)
@@ -396,8 +397,9 @@ def main():
     p.add_argument("--keep", default=os.path.join(ROOT, ".build/fuzz/findings"))
     p.add_argument("--json", help="write the summary here")
     args = p.parse_args()
-    binary = args.binary or next((b for b in [os.path.join(ROOT, ".build/release/textcraftor"),
-                                              os.path.join(ROOT, ".build/debug/textcraftor")] if os.path.exists(b)), None)
+    built = [b for b in [os.path.join(ROOT, ".build/release/textcraftor"), os.path.join(ROOT, ".build/debug/textcraftor")]
+             if os.path.exists(b)]
+    binary = args.binary or max(built, key=os.path.getmtime, default=None)  # the newest build
     if not binary:
         sys.exit("fuzz: no textcraftor binary: run `make build` (or give --binary)")
     classes = [c for c in CLASSES if not args.quick or c[0] in QUICK]
