@@ -228,9 +228,8 @@ public enum WeightLoadingError: Error, CustomStringConvertible, Equatable {
         case .duplicateKey(let key, let first, let second): return "'\(key)' is in both \(first) and \(second)"
         case .mismatch(let origin, let missing, let unused, let mismatched):
             // Every problem when the list is short; else the first two shape mismatches, the first missing and unused
-            // key and how many more of each, so that a
-            // checkpoint for another architecture (hundreds of keys) still gives one short line. Keys come from the
-            // file, so they are quoted as excerpts.
+            // key and how many more of each, so that a checkpoint for another architecture (hundreds of keys) still
+            // gives one short line. Keys come from the file, so they are quoted as excerpts.
             func parts(_ shown: Int?) -> [String] {
                 var parts: [String] = []
                 let mismatchesShown = shown.map { mismatched.prefix($0) } ?? mismatched[...]
@@ -239,7 +238,8 @@ public enum WeightLoadingError: Error, CustomStringConvertible, Equatable {
                         + "the model expects \(excerpt(shape: m.model))")
                 }
                 if mismatchesShown.count < mismatched.count {
-                    parts.append("\(mismatched.count - mismatchesShown.count) more shape mismatches")
+                    let more = mismatched.count - mismatchesShown.count
+                    parts.append("\(more) more shape mismatch\(more == 1 ? "" : "es")")
                 }
                 func list(_ items: [String]) -> String {
                     let listed = shown.map { _ in items.prefix(1) } ?? items[...]
