@@ -12,13 +12,20 @@ void tc_free(void *pointer) { free(pointer); }
 
 // libpng's simplified API handles palettes, grey and 16-bit. It is asked for RGBA and the alpha is then dropped, as
 // Pillow's convert("RGB") does; asking for RGB would composite onto black instead.
-int tc_decode_png(const uint8_t *data, size_t size, uint8_t **pixels, int *width, int *height, char *error, size_t error_size) {
+int tc_decode_png(const uint8_t *data, size_t size, uint64_t max_pixels, uint8_t **pixels, int *width, int *height, char *error, size_t error_size) {
   png_image image;
   memset(&image, 0, sizeof image);
   image.version = PNG_IMAGE_VERSION;
   if (!png_image_begin_read_from_memory(&image, data, size)) {
     snprintf(error, error_size, "%s", image.message);
     return -1;
+  }
+  // The header gives the size before anything is decoded: a few-kB file may claim 12000x12000.
+  if ((uint64_t)image.width * image.height > max_pixels) {
+    *width = (int)image.width;
+    *height = (int)image.height;
+    png_image_free(&image);
+    return -2;
   }
   image.format = PNG_FORMAT_RGBA;
   size_t bytes = PNG_IMAGE_SIZE(image);
@@ -62,7 +69,7 @@ static void jpeg_warn(j_common_ptr info, int level) {
   if (level < 0 && info->err->msg_code == JWRN_JPEG_EOF) jpeg_fail(info);
 }
 
-int tc_decode_jpeg(const uint8_t *data, size_t size, uint8_t **pixels, int *width, int *height, char *error, size_t error_size) {
+int tc_decode_jpeg(const uint8_t *data, size_t size, uint64_t max_pixels, uint8_t **pixels, int *width, int *height, char *error, size_t error_size) {
   struct jpeg_decompress_struct info;
   struct jpeg_failure failure;
   uint8_t *volatile buffer = NULL;
@@ -79,6 +86,13 @@ int tc_decode_jpeg(const uint8_t *data, size_t size, uint8_t **pixels, int *widt
   jpeg_create_decompress(&info);
   jpeg_mem_src(&info, data, (unsigned long)size);
   jpeg_read_header(&info, TRUE);
+  // The header gives the size before anything is allocated: a 786-byte file may claim 40000x40000.
+  if ((uint64_t)info.image_width * info.image_height > max_pixels) {
+    *width = (int)info.image_width;
+    *height = (int)info.image_height;
+    jpeg_destroy_decompress(&info);
+    return -2;
+  }
   info.out_color_space = JCS_RGB;
   jpeg_start_decompress(&info);
   size_t stride = (size_t)info.output_width * 3;

@@ -45,6 +45,15 @@ public struct VarBuilder {
         aliasPrefixes = []
     }
 
+    /// Checks `source`'s names and shapes (from its header or index) against a model without reading any tensor
+    /// data: every tensor is handed out as zeros on `.meta`, and `finish()` reports what does not fit. Building a
+    /// model this way first refuses a checkpoint for another architecture before gigabytes are allocated.
+    public init(checkingShapesOf source: any WeightSource) {
+        store = ParameterStore(source: source, dtype: nil, device: .meta, generator: nil, readsData: false)
+        prefix = ""
+        aliasPrefixes = []
+    }
+
     init(store: ParameterStore, prefix: String, aliasPrefixes: [String] = []) {
         self.store = store
         self.prefix = prefix
@@ -137,12 +146,15 @@ final class ParameterStore {
     var missing: [(key: String, shape: [Int])] = []
     var mismatched: [(key: String, checkpoint: [Int], model: [Int])] = []
     var readErrors: [any Error] = []
+    /// False when only names and shapes are checked (`VarBuilder(checkingShapesOf:)`).
+    let readsData: Bool
 
-    init(source: (any WeightSource)?, dtype: DType?, device: Device, generator: Generator?) {
+    init(source: (any WeightSource)?, dtype: DType?, device: Device, generator: Generator?, readsData: Bool = true) {
         self.source = source
         self.dtype = dtype
         self.device = device
         self.generator = generator
+        self.readsData = readsData
     }
 
     func get(shape: [Int], key: String, aliases: [String], initializer: Initializer, required: Bool) -> Tensor? {
@@ -158,6 +170,12 @@ final class ParameterStore {
             guard stored == shape else {
                 mismatched.append((key: found, checkpoint: stored, model: shape))
                 return Tensor.zeros(shape, dtype: dtype ?? .float32, device: device)
+            }
+            if !readsData {
+                tensor = Tensor.zeros(shape, dtype: dtype ?? .float32, device: device)
+                tensors[key] = tensor
+                order.append(key)
+                return tensor
             }
             do {
                 let loaded = try source.tensor(found)
@@ -209,18 +227,35 @@ public enum WeightLoadingError: Error, CustomStringConvertible, Equatable {
         case .missingKey(let key, let origin): return "\(origin): no tensor named '\(key)'"
         case .duplicateKey(let key, let first, let second): return "'\(key)' is in both \(first) and \(second)"
         case .mismatch(let origin, let missing, let unused, let mismatched):
-            var parts: [String] = []
-            for m in mismatched {
-                parts.append("'\(m.key)' has shape \(m.checkpoint) in the checkpoint, the model expects \(m.model)")
+            // Every problem when the list is short; else the first two shape mismatches, the first missing and unused
+            // key and how many more of each, so that a checkpoint for another architecture (hundreds of keys) still
+            // gives one short line. Keys come from the file, so they are quoted as excerpts.
+            func parts(_ shown: Int?) -> [String] {
+                var parts: [String] = []
+                let mismatchesShown = shown.map { mismatched.prefix($0) } ?? mismatched[...]
+                for m in mismatchesShown {
+                    parts.append("'\(excerpt(m.key))' has shape \(excerpt(shape: m.checkpoint)) in the checkpoint, "
+                        + "the model expects \(excerpt(shape: m.model))")
+                }
+                if mismatchesShown.count < mismatched.count {
+                    let more = mismatched.count - mismatchesShown.count
+                    parts.append("\(more) more shape mismatch\(more == 1 ? "" : "es")")
+                }
+                func list(_ items: [String]) -> String {
+                    let listed = shown.map { _ in items.prefix(1) } ?? items[...]
+                    return listed.joined(separator: ", ") + (listed.count < items.count ? ", … (\(items.count - listed.count) more)" : "")
+                }
+                if !missing.isEmpty {
+                    parts.append("\(missing.count) missing key\(missing.count == 1 ? "" : "s"): "
+                        + list(missing.map { "\(excerpt($0.key)) \(excerpt(shape: $0.shape))" }))
+                }
+                if !unused.isEmpty {
+                    parts.append("\(unused.count) unused key\(unused.count == 1 ? "" : "s"): " + list(unused.map { excerpt($0) }))
+                }
+                return parts
             }
-            if !missing.isEmpty {
-                let list = missing.map { "\($0.key) \($0.shape)" }.joined(separator: ", ")
-                parts.append("\(missing.count) missing key\(missing.count == 1 ? "" : "s"): \(list)")
-            }
-            if !unused.isEmpty {
-                parts.append("\(unused.count) unused key\(unused.count == 1 ? "" : "s"): \(unused.joined(separator: ", "))")
-            }
-            return "\(origin) does not fit the model: " + parts.joined(separator: "; ")
+            let all = parts(nil).joined(separator: "; ")
+            return "\(origin) does not fit the model: " + (all.count <= 500 ? all : parts(2).joined(separator: "; "))
         }
     }
 

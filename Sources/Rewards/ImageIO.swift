@@ -4,6 +4,11 @@ import Torch
 
 /// Reads PNG and JPEG files (by their signature, not their name) as RGB tensors in [0, 1].
 public enum ImageIO {
+    /// The most pixels (width × height) an image may have: Pillow's limit (its decompression-bomb error is above
+    /// 2 × 89,478,485). The size is read from the header, so a small file claiming a huge image is refused before
+    /// anything is decoded or allocated.
+    public static let maxPixels = 178_956_970
+
     /// [3, H, W] float32 in [0, 1]. Grey, palette and 16-bit PNGs become 8-bit RGB; alpha is dropped.
     public static func read(_ url: URL) throws -> Tensor {
         guard let data = FileManager.default.contents(atPath: url.path) else {
@@ -11,7 +16,7 @@ public enum ImageIO {
         }
         let png: [UInt8] = [0x89, 0x50, 0x4E, 0x47]
         let jpeg: [UInt8] = [0xFF, 0xD8, 0xFF]
-        let decode: (UnsafePointer<UInt8>?, Int, UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?,
+        let decode: (UnsafePointer<UInt8>?, Int, UInt64, UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?,
                      UnsafeMutablePointer<Int32>?, UnsafeMutablePointer<Int32>?, UnsafeMutablePointer<CChar>?, Int) -> Int32
         if data.starts(with: png) {
             decode = tc_decode_png
@@ -24,7 +29,11 @@ public enum ImageIO {
         var width: Int32 = 0, height: Int32 = 0
         var message = [CChar](repeating: 0, count: 256)
         let status = data.withUnsafeBytes { bytes in
-            decode(bytes.bindMemory(to: UInt8.self).baseAddress, bytes.count, &pixels, &width, &height, &message, message.count)
+            decode(bytes.bindMemory(to: UInt8.self).baseAddress, bytes.count, UInt64(maxPixels), &pixels, &width, &height, &message, message.count)
+        }
+        if status == -2 {
+            throw RewardError.invalidImage(file: url.path, message: "the image is \(width)x\(height) "
+                + "(\(Int(width) * Int(height)) pixels), above the limit of \(maxPixels) pixels")
         }
         guard status == 0, let pixels else {
             let text = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)

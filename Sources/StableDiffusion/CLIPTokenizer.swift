@@ -29,6 +29,7 @@
 //   ZIPFoundation already needs zlib on Linux, so the build needs nothing new).
 import Foundation
 import SystemZlib
+import Torch
 
 public struct CLIPTokenizer: Sendable {
     public static let startOfText = "<|startoftext|>"
@@ -452,7 +453,7 @@ public struct CLIPTokenizer: Sendable {
         let parts = line.unicodeScalars.split(whereSeparator: { TextCleaning.isPythonSpace($0) })
         guard parts.count == 2 else {
             throw StableDiffusionError.invalidTokenizer(
-                file: file, message: "line \(number): expected two symbols separated by a space, found \"\(line)\"")
+                file: file, message: "line \(number): expected two symbols separated by a space, found \"\(excerpt(line))\"")
         }
         return (String(parts[0]), String(parts[1]))
     }
@@ -595,8 +596,9 @@ final class WordCache: @unchecked Sendable {
 
 // MARK: - gzip
 
-/// Inflates a gzip file (one member) with zlib, which also checks the CRC and the length in the trailer.
-func gunzip(_ data: Data, file: String) throws -> Data {
+/// Inflates a gzip file (one member) with zlib, which also checks the CRC and the length in the trailer. At most
+/// `limit` bytes come out (open_clip's merges file is 1.4 MB): a small file that inflates to gigabytes is refused.
+func gunzip(_ data: Data, file: String, limit: Int = 64 << 20) throws -> Data {
     guard data.count >= 18, data[data.startIndex] == 0x1F, data[data.startIndex + 1] == 0x8B else {
         throw StableDiffusionError.invalidTokenizer(file: file, message: "not a gzip file")
     }
@@ -618,8 +620,12 @@ func gunzip(_ data: Data, file: String) throws -> Data {
             }
             guard status == Z_OK || status == Z_STREAM_END else { return status }
             output.append(contentsOf: buffer[..<(buffer.count - Int(stream.avail_out))])
+            if output.count > limit { return Z_MEM_ERROR }
             if status == Z_STREAM_END { return status }
         }
+    }
+    if output.count > limit {
+        throw StableDiffusionError.invalidTokenizer(file: file, message: "inflates to more than \(limit) bytes")
     }
     guard status == Z_STREAM_END else {
         throw StableDiffusionError.invalidTokenizer(file: file, message: "corrupt or truncated gzip data")

@@ -104,7 +104,7 @@ public struct PairedData: Sendable {
         let file = try table.column("file_name", fail: fail)
         guard let name = matchName("text", in: table.header) ?? matchName("caption", in: table.header),
               let caption = table.header.firstIndex(of: name) else {
-            throw fail("no column \"text\" or \"caption\" (its columns: \(table.header.joined(separator: ", ")))")
+            throw fail("no column \"text\" or \"caption\" (its columns: \(excerptList(table.header)))")
         }
         return table.rows.map { ($0.line, $0.fields[file], $0.fields[caption]) }
     }

@@ -76,7 +76,7 @@ public struct PromptSource: Sendable, Equatable {
                 let index = try table.column(name, fail: fail, purpose: " to filter on")
                 let values = Set(table.rows.map { $0.fields[index] })
                 guard values.contains(where: { $0.caseInsensitiveCompare(value) == .orderedSame }) else {
-                    throw fail("no prompts with \(table.header[index]) \"\(value)\" (its values: \(values.sorted().joined(separator: ", ")))")
+                    throw fail("no prompts with \(excerpt(table.header[index])) \"\(excerpt(value))\" (its values: \(excerptList(values.sorted())))")
                 }
                 rows = rows.filter { $0.fields[index].caseInsensitiveCompare(value) == .orderedSame }
             }
@@ -116,7 +116,7 @@ public struct PromptSource: Sendable, Equatable {
             case .string(let prompt): return prompt
             case .object(let object):
                 guard let name = matchName(key, in: Array(object.keys)) else {
-                    throw fail("[\(index)]: no \"\(key)\" key (its keys: \(object.keys.sorted().joined(separator: ", ")))")
+                    throw fail("[\(index)]: no \"\(excerpt(key))\" key (its keys: \(excerptList(object.keys.sorted())))")
                 }
                 guard case .string(let prompt) = object[name]! else {
                     throw fail("[\(index)].\(name): expected a string, found \(object[name]!.kind)")
@@ -133,6 +133,20 @@ func matchName(_ name: String, in names: [String]) -> String? {
     if names.contains(name) { return name }
     let folded = names.filter { $0.caseInsensitiveCompare(name) == .orderedSame }
     return folded.count == 1 ? folded[0] : nil
+}
+
+/// Names from a file (a header's columns, a column's values) for an error: each an excerpt, the list cut after about
+/// 100 characters with how many more there are, so that a 120 kB header line still gives one short line.
+func excerptList(_ items: [String], limit: Int = 100) -> String {
+    var shown: [String] = []
+    var length = 0
+    for item in items {
+        let quoted = excerpt(item, limit: 40)
+        if !shown.isEmpty, length + quoted.count > limit { break }
+        shown.append(quoted)
+        length += quoted.count + 2
+    }
+    return shown.joined(separator: ", ") + (shown.count < items.count ? ", … (\(items.count - shown.count) more)" : "")
 }
 
 /// A file's text: UTF-8, a byte-order mark dropped. `what` names the kind of file a folder was mistaken for.
@@ -192,7 +206,7 @@ struct DelimitedTable {
     /// The index of a column, by `matchName`; the error lists the columns there are.
     func column(_ name: String, fail: (String) -> TextCraftorError, purpose: String = "") throws -> Int {
         guard let match = matchName(name, in: header), let index = header.firstIndex(of: match) else {
-            throw fail("no column \"\(name)\"\(purpose) (its columns: \(header.joined(separator: ", ")))")
+            throw fail("no column \"\(excerpt(name))\"\(purpose) (its columns: \(excerptList(header)))")
         }
         return index
     }

@@ -56,7 +56,7 @@ struct Score: ParsableCommand {
             rows += result.enumerated().map { (batch[$0.offset].path, $0.element.scores, $0.element.total) }
             bar?.update(start + batch.count)
         }
-        report(rows, names: weighted.terms.map(\.reward.name))
+        try report(rows, names: weighted.terms.map(\.reward.name))
     }
 
     /// Scores a batch; images of different sizes go one by one (each is resized by the preprocessing anyway).
@@ -117,19 +117,13 @@ struct Score: ParsableCommand {
         throw CommandError("give --prompt, or --prompts with one line per image")
     }
 
-    func report(_ rows: [(file: String, scores: [Double], total: Double)], names: [String]) {
+    func report(_ rows: [(file: String, scores: [Double], total: Double)], names: [String]) throws {
         let count = Double(rows.count)
         let means = names.indices.map { i in rows.reduce(0) { $0 + $1.scores[i] } / count }
         let meanTotal = rows.reduce(0) { $0 + $1.total } / count
         if json {
-            func line(_ object: [String: Any]) {
-                let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
-                print(String(decoding: data, as: UTF8.self))
-            }
-            for row in rows {
-                line(["image": row.file, "total": row.total].merging(zip(names, row.scores).map { ($0, $1 as Any) }) { $1 })
-            }
-            line(["image": "mean", "total": meanTotal].merging(zip(names, means).map { ($0, $1 as Any) }) { $1 })
+            for row in rows { print(try scoreJSONLine(image: row.file, names: names, scores: row.scores, total: row.total)) }
+            print(try scoreJSONLine(image: "mean", names: names, scores: means, total: meanTotal))
             return
         }
         func cells(_ values: [Double], _ total: Double) -> [String] { (values + [total]).map { String(format: "%.4f", $0) } }

@@ -123,6 +123,17 @@ func temporaryOutput() -> URL {
         #expect(run.err == "Error: \(prompts.path) has 1 prompts for 2 images: give one line per image\n")
     }
 
+    @Test(arguments: ["inf", "nan"])
+    func anInfiniteRewardWeightIsRefusedNotACrash(weight: String) throws {
+        // score --json crashed on try! writing an inf total; the weight is now refused where it is parsed.
+        let images = "\(rewards)/images/rgb.png"
+        let run = try textcraftor(["score", "--images", images, "--prompt", "x", "--reward", "clip=\(rewards)/hf/clip:\(weight)", "--json"])
+        #expect(run.status == 1)
+        #expect(run.err.hasPrefix("Error: clip=") && run.err.hasSuffix(": the weight \(weight) is not a finite number\n"), "\(run.err)")
+        #expect(run.err.split(separator: "\n").count == 1)
+        #expect(run.out.isEmpty)
+    }
+
     @Test func notAnImageIsNamed() throws {
         let bad = "\(rewards)/images/not-an-image.png"
         let run = try textcraftor(["score", "--images", bad, "--prompt", "x", "--reward", "clip=\(rewards)/hf/clip"])

@@ -84,6 +84,27 @@ func maxDifference(_ a: Tensor, _ b: Tensor) -> Double { (a - b).abs().max().ite
         }
     }
 
+    /// A checkpoint with hundreds of keys the model does not know, named with escape codes: one short line, the first
+    /// key quoted as an escaped excerpt and the rest counted.
+    @Test func longMismatchListsAreCutAndKeysEscaped() throws {
+        final class Small: Module {
+            let scope: ParameterScope
+            init(_ vb: VarBuilder) {
+                scope = vb.scope
+                _ = Linear(vb.pp("fc"), inFeatures: 8, outFeatures: 7)
+            }
+        }
+        let name = "\u{1B}[2J" + String(repeating: "k", count: 200)
+        let tensors = Dictionary(uniqueKeysWithValues: (0..<300).map { (name + "." + String(1000 + $0).dropFirst(), Tensor.zeros([1])) })
+        do {
+            _ = try VarBuilder(TensorDictionary(tensors, origin: "wrong.safetensors")).build(Small.init)
+            Issue.record("loaded")
+        } catch {
+            #expect("\(error)" == "wrong.safetensors does not fit the model: 2 missing keys: fc.weight [7, 8], … (1 more); "
+                + "300 unused keys: \\u{1b}[2J" + String(repeating: "k", count: 56) + "…(148 more characters), … (299 more)")
+        }
+    }
+
     @Test func shapeMismatchNamesTheFullKeyAndBothShapes() throws {
         final class WrongWidth: Module {
             let scope: ParameterScope

@@ -2,8 +2,24 @@ import Foundation
 import Testing
 import Torch
 
+import NN
+
 @testable import Rewards
 @testable import StableDiffusion
+
+/// A weight source that records every tensor read from it.
+final class ReadCountingSource: WeightSource, @unchecked Sendable {
+    let source: any WeightSource
+    var reads = 0
+    init(_ source: any WeightSource) { self.source = source }
+    var origin: String { source.origin }
+    var keys: [String] { source.keys }
+    func info(_ key: String) -> (dtype: DType, shape: [Int])? { source.info(key) }
+    func tensor(_ key: String) throws -> Tensor {
+        reads += 1
+        return try source.tensor(key)
+    }
+}
 
 @Suite struct HPSv2RewardTests {
     typealias F = OpenCLIPFixtures
@@ -35,6 +51,29 @@ import Torch
     @Test func modesGiveDifferentScores() throws {
         let training = try F.tensor(Self.outputs, "scores_training"), evaluation = try F.tensor(Self.outputs, "scores_evaluation")
         #expect(F.relativeError(training, evaluation) > 1e-2)
+    }
+
+    /// A checkpoint of another architecture (the tiny model given as HPSv2's ViT-H-14): refused from the file's
+    /// index before any tensor is read or the 3.9 GB model built, in one short line naming the first mismatch.
+    @Test(arguments: ["open_clip_model.safetensors", "hps_tiny.pt"])
+    func wrongCheckpointIsRefusedShortlyBeforeBuilding(file: String) throws {
+        let url = F.url("tiny/\(file)")
+        let source = ReadCountingSource(try Weights.open(url))
+        do {
+            _ = try OpenCLIPModel.load(source, config: .vitH14)
+            Issue.record("the tiny checkpoint loaded as ViT-H-14")
+        } catch let error as WeightLoadingError {
+            let text = error.description
+            #expect(text == "\(url.path) does not fit the model: "
+                + "'visual.conv1.weight' has shape [32, 3, 8, 8] in the checkpoint, the model expects [1280, 3, 14, 14]; "
+                + "'visual.class_embedding' has shape [32] in the checkpoint, the model expects [1280]; "
+                + "59 more shape mismatches; "
+                + "624 missing keys: visual.transformer.resblocks.2.ln_1.weight [1280], … (623 more)")
+            #expect(text.count < 500 && text.count - url.path.count < 350, "\(text.count) characters: \(text)")
+            #expect(source.reads == 0, "\(source.reads) tensors were read before the shapes were compared")
+        }
+        // Through the reward, from the file.
+        #expect(throws: WeightLoadingError.self) { try HPSv2Reward.load(checkpoint: url) }
     }
 
     @Test func defaultsAndScale() throws {

@@ -52,6 +52,56 @@ func bytes(_ image: Tensor) -> [UInt8] {
         }
     }
 
+    /// A PNG whose header claims width x height: IHDR, a tiny IDAT and IEND with their CRCs, a few dozen bytes.
+    static func pngHeader(width: UInt32, height: UInt32) -> Data {
+        func crc32(_ bytes: [UInt8]) -> UInt32 {
+            var crc: UInt32 = 0xFFFF_FFFF
+            for byte in bytes {
+                crc ^= UInt32(byte)
+                for _ in 0..<8 { crc = crc & 1 == 1 ? (crc >> 1) ^ 0xEDB8_8320 : crc >> 1 }
+            }
+            return ~crc
+        }
+        func bigEndian(_ value: UInt32) -> [UInt8] { [24, 16, 8, 0].map { UInt8((value >> $0) & 0xFF) } }
+        func chunk(_ type: String, _ body: [UInt8]) -> [UInt8] {
+            let typed = Array(type.utf8) + body
+            return bigEndian(UInt32(body.count)) + typed + bigEndian(crc32(typed))
+        }
+        let ihdr = bigEndian(width) + bigEndian(height) + [8, 2, 0, 0, 0]  // 8-bit RGB
+        let idat: [UInt8] = [0x78, 0x9C, 0x63, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01]  // zlib of one zero byte
+        return Data([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A] + chunk("IHDR", ihdr) + chunk("IDAT", idat) + chunk("IEND", []))
+    }
+
+    /// A baseline JPEG whose frame header claims width x height, with no image data behind it.
+    static func jpegHeader(width: UInt16, height: UInt16) -> Data {
+        func bigEndian(_ value: UInt16) -> [UInt8] { [UInt8(value >> 8), UInt8(value & 0xFF)] }
+        let sof: [UInt8] = [0xFF, 0xC0, 0x00, 17, 8] + bigEndian(height) + bigEndian(width) + [3, 1, 0x22, 0, 2, 0x11, 0, 3, 0x11, 0]
+        let sos: [UInt8] = [0xFF, 0xDA, 0x00, 12, 3, 1, 0x00, 2, 0x11, 3, 0x11, 0, 63, 0]
+        return Data([0xFF, 0xD8] + sof + sos + [0x00, 0x00, 0xFF, 0xD9])
+    }
+
+    @Test(arguments: [("huge.png", "13380x13380 (179024400 pixels)"), ("huge.png", "100000x100000 (10000000000 pixels)"),
+                      ("huge.jpg", "40000x40000 (1600000000 pixels)"), ("huge.jpg", "65000x2754 (179010000 pixels)")])
+    func imagesAbovePillowsLimitAreRefusedFromTheHeader(file: String, size: String) throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("imageio-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let url = folder.appendingPathComponent(file)
+        let dimensions = size.split(separator: " ")[0].split(separator: "x").map { Int($0)! }
+        let data = file.hasSuffix(".png")
+            ? Self.pngHeader(width: UInt32(dimensions[0]), height: UInt32(dimensions[1]))
+            : Self.jpegHeader(width: UInt16(dimensions[0]), height: UInt16(dimensions[1]))
+        #expect(data.count < 100)
+        try data.write(to: url)
+        do {
+            _ = try ImageIO.read(url)
+            Issue.record("\(file) was read")
+        } catch let error as RewardError {
+            let text = error.description
+            #expect(text == "\(url.path): the image is \(size), above the limit of 178956970 pixels")
+        }
+    }
+
     @Test func imageFilesAreListedByName() throws {
         let names = try ImageIO.imageFiles(in: imagesURL).map(\.lastPathComponent)
         #expect(names == ["grey.png", "not-an-image.png", "palette.png", "rgb.jpg", "rgb.png", "rgba.png", "truncated.jpg", "truncated.png"])

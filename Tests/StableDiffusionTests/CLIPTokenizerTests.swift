@@ -322,6 +322,49 @@ enum Tokenizers {
         ) { try CLIPTokenizer(directory: shortLength) }
     }
 
+    /// A gzip file of `content`, in one stored (uncompressed) deflate block.
+    static func gzip(_ content: [UInt8]) -> Data {
+        var crc: UInt32 = 0xFFFF_FFFF
+        for byte in content {
+            crc ^= UInt32(byte)
+            for _ in 0..<8 { crc = crc & 1 == 1 ? (crc >> 1) ^ 0xEDB8_8320 : crc >> 1 }
+        }
+        func littleEndian(_ value: UInt32) -> [UInt8] { [0, 8, 16, 24].map { UInt8((value >> $0) & 0xFF) } }
+        let length = UInt16(content.count)
+        let header: [UInt8] = [0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 0xFF]
+        let block: [UInt8] = [1, UInt8(length & 0xFF), UInt8(length >> 8), UInt8(~length & 0xFF), UInt8(~length >> 8)]
+        return Data(header + block + content + littleEndian(~crc) + littleEndian(UInt32(content.count)))
+    }
+
+    /// A gzip file whose merges are raw binary: the error quotes a short escaped excerpt, no control bytes.
+    @Test func binaryMergesAreQuotedEscaped() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("binary-gz-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let url = folder.appendingPathComponent("bpe.txt.gz")
+        let binary: [UInt8] = [0x1B, 0x5B, 0x32, 0x4A, 0x00, 0x07, 0xFF, 0xFE, 0x08, 0x20, 0x42, 0x20, 0x43, 0x20] + Array(repeating: 0x41, count: 500)
+        try Self.gzip(Array("#version: 0.2\n".utf8) + binary).write(to: url)
+        do {
+            _ = try CLIPTokenizer(openCLIPMerges: url)
+            Issue.record("binary merges were read")
+        } catch {
+            let text = "\(error)"
+            #expect(text.hasSuffix("line 2: expected two symbols separated by a space, found "
+                + "\"\\u{1b}[2J\\u{0}\\u{7}\\u{fffd}\\u{fffd}\\u{8} B C " + String(repeating: "A", count: 46) + "…(454 more characters)\""), "\(text)")
+            #expect(!text.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F || $0.value == 0xFFFD }, "\(text)")
+            #expect(text.count < 200 + url.path.count, "\(text)")
+        }
+    }
+
+    /// Inflating stops at the limit: a small file that would inflate to gigabytes is refused, not held in memory.
+    @Test func gzipInflatesAtMostTheLimit() throws {
+        let data = Self.gzip(Array(repeating: 0x61, count: 3000))
+        #expect(throws: StableDiffusionError.invalidTokenizer(file: "big.gz", message: "inflates to more than 1000 bytes")) {
+            try gunzip(data, file: "big.gz", limit: 1000)
+        }
+        #expect(try gunzip(data, file: "big.gz", limit: 3000).count == 3000)
+    }
+
     @Test func badGzip() throws {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("bad-gz-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)

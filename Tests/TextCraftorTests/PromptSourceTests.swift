@@ -139,6 +139,25 @@ class TemporaryFolderSuite {
         #expect(message { try PromptSource(contentsOf: latin1) } == "\(latin1.path): not UTF-8 text")
     }
 
+    /// A 120 kB header line (one huge column with an escape code, or thousands of columns): the error quotes a short
+    /// escaped excerpt of the columns and says how many more there are, instead of the whole line.
+    @Test func hugeHeaderGivesAShortError() throws {
+        let wide = try write("\u{1B}[31m" + String(repeating: "x", count: 120_000) + "\tCategory\na\tb\n", to: "wide.tsv", in: folder)
+        let wideError = message { try PromptSource(contentsOf: wide) }
+        #expect(wideError == "\(wide.path): no column \"prompt\" (its columns: \\u{1b}[31m"
+            + String(repeating: "x", count: 35) + "…(119965 more characters), Category)")
+        let many = try write((0..<20_000).map { "column\($0)" }.joined(separator: "\t") + "\n" + String(repeating: "a\t", count: 19_999) + "a\n",
+                             to: "many.tsv", in: folder)
+        let manyError = message { try PromptSource(contentsOf: many) }
+        #expect(manyError == "\(many.path): no column \"prompt\" (its columns: column0, column1, column2, column3, column4, "
+            + "column5, column6, column7, column8, column9, column10, … (19989 more))")
+        for (url, error) in [(wide, wideError), (many, manyError)] {
+            #expect((error?.count ?? 0) < 300 - 80 + url.path.count, "\(error ?? "")")
+            // The evaluation's reader (which tries a Category column first) gives the same.
+            #expect(message { try EvalPromptSet.files([url]) } == error)
+        }
+    }
+
     @Test func tableErrors() throws {
         let noColumn = try write("id,text\n1,hello\n", to: "t.csv", in: folder)
         #expect(message { try PromptSource(contentsOf: noColumn) } == "\(noColumn.path): no column \"prompt\" (its columns: id, text)")

@@ -299,4 +299,21 @@ import Testing
             #expect(Set(keys).count == keys.count)
         }
     }
+
+    @Test(arguments: [("clip=/w/clip:inf", "inf"), ("clip=/w/clip:-inf", "-inf"), ("clip=/w/clip:nan", "nan"),
+                      ("hpsv2=/w/hps.pt:1e999", "1e999")])
+    func rewardSpecWeightsMustBeFinite(spec: String, weight: String) {
+        // An inf or nan gamma makes every total inf or nan, and `score --json` crashed writing it.
+        #expect(throws: TextCraftorError.invalidArgument("\(spec): the weight \(weight) is not a finite number")) {
+            try RewardOption(spec: spec)
+        }
+        #expect((try? RewardOption(spec: "clip=/w/clip:0.5")) == RewardOption(name: "clip", paths: ["/w/clip"], gamma: 0.5))
+    }
+
+    @Test func scoreJSONWritesNullForScoresJSONCannotHold() throws {
+        #expect(try scoreJSONLine(image: "a/0.png", names: ["clip", "hpsv2"], scores: [.nan, 0.25], total: .infinity)
+            == #"{"clip":null,"hpsv2":0.25,"image":"a/0.png","total":null}"#)
+        #expect(try scoreJSONLine(image: "mean", names: ["clip"], scores: [-.infinity], total: 1.5)
+            == #"{"clip":null,"image":"mean","total":1.5}"#)
+    }
 }

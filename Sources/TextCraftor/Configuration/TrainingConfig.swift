@@ -265,15 +265,20 @@ public struct RewardOption: Sendable, Equatable, Codable {
     /// "hpsv2=/path/HPS_v2.pt:0.5" → hpsv2, ["/path/HPS_v2.pt"], γ 0.5; "aesthetic=a,b" has two paths.
     public init(spec: String) throws {
         guard let equals = spec.firstIndex(of: "=") else {
-            throw TextCraftorError.invalidArgument("\(spec.prefix(80)): expected NAME=PATH[:WEIGHT]")
+            throw TextCraftorError.invalidArgument("\(excerpt(spec, limit: 80)): expected NAME=PATH[:WEIGHT]")
         }
         var rest = String(spec[spec.index(after: equals)...])
         var gamma = 1.0
         if let colon = rest.lastIndex(of: ":"), let value = Double(rest[rest.index(after: colon)...]) {
+            // A weight of inf or nan makes every total inf or nan: nothing to train on, nothing JSON can hold.
+            guard value.isFinite else {
+                throw TextCraftorError.invalidArgument(
+                    "\(excerpt(spec, limit: 80)): the weight \(excerpt(String(rest[rest.index(after: colon)...]), limit: 20)) is not a finite number")
+            }
             gamma = value
             rest = String(rest[..<colon])
         }
-        guard !rest.isEmpty else { throw TextCraftorError.invalidArgument("\(spec.prefix(80)): no path given") }
+        guard !rest.isEmpty else { throw TextCraftorError.invalidArgument("\(excerpt(spec, limit: 80)): no path given") }
         self.init(name: String(spec[..<equals]), paths: rest.split(separator: ",").map(String.init), gamma: gamma)
     }
 }
