@@ -340,4 +340,18 @@ private func zeros(_ count: Int) -> [UInt8] {
             "invalid safetensors file \(url.path): header length 100000001 is over the limit of 100000000 bytes"
         ) { _ = try SafeTensorsFile(url: url) }
     }
+
+    /// A tensor name with a terminal escape code, and a shape of 1000 dimensions: both quoted escaped and short.
+    @Test func namesAndShapesInMessagesAreExcerpts() throws {
+        let directory = try ScratchDirectory()
+        defer { directory.remove() }
+        let url = directory.file("bad.safetensors")
+        let shape = [Int](repeating: 1, count: 999) + [-1]
+        try Data(safeTensorsBytes(header: header(entry(#"red\u001b[31m"#, "F32", shape, [0, 0])), data: []))
+            .write(to: url)
+        expectSerializationError(
+            "invalid safetensors file \(url.path): tensor 'red\\u{1b}[31m': "
+                + "shape [1, 1, 1, 1, 1, 1, 1, 1, …] (1000 dimensions) has a negative dimension"
+        ) { _ = try SafeTensorsFile(url: url) }
+    }
 }

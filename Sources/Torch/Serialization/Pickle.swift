@@ -379,7 +379,8 @@ struct PickleMachine {
         guard let bytes = view.bytes(of: storage.bytes, itemSize: storage.dtype.itemSize, capacity: elementCapacity)
         else {
             throw fail(
-                "tensor view (offset \(offset), size \(size), stride \(stride)) does not fit storage '\(storage.key)' "
+                "tensor view (offset \(offset), size \(excerpt(shape: size)), stride \(excerpt(shape: stride))) "
+                    + "does not fit storage '\(excerpt(storage.key))' "
                     + "of \(elementCapacity) elements")
         }
         return TensorData(dtype: storage.dtype, shape: size, storage: bytes)

@@ -92,7 +92,7 @@ public enum SafeTensors {
         let sorted = tensors.sorted { $0.name < $1.name }
         for (previous, next) in zip(sorted, sorted.dropFirst()) where previous.name == next.name {
             throw SerializationError.invalidSafeTensors(
-                path: path, reason: "duplicate tensor name '\(next.name)'")
+                path: path, reason: "duplicate tensor name '\(excerpt(next.name, limit: 200))'")
         }
         if sorted.contains(where: { $0.name == metadataKey }) {
             throw SerializationError.invalidSafeTensors(path: path, reason: "'\(metadataKey)' is not a tensor name")
@@ -222,10 +222,10 @@ private struct HeaderParser {
             throw fail("missing '\(key)'")
         }
         guard let dtypeName = fields["dtype"] as? String else { throw fail("'dtype' is not a string") }
-        guard let dtype = DType(safeTensorsName: dtypeName) else { throw fail("unknown dtype '\(dtypeName)'") }
+        guard let dtype = DType(safeTensorsName: dtypeName) else { throw fail("unknown dtype '\(excerpt(dtypeName))'") }
         guard let shape = integers(fields["shape"]) else { throw fail("'shape' is not a list of integers") }
         guard shape.allSatisfy({ $0 >= 0 }) else {
-            throw fail("shape \(shape) has a negative dimension")
+            throw fail("shape \(excerpt(shape: shape)) has a negative dimension")
         }
         guard let offsets = integers(fields["data_offsets"]), offsets.count == 2 else {
             throw fail("'data_offsets' is not a list of two integers")
@@ -236,11 +236,11 @@ private struct HeaderParser {
             throw fail("data_offsets \(offsets) extend beyond the \(dataLength)-byte data section")
         }
         guard let expected = checkedByteCount(shape, dtype: dtype) else {
-            throw fail("shape \(shape) is too large")
+            throw fail("shape \(excerpt(shape: shape)) is too large")
         }
         guard end - begin == expected else {
             throw fail(
-                "\(dtypeName) shape \(shape) needs \(expected) bytes but data_offsets \(offsets) "
+                "\(dtypeName) shape \(excerpt(shape: shape)) needs \(expected) bytes but data_offsets \(offsets) "
                     + "span \(end - begin)")
         }
         return Tensor(name: name, dtype: dtype, shape: shape, begin: begin, end: end)
@@ -287,8 +287,8 @@ private struct HeaderParser {
         for tensor in tensors.sorted(by: { ($0.begin, $0.end, $0.name) < ($1.begin, $1.end, $1.name) }) {
             if tensor.begin < covered, let previous {
                 throw fail(
-                    "tensors '\(previous.name)' [\(previous.begin), \(previous.end)) and "
-                        + "'\(tensor.name)' [\(tensor.begin), \(tensor.end)) overlap")
+                    "tensors '\(excerpt(previous.name, limit: 200))' [\(previous.begin), \(previous.end)) and "
+                        + "'\(excerpt(tensor.name, limit: 200))' [\(tensor.begin), \(tensor.end)) overlap")
             }
             if tensor.begin > covered {
                 throw fail("bytes [\(covered), \(tensor.begin)) of the data section belong to no tensor")
