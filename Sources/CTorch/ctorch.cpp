@@ -44,9 +44,34 @@ void set_error(const char *message) {
 }
 
 at::Tensor &T(ct_tensor t) { return *reinterpret_cast<at::Tensor *>(t); }
+thread_local int64_t wraps_until_failure = -1;  // ct_debug_fail_wraps_after: a failure injected for leak tests
 ct_tensor wrap(at::Tensor t) {
+  if (wraps_until_failure == 0) {
+    wraps_until_failure = -1;  // one failure per request
+    throw std::bad_alloc();
+  }
+  if (wraps_until_failure > 0) wraps_until_failure--;
   handles_created++;
   return reinterpret_cast<ct_tensor>(new at::Tensor(std::move(t)));
+}
+void unwrap_free(ct_tensor t) {
+  handles_freed++;
+  delete reinterpret_cast<at::Tensor *>(t);
+}
+// Several results, all or nothing: when one wrap fails (out of memory), the handles made before it are freed and
+// `out` is left untouched, so a failed call hands out no handle for the caller to leak. Undefined tensors (an unused
+// gradient) come out as null.
+void wrap_all(const std::vector<at::Tensor> &parts, ct_tensor *out) {
+  std::vector<ct_tensor> made;
+  made.reserve(parts.size());
+  try {
+    for (const auto &part : parts) made.push_back(part.defined() ? wrap(part) : nullptr);
+  } catch (...) {
+    for (ct_tensor handle : made)
+      if (handle != nullptr) unwrap_free(handle);
+    throw;
+  }
+  std::copy(made.begin(), made.end(), out);
 }
 std::optional<at::Tensor> opt(ct_tensor t) {
   if (t == nullptr) return std::nullopt;
@@ -177,11 +202,9 @@ int ct_set_tf32(int enabled) {
 }
 
 // MARK: lifetime and metadata
-void ct_free(ct_tensor t) {
-  handles_freed++;
-  delete reinterpret_cast<at::Tensor *>(t);
-}
+void ct_free(ct_tensor t) { unwrap_free(t); }
 int64_t ct_thread_live_handles(void) { return handles_created - handles_freed; }
+void ct_debug_fail_wraps_after(int64_t n) { wraps_until_failure = n; }
 ct_tensor ct_shallow_clone(ct_tensor t) { TENSOR(T(t)) }
 int ct_defined(ct_tensor t) { return T(t).defined() ? 1 : 0; }
 int ct_dim(ct_tensor t) { GUARD(-1, return static_cast<int>(T(t).dim());) }
@@ -317,7 +340,7 @@ std::vector<at::Tensor> tensors(const ct_tensor *ts, int n) {
 int hand_out(const std::vector<at::Tensor> &parts, ct_tensor *out, int capacity) {
   if (static_cast<int>(parts.size()) > capacity)
     throw std::invalid_argument("split gives " + std::to_string(parts.size()) + " parts, room for " + std::to_string(capacity));
-  for (size_t i = 0; i < parts.size(); i++) out[i] = wrap(parts[i]);
+  wrap_all(parts, out);
   return static_cast<int>(parts.size());
 }
 }  // namespace
@@ -510,7 +533,7 @@ ct_tensor ct_var(ct_tensor t, const int64_t *dims, int n, double correction, int
 }
 int ct_max_dim(ct_tensor t, int64_t dim, int keepdim, int take_min, ct_tensor *values, ct_tensor *indices) {
   STATUS(auto r = take_min ? at::min(T(t), dim, keepdim != 0) : at::max(T(t), dim, keepdim != 0);
-         *values = wrap(std::get<0>(r)); *indices = wrap(std::get<1>(r)))
+         ct_tensor both[2]; wrap_all({std::get<0>(r), std::get<1>(r)}, both); *values = both[0]; *indices = both[1])
 }
 ct_tensor ct_argmax(ct_tensor t, int64_t dim, int has_dim, int keepdim, int take_min) {
   GUARD(nullptr, std::optional<int64_t> d = has_dim ? std::optional<int64_t>(dim) : std::nullopt;
@@ -562,22 +585,27 @@ ct_tensor ct_layer_norm(ct_tensor x, const int64_t *shape, int n, ct_tensor w, c
 ct_tensor ct_softmax(ct_tensor t, int64_t dim, int log) { TENSOR(log ? at::log_softmax(T(t), dim) : at::softmax(T(t), dim)) }
 ct_tensor ct_scaled_dot_product_attention(ct_tensor q, ct_tensor k, ct_tensor v, ct_tensor mask, double dropout_p,
                                           int is_causal, double scale) {
-  if (T(q).is_meta()) {  // the math path's masking has no meta kernel: [..., Lq, Dv]
+  // The math path's masking has no meta kernel: on meta the result is [..., Lq, Dv]. The shape queries are inside
+  // the guard: a query or value of too few dimensions is an error, not an uncaught exception.
+  GUARD(nullptr, if (T(q).is_meta()) {
+    if (T(q).dim() < 2 || T(v).dim() < 2)
+      throw std::invalid_argument("scaled_dot_product_attention: query and value need at least 2 dimensions, got " +
+                                  std::to_string(T(q).dim()) + " and " + std::to_string(T(v).dim()));
     auto shape = T(q).sizes().vec();
     shape.back() = T(v).size(-1);
-    TENSOR(meta_result(at::empty(shape, T(q).options()), {&T(q), &T(k), &T(v)}))
-  }
-  TENSOR(at::scaled_dot_product_attention(T(q), T(k), T(v), opt(mask), dropout_p, is_causal != 0,
-                                          scale < 0 ? std::nullopt : std::optional<double>(scale)))
+    return wrap(meta_result(at::empty(shape, T(q).options()), {&T(q), &T(k), &T(v)}));
+  } return wrap(at::scaled_dot_product_attention(T(q), T(k), T(v), opt(mask), dropout_p, is_causal != 0,
+                                          scale < 0 ? std::nullopt : std::optional<double>(scale)));)
 }
 ct_tensor ct_dropout(ct_tensor t, double p, int train) { TENSOR(at::dropout(T(t), p, train != 0)) }
 ct_tensor ct_embedding(ct_tensor w, ct_tensor idx) {
-  if (T(w).is_meta()) {  // index_select has no meta kernel: [*idx, dim]
+  GUARD(nullptr, if (T(w).is_meta()) {  // index_select has no meta kernel: [*idx, dim]
+    if (T(w).dim() != 2)
+      throw std::invalid_argument("embedding: weight must have 2 dimensions, got " + std::to_string(T(w).dim()));
     auto shape = T(idx).sizes().vec();
     shape.push_back(T(w).size(1));
-    TENSOR(meta_result(at::empty(shape, T(w).options()), {&T(w)}))
-  }
-  TENSOR(at::embedding(T(w), T(idx)))
+    return wrap(meta_result(at::empty(shape, T(w).options()), {&T(w)}));
+  } return wrap(at::embedding(T(w), T(idx)));)
 }
 
 ct_tensor ct_interpolate(ct_tensor x, int mode, const int64_t *size, const double *scale, int align_corners, int antialias) {
@@ -640,7 +668,10 @@ int ct_autograd_grad(const ct_tensor *outputs, int n_out, const ct_tensor *input
       auto grads = torch::autograd::grad(tensors(outputs, n_out), tensors(inputs, n_in), gos,
                                          retain_graph < 0 ? std::nullopt : std::optional<bool>(retain_graph != 0),
                                          create_graph != 0, allow_unused != 0);
-      for (int i = 0; i < n_in; i++) results[i] = grads[static_cast<size_t>(i)].defined() ? wrap(grads[static_cast<size_t>(i)]) : nullptr;)
+      if (static_cast<int>(grads.size()) != n_in)
+        throw std::logic_error("autograd.grad gave " + std::to_string(grads.size()) + " gradients for " +
+                               std::to_string(n_in) + " inputs");
+      wrap_all(grads, results);)
 }
 int ct_grad_enabled(void) { return at::GradMode::is_enabled() ? 1 : 0; }
 void ct_set_grad_enabled(int enabled) { at::GradMode::set_enabled(enabled != 0); }

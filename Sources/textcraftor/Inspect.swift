@@ -17,6 +17,9 @@ struct Inspect: ParsableCommand {
     @Flag(help: "One JSON object per tensor instead of a table.")
     var json = false
 
+    /// How many characters of a tensor name the table shows.
+    static let nameLimit = 200
+
     func run() throws {
         let url = URL(fileURLWithPath: path)
         var isFolder: ObjCBool = false
@@ -32,8 +35,9 @@ struct Inspect: ParsableCommand {
                 let info = source.info(key)!
                 return (key, info.dtype, info.shape)
             }
-            let count = rows.reduce(0) { $0 + $1.2.reduce(1, *) }
-            total += count
+            // Saturating: the shapes come from the file, and a zero-size tensor may have huge other dimensions.
+            let count = rows.reduce(0) { saturatingSum($0, elementCount($1.2)) }
+            total = saturatingSum(total, count)
             if json {
                 for (name, dtype, shape) in rows {
                     let object: [String: Any] = ["file": file.path, "name": name, "dtype": dtype.description, "shape": shape]
@@ -43,7 +47,11 @@ struct Inspect: ParsableCommand {
                 continue
             }
             print("\(file.path): \(rows.count) tensors, \(formatCount(count)) values")
-            printTable(["name", "dtype", "shape"], rows.map { [$0.0, $0.1.description, "\($0.2)"] })
+            // Names are the file's bytes: escaped (no terminal escape codes reach the terminal) and cut when very
+            // long; very long shapes are abridged. The JSON form keeps them exact (JSON escapes control characters).
+            printTable(["name", "dtype", "shape"], rows.map {
+                [excerpt($0.0, limit: Self.nameLimit), $0.1.description, excerpt(shape: $0.2, limit: 16)]
+            })
             print()
         }
         if !json && files.count > 1 { print("total: \(formatCount(total)) values in \(files.count) files") }
@@ -55,6 +63,23 @@ struct Inspect: ParsableCommand {
         guard let walker = FileManager.default.enumerator(at: folder, includingPropertiesForKeys: nil) else { return [] }
         return walker.compactMap { $0 as? URL }.filter { extensions.contains($0.pathExtension) }.sorted { $0.path < $1.path }
     }
+}
+
+/// A shape's element count, Int.max when it does not fit.
+func elementCount(_ shape: [Int]) -> Int {
+    if shape.contains(0) { return 0 }
+    var product = 1
+    for dimension in shape {
+        let (next, overflow) = product.multipliedReportingOverflow(by: dimension)
+        if overflow { return .max }
+        product = next
+    }
+    return product
+}
+
+func saturatingSum(_ a: Int, _ b: Int) -> Int {
+    let (sum, overflow) = a.addingReportingOverflow(b)
+    return overflow ? .max : sum
 }
 
 /// 123_456_789 -> "123.5M".

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import TextCraftor
+import Torch
 
 /// The `textcraftor` binary beside this test bundle, run with arguments; returns exit status, stdout and stderr.
 func textcraftor(_ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
@@ -82,6 +83,24 @@ func temporaryOutput() -> URL {
         #expect(run.status == 0)
         #expect(run.out.contains("conv_in.weight"))
         #expect(run.out.contains("[8, 4, 3, 3]"))
+    }
+
+    /// Tensor names are the file's bytes: the table shows them escaped (a terminal escape code in a name does not
+    /// reach the terminal) and cuts very long ones.
+    @Test func inspectEscapesTensorNames() throws {
+        let folder = temporaryOutput()
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let file = folder.appendingPathComponent("names.safetensors")
+        let long = String(repeating: "x", count: 300)
+        let tensor = try TensorData(dtype: .uint8, shape: [1], bytes: [7])
+        try SafeTensors.write([("red\u{1B}[31mtext", tensor), (long, tensor)], to: file)
+        let run = try textcraftor(["inspect", file.path])
+        #expect(run.status == 0, "\(run.err)")
+        #expect(run.out.contains("red\\u{1b}[31mtext"), "\(run.out)")
+        #expect(!run.out.utf8.contains(0x1B))
+        #expect(run.out.contains(String(repeating: "x", count: 200) + "…(100 more characters)"))
+        #expect(!run.out.contains(String(repeating: "x", count: 201)))
     }
 }
 

@@ -288,3 +288,70 @@ private func header(_ entries: String...) -> String {
 private func zeros(_ count: Int) -> [UInt8] {
     [UInt8](repeating: 0, count: count)
 }
+
+/// Headers a fuzzer made: too many entries, too long, names and shapes that must not reach a terminal or a message
+/// raw.
+@Suite struct SafeTensorsHostileHeaderTests {
+    /// `count` one-byte tensors, named so that their names hold what the entry count must skip over: colons,
+    /// braces and escaped quotes inside strings; plus `__metadata__` with a colon in a value.
+    static func manyTensors(_ count: Int) -> [UInt8] {
+        let entries = (0..<count).map { entry(#"t\"{:[\#($0)"#, "U8", [1], [$0, $0 + 1]) }
+        let text = "{" + (entries + [#""__metadata__": {"k": "a:b{"}"#]).joined(separator: ", ") + "}"
+        return safeTensorsBytes(header: text, data: zeros(count))
+    }
+
+    @Test func tooManyEntriesAreRefusedBeforeParsing() throws {
+        let directory = try ScratchDirectory()
+        defer { directory.remove() }
+        let url = directory.file("many.safetensors")
+        try Data(Self.manyTensors(10)).write(to: url)
+        // 10 tensors and __metadata__: 11 entries.
+        #expect(try SafeTensorsFile(url: url, maximumEntryCount: 11).names.count == 10)
+        expectSerializationError(
+            "invalid safetensors file \(url.path): header has more than 10 entries (tensors and __metadata__), "
+                + "the most accepted"
+        ) { _ = try SafeTensorsFile(url: url, maximumEntryCount: 10) }
+    }
+
+    /// The default limit leaves room for real files: 20,000 tensors open (the largest shards hold thousands).
+    @Test func manyTensorsUnderTheDefaultLimitOpen() throws {
+        #expect(SafeTensorsFile.maximumEntryCount >= 100_000)
+        let directory = try ScratchDirectory()
+        defer { directory.remove() }
+        let url = directory.file("many.safetensors")
+        try Data(Self.manyTensors(20_000)).write(to: url)
+        let file = try SafeTensorsFile(url: url)
+        #expect(file.names.count == 20_000)
+        #expect(try file.tensorData(#"t"{:[19999"#).byteCount == 1)
+        #expect(file.metadata == ["k": "a:b{"])
+    }
+
+    /// A header length over 100 MB is refused before anything is read (a sparse file makes the bytes exist).
+    @Test func headerOverTheReferenceLimitIsRefused() throws {
+        let directory = try ScratchDirectory()
+        defer { directory.remove() }
+        let url = directory.file("long.safetensors")
+        let length = UInt64(SafeTensorsFile.maximumHeaderLength + 1)
+        try Data((0..<8).map { UInt8(truncatingIfNeeded: length >> (8 * $0)) }).write(to: url)
+        let handle = try FileHandle(forWritingTo: url)
+        try handle.truncate(atOffset: 8 + length)
+        try handle.close()
+        expectSerializationError(
+            "invalid safetensors file \(url.path): header length 100000001 is over the limit of 100000000 bytes"
+        ) { _ = try SafeTensorsFile(url: url) }
+    }
+
+    /// A tensor name with a terminal escape code, and a shape of 1000 dimensions: both quoted escaped and short.
+    @Test func namesAndShapesInMessagesAreExcerpts() throws {
+        let directory = try ScratchDirectory()
+        defer { directory.remove() }
+        let url = directory.file("bad.safetensors")
+        let shape = [Int](repeating: 1, count: 999) + [-1]
+        try Data(safeTensorsBytes(header: header(entry(#"red\u001b[31m"#, "F32", shape, [0, 0])), data: []))
+            .write(to: url)
+        expectSerializationError(
+            "invalid safetensors file \(url.path): tensor 'red\\u{1b}[31m': "
+                + "shape [1, 1, 1, 1, 1, 1, 1, 1, …] (1000 dimensions) has a negative dimension"
+        ) { _ = try SafeTensorsFile(url: url) }
+    }
+}

@@ -83,4 +83,57 @@ import CTorch
         #expect(throws: TorchError.self) { try Torch.cudaMemory(.cpu) }
         #expect(Device("meta") == .meta && Tensor.zeros([2, 3], device: .meta).device == .meta)
     }
+
+    /// Shape queries on the meta path used to run outside the shim's guard: a weight or query of too few
+    /// dimensions threw past it and terminated the process. Now they are errors like any other.
+    @Test func metaShapeQueriesAreGuarded() {
+        let flat = Tensor.zeros([4], device: .meta), indices = Tensor.zeros([2], dtype: .int64, device: .meta)
+        #expect(ct_embedding(flat.handle, indices.handle) == nil)
+        #expect(TorchError.last("embedding").message == "embedding: weight must have 2 dimensions, got 1")
+        let scalar = Tensor.zeros([], device: .meta), matrix = Tensor.zeros([3, 4], device: .meta)
+        #expect(ct_scaled_dot_product_attention(matrix.handle, matrix.handle, scalar.handle, nil, 0, 0, -1) == nil)
+        #expect(
+            TorchError.last("sdpa").message
+                == "scaled_dot_product_attention: query and value need at least 2 dimensions, got 2 and 0")
+        #expect(ct_scaled_dot_product_attention(flat.handle, matrix.handle, matrix.handle, nil, 0, 0, -1) == nil)
+        #expect(ct_last_error() != nil)
+        // The same calls with good shapes still give their meta results.
+        let weight = Tensor.zeros([10, 6], device: .meta)
+        let embedded = ct_embedding(weight.handle, indices.handle)
+        #expect(embedded.map { Tensor(handle: $0).shape } == [2, 6])
+    }
+
+    /// A call that makes several handles makes all of them or none: when a later wrap fails (out of memory,
+    /// injected here), the handles made before it are freed and none is handed out.
+    @Test func failedMultiOutputCallsLeakNoHandle() throws {
+        let t = Tensor(Array((0..<12).map(Float.init)), shape: [3, 4])
+        let before = ct_thread_live_handles()
+
+        var values: ct_tensor?, indices: ct_tensor?
+        ct_debug_fail_wraps_after(1)
+        #expect(ct_max_dim(t.handle, 1, 0, 0, &values, &indices) == -1)
+        #expect(TorchError.last("max").message == "std::bad_alloc")
+        #expect(values == nil && indices == nil)
+        #expect(ct_thread_live_handles() == before)
+
+        var parts = [ct_tensor?](repeating: nil, count: 3)
+        ct_debug_fail_wraps_after(2)
+        #expect(ct_chunk(t.handle, 3, 0, &parts, 3) == -1)
+        #expect(parts.allSatisfy { $0 == nil })
+        #expect(ct_thread_live_handles() == before)
+
+        let x = Tensor.ones([2]).requiringGrad(), y = Tensor.ones([2]).requiringGrad()
+        let loss = (x * y * 3).sum()
+        let afterInputs = ct_thread_live_handles()
+        var grads = [ct_tensor?](repeating: nil, count: 2)
+        ct_debug_fail_wraps_after(1)
+        let outputs: [ct_tensor?] = [loss.handle], inputs: [ct_tensor?] = [x.handle, y.handle]
+        #expect(ct_autograd_grad(outputs, 1, inputs, 2, nil, 1, 0, 0, &grads) == -1)
+        #expect(grads.allSatisfy { $0 == nil })
+        #expect(ct_thread_live_handles() == afterInputs)
+
+        // One failure per request: the next call succeeds and hands out both results.
+        let (maxValues, maxIndices) = t.max(dim: 1)
+        #expect(maxValues.toArray(Float.self) == [3, 7, 11] && maxIndices.toArray(Int64.self) == [3, 3, 3])
+    }
 }

@@ -177,3 +177,91 @@ import Torch
         }
     }
 }
+
+/// Pickles nested far deeper than any weight file, as a fuzzer writes them. They used to be built whole and then
+/// freed recursively, which ran out of stack at 100,000 levels (SIGSEGV); now the nesting is refused while it is
+/// being built.
+@Suite struct DeepPickleTests {
+    /// A zip archive of stored entries, as torch.save writes them (CRCs are left zero: the reader does not check
+    /// stored entries' CRCs).
+    static func storedZip(_ entries: [(name: String, bytes: [UInt8])]) -> [UInt8] {
+        func u16(_ v: Int) -> [UInt8] { [UInt8(v & 0xFF), UInt8(v >> 8 & 0xFF)] }
+        func u32(_ v: Int) -> [UInt8] { u16(v & 0xFFFF) + u16(v >> 16 & 0xFFFF) }
+        var archive: [UInt8] = []
+        var directory: [UInt8] = []
+        for (name, bytes) in entries {
+            let nameBytes = Array(name.utf8)
+            let offset = archive.count
+            archive += u32(0x0403_4b50) + u16(20) + u16(0) + u16(0) + u16(0) + u16(0) + u32(0)
+            archive += u32(bytes.count) + u32(bytes.count) + u16(nameBytes.count) + u16(0) + nameBytes + bytes
+            directory += u32(0x0201_4b50) + u16(20) + u16(20) + u16(0) + u16(0) + u16(0) + u16(0) + u32(0)
+            directory += u32(bytes.count) + u32(bytes.count) + u16(nameBytes.count) + u16(0) + u16(0) + u16(0)
+            directory += u16(0) + u32(0) + u32(offset) + nameBytes
+        }
+        let directoryOffset = archive.count
+        archive += directory
+        archive += u32(0x0605_4b50) + u16(0) + u16(0) + u16(entries.count) + u16(entries.count)
+        archive += u32(directory.count) + u32(directoryOffset) + u16(0)
+        return archive
+    }
+
+    /// A list nested `depth` deep, built from the inside out as pickle does: EMPTY_LIST, then `depth` times
+    /// (MARK, EMPTY_LIST), then `depth` APPENDS, each putting the innermost list into the one below it.
+    static func nestedLists(_ depth: Int) -> [UInt8] {
+        let mark = UInt8(ascii: "("), emptyList = UInt8(ascii: "]"), appends = UInt8(ascii: "e")
+        var stream: [UInt8] = [0x80, 2, emptyList]
+        for _ in 0..<depth { stream += [mark, emptyList] }
+        stream += [UInt8](repeating: appends, count: depth)
+        return stream + [UInt8(ascii: ".")]
+    }
+
+    static func load(_ pickle: [UInt8], in directory: ScratchDirectory) throws -> (URL, () throws -> PickleValue) {
+        let url = directory.file("deep.pt")
+        try Data(storedZip([("archive/data.pkl", pickle)])).write(to: url)
+        return (url, { try TorchCheckpoint.load(url: url) })
+    }
+
+    @Test func hundredThousandDeepFailsCleanly() throws {
+        let directory = try ScratchDirectory()
+        defer { directory.remove() }
+        let (url, load) = try Self.load(Self.nestedLists(100_000), in: directory)
+        expectSerializationError("invalid torch checkpoint \(url.path): data.pkl nests values more than 256 deep") {
+            _ = try load()
+        }
+    }
+
+    /// The limit is where it was: 255 levels below the top load (and convert, depth for depth), 256 do not.
+    @Test func limitIsExact() throws {
+        let directory = try ScratchDirectory()
+        defer { directory.remove() }
+        var value = try Self.load(Self.nestedLists(255), in: directory).1()
+        var depth = 0
+        while case .list(let items) = value, let first = items.first {
+            #expect(items.count == 1)
+            value = first
+            depth += 1
+        }
+        #expect(depth == 255 && value == .list([]))
+        let (url, load) = try Self.load(Self.nestedLists(256), in: directory)
+        expectSerializationError("invalid torch checkpoint \(url.path): data.pkl nests values more than 256 deep") {
+            _ = try load()
+        }
+    }
+
+    /// The same depth built from the outside in, through the memo: each new list goes into the previous one after
+    /// that one is already inside its parent. Heights could not follow that, so it is refused at the second step.
+    @Test func outsideInNestingIsRefused() throws {
+        let directory = try ScratchDirectory()
+        defer { directory.remove() }
+        let emptyList = UInt8(ascii: "]"), binPut = UInt8(ascii: "q"), binGet = UInt8(ascii: "h")
+        let append = UInt8(ascii: "a"), pop = UInt8(ascii: "0")
+        var stream: [UInt8] = [0x80, 2, emptyList, binPut, 0]
+        for _ in 0..<100_000 { stream += [binGet, 0, emptyList, binPut, 0, append, pop] }
+        stream += [UInt8(ascii: ".")]
+        let (url, load) = try Self.load(stream, in: directory)
+        expectSerializationError(
+            "invalid torch checkpoint \(url.path): data.pkl adds to a list or dict after putting it inside another "
+                + "value (a cyclic structure)"
+        ) { _ = try load() }
+    }
+}

@@ -42,6 +42,8 @@ int ct_set_tf32(int enabled);
 // MARK: lifetime and metadata
 void ct_free(ct_tensor t);
 int64_t ct_thread_live_handles(void); // handles made minus handles freed on this thread (for leak tests)
+// For leak tests: on this thread, the wrap after the next n handles fails as if out of memory (n < 0: never).
+void ct_debug_fail_wraps_after(int64_t n);
 ct_tensor ct_shallow_clone(ct_tensor t); // a second handle to the same tensor (shares storage and autograd)
 int ct_defined(ct_tensor t);
 int ct_dim(ct_tensor t);

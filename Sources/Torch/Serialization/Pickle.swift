@@ -105,22 +105,46 @@ struct PickleMachine {
 
     /// Values on the stack and in the memo. Lists and dicts are boxes because pickle mutates them after they are
     /// memoized (EMPTY_DICT, BINPUT, ..., SETITEMS), and every reference must see the mutation.
+    ///
+    /// Every container knows its height (0 when it holds no container, else one more than its tallest child), checked
+    /// against `maximumDepth` as each child goes in, so a structure too deep is refused while it is being built: it
+    /// never exists, to be freed recursively (which a 100,000-deep one did until the stack ran out). The heights stay
+    /// exact because a container that has been put inside another can no longer change (`Nesting.isContained`).
     private enum Item {
         case value(PickleValue)
-        case tuple([Item])
+        case tuple([Item], height: Int)
         case list(ListBox)
         case dict(DictBox)
         case global(TorchGlobal)
         case storage(TorchStorage)
+
+        var height: Int {
+            switch self {
+            case .tuple(_, let height): height
+            case .list(let box): box.nesting.height
+            case .dict(let box): box.nesting.height
+            case .value, .global, .storage: 0
+            }
+        }
+    }
+
+    private struct Nesting {
+        var height = 0
+        /// Set once the container is the child of another: from then on adding to it would change the heights of
+        /// containers it cannot name, so it is refused. `torch.save` fills every list and dict before it puts it
+        /// anywhere; only cyclic structures, or one built from the outside in, add to a contained one.
+        var isContained = false
     }
 
     private final class ListBox {
         var items: [Item] = []
+        var nesting = Nesting()
     }
 
     private final class DictBox {
         var keys: [Item] = []
         var values: [Item] = []
+        var nesting = Nesting()
         /// Positions of string and int keys, so that re-assigning a key replaces its value (as in Python) without a
         /// linear scan per item of a large state dict. Other keys (tuples, ...) are simply appended.
         var positions: [IndexKey: Int] = [:]
@@ -237,25 +261,25 @@ struct PickleMachine {
         case Opcode.shortBinBytes: push(.bytes(Array(try read(Int(try readByte())))))
         case Opcode.binBytes: push(.bytes(Array(try read(Int(try readLittleEndian(4))))))
 
-        case Opcode.emptyTuple: stack.append(.tuple([]))
-        case Opcode.tuple: stack.append(.tuple(try popToMark()))
+        case Opcode.emptyTuple: stack.append(.tuple([], height: 0))
+        case Opcode.tuple: stack.append(try tuple(try popToMark()))
         case Opcode.tuple1, Opcode.tuple2, Opcode.tuple3:
             let count = Int(opcode - Opcode.tuple1) + 1
             guard stack.count >= count + (marks.last ?? 0) else { throw fail("TUPLE\(count) on a short stack") }
             let items = Array(stack.suffix(count))
             stack.removeLast(count)
-            stack.append(.tuple(items))
+            stack.append(try tuple(items))
         case Opcode.emptyList: stack.append(.list(ListBox()))
         case Opcode.list:
             let box = ListBox()
-            box.items = try popToMark()
+            try append(try popToMark(), to: box)
             stack.append(.list(box))
         case Opcode.append:
             let item = try pop()
-            try listOnTop().items.append(item)
+            try append([item], to: try listOnTop())
         case Opcode.appends:
             let items = try popToMark()
-            try listOnTop().items.append(contentsOf: items)
+            try append(items, to: try listOnTop())
         case Opcode.emptyDict: stack.append(.dict(DictBox()))
         case Opcode.dict:
             let box = DictBox()
@@ -289,12 +313,12 @@ struct PickleMachine {
         case Opcode.reduce:
             let arguments = try pop()
             let callable = try pop()
-            guard case .tuple(let argumentList) = arguments else { throw fail("REDUCE arguments are not a tuple") }
+            guard case .tuple(let argumentList, _) = arguments else { throw fail("REDUCE arguments are not a tuple") }
             stack.append(try call(callable, argumentList))
         case Opcode.newObj:
             let arguments = try pop()
             let type = try pop()
-            guard case .global(.orderedDict) = type, case .tuple(let argumentList) = arguments, argumentList.isEmpty
+            guard case .global(.orderedDict) = type, case .tuple(let argumentList, _) = arguments, argumentList.isEmpty
             else {
                 throw fail("NEWOBJ is only supported for OrderedDict()")
             }
@@ -334,10 +358,8 @@ struct PickleMachine {
             }
             return .value(.tensor(tensor))
         case .size:
-            guard arguments.count == 1, case .tuple(let dimensions) = arguments[0] else {
-                throw fail("torch.Size expects one tuple")
-            }
-            return .tuple(dimensions)
+            guard arguments.count == 1, case .tuple = arguments[0] else { throw fail("torch.Size expects one tuple") }
+            return arguments[0]
         case .storageClass(let dtype):
             throw fail("constructing a \(dtype) storage directly is not supported")
         }
@@ -357,7 +379,8 @@ struct PickleMachine {
         guard let bytes = view.bytes(of: storage.bytes, itemSize: storage.dtype.itemSize, capacity: elementCapacity)
         else {
             throw fail(
-                "tensor view (offset \(offset), size \(size), stride \(stride)) does not fit storage '\(storage.key)' "
+                "tensor view (offset \(offset), size \(excerpt(shape: size)), stride \(excerpt(shape: stride))) "
+                    + "does not fit storage '\(excerpt(storage.key))' "
                     + "of \(elementCapacity) elements")
         }
         return TensorData(dtype: storage.dtype, shape: size, storage: bytes)
@@ -365,7 +388,7 @@ struct PickleMachine {
 
     /// A persistent id `('storage', storage_class, key, location, numel)`, resolved to the archive's record.
     private mutating func persistentLoad(_ id: Item) throws -> TorchStorage {
-        guard case .tuple(let fields) = id, fields.count == 5, case .value(.string("storage")) = fields[0],
+        guard case .tuple(let fields, _) = id, fields.count == 5, case .value(.string("storage")) = fields[0],
             case .global(.storageClass(let dtype)) = fields[1], case .value(.string(let key)) = fields[2],
             case .value(.int(let elementCount)) = fields[4]
         else {
@@ -410,8 +433,46 @@ struct PickleMachine {
 
     private func setItems(_ items: [Item], in box: DictBox) throws {
         guard items.count % 2 == 0 else { throw fail("SETITEMS with an odd number of items") }
+        box.nesting.height = try height(adding: items, to: box.nesting)
+        Self.markContained(items)
         for index in stride(from: 0, to: items.count, by: 2) {
             box.set(items[index], items[index + 1])
+        }
+    }
+
+    private func append(_ items: [Item], to box: ListBox) throws {
+        box.nesting.height = try height(adding: items, to: box.nesting)
+        Self.markContained(items)
+        box.items.append(contentsOf: items)
+    }
+
+    private func tuple(_ items: [Item]) throws -> Item {
+        let height = try height(adding: items, to: Nesting())
+        Self.markContained(items)
+        return .tuple(items, height: height)
+    }
+
+    /// The height of a container once `children` are in it, or an error when that would nest values `maximumDepth`
+    /// deep or the container is already inside another.
+    private func height(adding children: [Item], to nesting: Nesting) throws -> Int {
+        guard !nesting.isContained else {
+            throw fail("data.pkl adds to a list or dict after putting it inside another value (a cyclic structure)")
+        }
+        guard let tallest = children.lazy.map(\.height).max() else { return nesting.height }
+        let height = max(nesting.height, tallest + 1)
+        guard height < Self.maximumDepth else {
+            throw fail("data.pkl nests values more than \(Self.maximumDepth) deep")
+        }
+        return height
+    }
+
+    private static func markContained(_ children: [Item]) {
+        for child in children {
+            switch child {
+            case .list(let box): box.nesting.isContained = true
+            case .dict(let box): box.nesting.isContained = true
+            case .value, .tuple, .global, .storage: break
+            }
         }
     }
 
@@ -469,7 +530,7 @@ struct PickleMachine {
     // MARK: Results
 
     private func integers(_ item: Item) -> [Int]? {
-        guard case .tuple(let items) = item else { return nil }
+        guard case .tuple(let items, _) = item else { return nil }
         var result: [Int] = []
         for item in items {
             guard case .value(.int(let value)) = item else { return nil }
@@ -495,7 +556,7 @@ struct PickleMachine {
         switch item {
         case .value(let value):
             return value
-        case .tuple(let items):
+        case .tuple(let items, _):
             return .tuple(try items.map { try convert($0, depth: depth + 1, budget: &budget) })
         case .list(let box):
             return .list(try box.items.map { try convert($0, depth: depth + 1, budget: &budget) })

@@ -30,20 +30,22 @@ public enum SerializationError: Error, CustomStringConvertible, Equatable {
         case .invalidSafeTensors(let path, let reason):
             "invalid safetensors file \(path): \(reason)"
         case .invalidTensorEntry(let path, let name, let reason):
-            "invalid safetensors file \(path): tensor '\(name)': \(reason)"
+            "invalid safetensors file \(path): tensor '\(excerpt(name, limit: 200))': \(reason)"
         case .tensorNotFound(let name, let path):
-            "no tensor named '\(name)' in \(path)"
+            "no tensor named '\(excerpt(name, limit: 200))' in \(path)"
         case .invalidTensorData(let reason):
             "invalid tensor data: \(reason)"
         case .invalidCheckpoint(let path, let reason):
             "invalid torch checkpoint \(path): \(reason)"
         case .missingStorageRecord(let path, let key, let record):
-            "invalid torch checkpoint \(path): storage '\(key)' has no record '\(record)' in the archive"
+            "invalid torch checkpoint \(path): storage '\(excerpt(key))' has no record "
+                + "'\(excerpt(record, limit: 200))' in the archive"
         case .unsupportedPickleOpcode(let path, let opcode, let offset):
             "invalid torch checkpoint \(path): unsupported pickle opcode 0x\(hex(opcode)) at offset \(offset) "
                 + "of data.pkl"
         case .disallowedGlobal(let path, let name):
-            "refusing to load torch checkpoint \(path): data.pkl refers to '\(name)', which is not an allowed global"
+            "refusing to load torch checkpoint \(path): data.pkl refers to '\(excerpt(name, limit: 200))', "
+                + "which is not an allowed global"
         }
     }
 }

@@ -14,11 +14,12 @@ public struct TensorData: Sendable, Equatable {
     /// Wraps `bytes`; throws unless it holds exactly `product(shape) * dtype.itemSize` bytes.
     public init(dtype: DType, shape: [Int], bytes: Data) throws {
         guard let expected = checkedByteCount(shape, dtype: dtype) else {
-            throw SerializationError.invalidTensorData(reason: "shape \(shape) is negative or too large")
+            throw SerializationError.invalidTensorData(
+                reason: "shape \(excerpt(shape: shape)) is negative or too large")
         }
         guard bytes.count == expected else {
             throw SerializationError.invalidTensorData(
-                reason: "\(dtype) tensor of shape \(shape) needs \(expected) bytes, got \(bytes.count)")
+                reason: "\(dtype) tensor of shape \(excerpt(shape: shape)) needs \(expected) bytes, got \(bytes.count)")
         }
         self.init(dtype: dtype, shape: shape, storage: .owned(bytes))
     }

@@ -32,7 +32,8 @@ public enum TorchCheckpoint {
             guard bytes.count / dtype.itemSize == count else {
                 throw SerializationError.invalidCheckpoint(
                     path: path,
-                    reason: "storage record '\(record)' has \(bytes.count) bytes, not \(count) \(dtype) elements")
+                    reason: "storage record '\(excerpt(record, limit: 200))' has \(bytes.count) bytes, "
+                        + "not \(count) \(dtype) elements")
             }
             return bytes
         }
@@ -56,7 +57,7 @@ public enum TorchCheckpoint {
         for (depth, key) in keys.enumerated() {
             guard let next = value[key] else {
                 throw SerializationError.invalidCheckpoint(
-                    path: url.path, reason: "\(describe(Array(keys[..<depth]))) has no entry '\(key)'")
+                    path: url.path, reason: "\(describe(Array(keys[..<depth]))) has no entry '\(excerpt(key))'")
             }
             value = next
         }
@@ -79,7 +80,9 @@ public enum TorchCheckpoint {
             }
             guard case .tensor(let tensor) = entry else {
                 throw SerializationError.invalidCheckpoint(
-                    path: path, reason: "\(describe(keys)) maps '\(name)' to type \(entry.kindName), not a tensor")
+                    path: path,
+                    reason: "\(describe(keys)) maps '\(excerpt(name, limit: 200))' to type \(entry.kindName), "
+                        + "not a tensor")
             }
             tensors[name] = tensor
         }

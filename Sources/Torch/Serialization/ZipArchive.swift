@@ -50,7 +50,7 @@ struct ZipArchive {
         guard let entry = entries[name] else { return nil }
         let path = file.path
         func fail(_ reason: String) -> SerializationError {
-            .invalidCheckpoint(path: path, reason: "zip entry '\(name)' \(reason)")
+            .invalidCheckpoint(path: path, reason: "zip entry '\(excerpt(name, limit: 200))' \(reason)")
         }
         guard entry.flags & 1 == 0 else { throw fail("is encrypted") }
 
