@@ -172,4 +172,32 @@ import Torch
             _ = try makeScheduler(config: try SchedulerConfig.load(from: try write(json, name: "scheduler_config.json")))
         }
     }
+
+    @Test func openCLIPValuesAreChecked() throws {
+        func message(_ json: String) throws -> String? {
+            let url = try write(json, name: "open_clip_config.json")
+            do {
+                _ = try OpenCLIPConfig.load(from: url)
+                return nil
+            } catch StableDiffusionError.invalidConfig(let file, let message) {
+                #expect(file == url.path)
+                return message
+            }
+        }
+        // head_width 0 divided by zero (heads = width / head_width); an infinite mlp_ratio trapped converting to Int.
+        #expect(try message(#"{"embed_dim": 512, "vision_cfg": {"head_width": 0}, "text_cfg": {}}"#)
+            == "key \"vision_cfg.head_width\" must be between 1 and 65536, got 0")
+        #expect(try message(#"{"embed_dim": 512, "vision_cfg": {"head_width": 100}, "text_cfg": {}}"#)
+            == "key \"vision_cfg.head_width\" (100) must divide vision_cfg.width (768)")
+        #expect(try message(#"{"embed_dim": 512, "vision_cfg": {}, "text_cfg": {"mlp_ratio": Infinity}}"#)
+            == "key \"text_cfg.mlp_ratio\" must be greater than 0.0 and at most 64.0, got inf")
+        #expect(try message(#"{"embed_dim": 512, "vision_cfg": {}, "text_cfg": {"heads": 7}}"#)
+            == "key \"text_cfg.heads\" (7) must divide text_cfg.width (512)")
+        #expect(try message(#"{"embed_dim": 512, "vision_cfg": {}, "text_cfg": {"layers": 100000}}"#)
+            == "key \"text_cfg.layers\" must be between 1 and 1024, got 100000")
+        #expect(try message(#"{"embed_dim": 512, "vision_cfg": {}, "text_cfg": {"vocab_size": 1000000, "width": 65536, "heads": 64, "mlp_ratio": 1}}"#)?
+            .hasPrefix("key \"text_cfg.layers\" makes a model of about ") == true)
+        #expect(try message(#"{"embed_dim": 1024, "vision_cfg": {"width": 1280, "head_width": 80, "layers": 32, "patch_size": 14}, "text_cfg": {"width": 1024, "heads": 16, "layers": 24}}"#) == nil)
+        for name in OpenCLIPConfig.presets.keys { try OpenCLIPConfig.preset(named: name).validate(file: name) }
+    }
 }
