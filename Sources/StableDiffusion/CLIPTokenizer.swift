@@ -503,7 +503,7 @@ struct BytePairEncoding: Sendable {
     private let mergedSymbol: [Int32]
     private let symbolIds: [Int32]
     private let literalSpecials: [[UInt8]: Int32]
-    private let cache = WordCache()
+    let cache = WordCache()
 
     init(vocabulary: [String: Int32], merges: [(String, String)], unknownId: Int32) {
         var symbols: [String: Int32] = [:]
@@ -542,7 +542,8 @@ struct BytePairEncoding: Sendable {
         if let special = literalSpecials[word] { return [special] }
         if let cached = cache[word] { return cached }
         let ids = merge(initialSymbols(word)).map { symbolIds[Int($0)] }
-        cache[word] = ids
+        // Long words are rare and cheap enough to merge again; cached, 200,000 of them could fill any memory.
+        if word.count <= WordCache.longestWord { cache[word] = ids }
         return ids
     }
 
@@ -694,6 +695,10 @@ final class WordCache: @unchecked Sendable {
     private var words: [[UInt8]: [Int32]] = [:]
     /// OpenAI's cache is unbounded; this one starts over past this many words.
     private let capacity = 200_000
+    /// Words longer than this many bytes are not cached, so the cache holds at most about 200,000 × 256 bytes.
+    static let longestWord = 256
+
+    var count: Int { lock.withLock { words.count } }
 
     subscript(word: [UInt8]) -> [Int32]? {
         get { lock.withLock { words[word] } }

@@ -84,4 +84,15 @@ import Testing
         // The whole word's ids spell it back.
         #expect(tokenizer.decode(tokenizer.encode(word)) == word)
     }
+
+    @Test func longWordsAreNotCached() {
+        // Each cached word kept its bytes and ids: 200,000 long words could hold any amount of memory.
+        let bpe = BytePairEncoding(vocabulary: ["a": 0, "a</w>": 1, "aa": 2], merges: [("a", "a")], unknownId: 1)
+        let long = [UInt8](repeating: UInt8(ascii: "a"), count: WordCache.longestWord + 1)
+        #expect(bpe.encode(word: long) == Array(repeating: 2, count: WordCache.longestWord / 2) + [1])
+        #expect(bpe.cache.count == 0)
+        let short = [UInt8](repeating: UInt8(ascii: "a"), count: WordCache.longestWord)
+        #expect(bpe.encode(word: short) == Array(repeating: 2, count: WordCache.longestWord / 2 - 1) + [0, 1])
+        #expect(bpe.cache.count == 1)
+    }
 }
