@@ -68,6 +68,31 @@ public struct AutoencoderKLConfig: Codable, Sendable, Equatable {
             throw StableDiffusionError.invalidConfig(
                 file: file, message: "key \"\(key)\" has \(length) entries, block_out_channels has \(block_out_channels.count)")
         }
+        try checkRanges(file: file)
+    }
+}
+
+extension AutoencoderKLConfig: RangeCheckedConfig {
+    public func checkRanges(file: String, prefix: String? = nil) throws {
+        let check = ConfigRanges(file: file, prefix: prefix)
+        try check.int("block_out_channels", block_out_channels.count, in: 1...16)
+        try check.width("in_channels", in_channels)
+        try check.width("out_channels", out_channels)
+        try check.width("latent_channels", latent_channels)
+        try check.layers("layers_per_block", layers_per_block)
+        try check.width("norm_num_groups", norm_num_groups)
+        try check.int("sample_size", sample_size, in: 1...65_536)
+        try check.double("scaling_factor", scaling_factor, in: 0...1e6, open: true)
+        if let shift_factor { try check.double("shift_factor", shift_factor, in: -1e6...1e6) }
+        for (i, channels) in block_out_channels.enumerated() {
+            try check.width("block_out_channels.\(i)", channels)
+            if channels % norm_num_groups != 0 {
+                throw check.fail("norm_num_groups", "(\(norm_num_groups)) must divide block_out_channels.\(i) (\(channels))")
+            }
+        }
+        // Encoder and decoder resnets of 3x3 convolutions (the decoder has one more per level), a rough upper estimate.
+        let total = block_out_channels.reduce(0.0) { $0 + Double(2 * layers_per_block + 1) * 18 * Double($1) * Double($1) }
+        try check.parameters(total, key: "layers_per_block")
     }
 }
 

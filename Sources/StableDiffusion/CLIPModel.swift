@@ -55,6 +55,14 @@ public struct CLIPConfig: Codable, Sendable, Equatable {
     }
 }
 
+extension CLIPConfig: RangeCheckedConfig {
+    public func checkRanges(file: String, prefix: String? = nil) throws {
+        try text_config.checkRanges(file: file, prefix: "text_config")
+        try vision_config.checkRanges(file: file, prefix: "vision_config")
+        try ConfigRanges(file: file, prefix: prefix).width("projection_dim", projection_dim)
+    }
+}
+
 /// transformers' `CLIPModel`: the text tower (`text_model.*`, Stable Diffusion's `CLIPTextModel`), the vision tower
 /// (`vision_model.*`), `text_projection` and `visual_projection` (no bias) into one embedding space, and
 /// `logit_scale`. PickScore_v1 is one (ViT-H/14), as is OpenAI's CLIP ViT-L/14 that the LAION aesthetic predictor reads.
@@ -74,6 +82,7 @@ public final class CLIPModel: Module {
     public var imageSize: Int { config.vision_config.image_size }
 
     public init(_ vb: VarBuilder, config: CLIPConfig, tokenizer: CLIPTokenizer, configFile: String = "config.json") throws {
+        try ConfigRanges(file: configFile, prefix: nil).width("projection_dim", config.projection_dim)
         scope = vb.scope
         self.config = config
         self.tokenizer = tokenizer

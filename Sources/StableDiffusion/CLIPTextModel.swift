@@ -47,6 +47,25 @@ public struct CLIPTextConfig: Codable, Sendable, Equatable {
     }
 }
 
+extension CLIPTextConfig: RangeCheckedConfig {
+    public func checkRanges(file: String, prefix: String? = nil) throws {
+        let check = ConfigRanges(file: file, prefix: prefix)
+        try check.int("vocab_size", vocab_size, in: 1...ConfigRanges.maxVocab)
+        try check.width("hidden_size", hidden_size)
+        try check.width("intermediate_size", intermediate_size)
+        try check.layers("num_hidden_layers", num_hidden_layers)
+        try check.width("num_attention_heads", num_attention_heads)
+        try check.divides("num_attention_heads", heads: num_attention_heads, "hidden_size", width: hidden_size)
+        try check.width("max_position_embeddings", max_position_embeddings)
+        try check.epsilon("layer_norm_eps", layer_norm_eps)
+        if let projection_dim { try check.width("projection_dim", projection_dim) }
+        let (h, i) = (Double(hidden_size), Double(intermediate_size))
+        let perLayer = 4 * h * h + 2 * h * i
+        try check.parameters(
+            Double(vocab_size + max_position_embeddings) * h + Double(num_hidden_layers) * perLayer, key: "num_hidden_layers")
+    }
+}
+
 /// transformers' ACT2FN for the names CLIP configs use (`hidden_act` of the text and the vision tower).
 func clipActivation(_ name: String, file: String, key: String = "hidden_act") throws -> @Sendable (Tensor) -> Tensor {
     switch name {
@@ -94,6 +113,7 @@ public final class CLIPTextModel: Module {
         tower root: VarBuilder, scope: ParameterScope? = nil, config: CLIPTextConfig, configFile: String = "config.json",
         configKey: String? = nil
     ) throws {
+        try config.checkRanges(file: configFile, prefix: configKey)
         self.scope = scope ?? root.scope
         self.config = config
         let embeddings = root.pp("embeddings")

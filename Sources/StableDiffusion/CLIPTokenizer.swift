@@ -48,7 +48,7 @@ public struct CLIPTokenizer: Sendable {
 
     private let vocabulary: [String: Int32]
     private let tokenStrings: [Int32: String]
-    private let bpe: BytePairEncoding
+    let bpe: BytePairEncoding
     /// The merges in rank order, kept to write the tokenizer back out (`write(to:)`).
     private let merges: [(String, String)]
     private let specialTokens: (bos: String, eos: String, unknown: String, pad: String)
@@ -504,7 +504,7 @@ struct BytePairEncoding: Sendable {
     private let mergedSymbol: [Int32]
     private let symbolIds: [Int32]
     private let literalSpecials: [[UInt8]: Int32]
-    private let cache = WordCache()
+    let cache = WordCache()
 
     init(vocabulary: [String: Int32], merges: [(String, String)], unknownId: Int32) {
         var symbols: [String: Int32] = [:]
@@ -542,13 +542,90 @@ struct BytePairEncoding: Sendable {
     func encode(word: [UInt8]) -> [Int32] {
         if let special = literalSpecials[word] { return [special] }
         if let cached = cache[word] { return cached }
+        let ids = merge(initialSymbols(word)).map { symbolIds[Int($0)] }
+        // Long words are rare and cheap enough to merge again; cached, 200,000 of them could fill any memory.
+        if word.count <= WordCache.longestWord { cache[word] = ids }
+        return ids
+    }
+
+    func initialSymbols(_ word: [UInt8]) -> [Int32] {
         var symbols = word.dropLast().map { byteSymbols[Int($0)] }
         symbols.append(finalByteSymbols[Int(word.last!)])
+        return symbols
+    }
+
+    private func rankOf(_ left: Int32, _ right: Int32) -> Int32? {
+        ranks[UInt64(UInt32(left)) << 32 | UInt64(UInt32(right))]
+    }
+
+    /// transformers' BPE loop in O(n log n) rather than O(n²) (a 120,000-character word took 10 s): the symbols are a
+    /// linked list and every adjacent pair sits in a heap ordered by (rank, position). Each round takes all the
+    /// entries of the lowest rank, as transformers merges every occurrence of the best pair in one pass, and merges
+    /// those still current left to right without overlaps; the pairs a merge makes join the heap for later rounds.
+    /// Same result as `referenceMerge`, the loop it replaces.
+    func merge(_ initial: [Int32]) -> [Int32] {
+        var symbols = initial
+        let count = symbols.count
+        guard count > 1 else { return symbols }
+        var next = Array(1...count)  // count: none
+        var previous = Array(-1..<count - 1)
+        var alive = [Bool](repeating: true, count: count)
+        var heap = PairHeap()
+        for i in 0..<count - 1 {
+            if let rank = rankOf(symbols[i], symbols[i + 1]) { heap.push(rank: rank, position: i) }
+        }
+        var round: [Int] = []
+        while let (best, first) = heap.pop() {
+            round.removeAll(keepingCapacity: true)
+            round.append(first)
+            while let (rank, position) = heap.peek(), rank == best {
+                _ = heap.pop()
+                round.append(position)
+            }
+            round.sort()
+            let joined = mergedSymbol[Int(best)]
+            var pending: [Int] = []
+            for i in round {
+                let j = next[i]
+                // Stale entries (a side already merged into something else) and repeats are skipped.
+                guard alive[i], j < count, rankOf(symbols[i], symbols[j]) == best else { continue }
+                symbols[i] = joined
+                alive[j] = false
+                next[i] = next[j]
+                if next[j] < count { previous[next[j]] = i }
+                pending.append(i)
+            }
+            // The pairs around each merged symbol, pushed after the round so that none of them joins it.
+            for i in pending where alive[i] {
+                if previous[i] >= 0, let rank = rankOf(symbols[previous[i]], symbols[i]) {
+                    heap.push(rank: rank, position: previous[i])
+                }
+                if next[i] < count, let rank = rankOf(symbols[i], symbols[next[i]]) { heap.push(rank: rank, position: i) }
+            }
+        }
+        var result: [Int32] = []
+        var i = 0
+        while i < count {
+            result.append(symbols[i])
+            i = next[i]
+        }
+        return result
+    }
+
+    /// The ids by the quadratic loop `merge` replaced, for tests to compare against.
+    func referenceEncode(word: [UInt8]) -> [Int32] {
+        if let special = literalSpecials[word] { return [special] }
+        return referenceMerge(initialSymbols(word)).map { symbolIds[Int($0)] }
+    }
+
+    /// transformers' loop as written: find the lowest-ranked pair, merge every occurrence left to right, repeat.
+    func referenceMerge(_ initial: [Int32]) -> [Int32] {
+        var symbols = initial
         while symbols.count > 1 {
             var best = Int32.max
             var bestIndex = -1
             for i in 0..<symbols.count - 1 {
-                if let rank = ranks[UInt64(UInt32(symbols[i])) << 32 | UInt64(UInt32(symbols[i + 1]))], rank < best {
+                if let rank = rankOf(symbols[i], symbols[i + 1]), rank < best {
                     best = rank
                     bestIndex = i
                 }
@@ -570,9 +647,46 @@ struct BytePairEncoding: Sendable {
             }
             symbols = next
         }
-        let ids = symbols.map { symbolIds[Int($0)] }
-        cache[word] = ids
-        return ids
+        return symbols
+    }
+}
+
+/// A binary min-heap of (rank, position) pairs packed in a UInt64, so that ties in rank go left to right.
+struct PairHeap {
+    private var items: [UInt64] = []
+
+    mutating func push(rank: Int32, position: Int) {
+        items.append(UInt64(UInt32(rank)) << 32 | UInt64(UInt32(position)))
+        var child = items.count - 1
+        while child > 0 {
+            let parent = (child - 1) / 2
+            guard items[child] < items[parent] else { break }
+            items.swapAt(child, parent)
+            child = parent
+        }
+    }
+
+    func peek() -> (rank: Int32, position: Int)? {
+        items.first.map { (Int32(truncatingIfNeeded: $0 >> 32), Int(UInt32(truncatingIfNeeded: $0))) }
+    }
+
+    mutating func pop() -> (rank: Int32, position: Int)? {
+        guard let top = peek() else { return nil }
+        let last = items.removeLast()
+        if !items.isEmpty {
+            items[0] = last
+            var parent = 0
+            while true {
+                let left = 2 * parent + 1, right = left + 1
+                var smallest = parent
+                if left < items.count && items[left] < items[smallest] { smallest = left }
+                if right < items.count && items[right] < items[smallest] { smallest = right }
+                guard smallest != parent else { break }
+                items.swapAt(parent, smallest)
+                parent = smallest
+            }
+        }
+        return top
     }
 }
 
@@ -582,6 +696,10 @@ final class WordCache: @unchecked Sendable {
     private var words: [[UInt8]: [Int32]] = [:]
     /// OpenAI's cache is unbounded; this one starts over past this many words.
     private let capacity = 200_000
+    /// Words longer than this many bytes are not cached, so the cache holds at most about 200,000 × 256 bytes.
+    static let longestWord = 256
+
+    var count: Int { lock.withLock { words.count } }
 
     subscript(word: [UInt8]) -> [Int32]? {
         get { lock.withLock { words[word] } }

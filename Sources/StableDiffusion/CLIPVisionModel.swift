@@ -39,6 +39,27 @@ public struct CLIPVisionConfig: Codable, Sendable, Equatable {
     public var gridSize: Int { image_size / patch_size }
 }
 
+extension CLIPVisionConfig: RangeCheckedConfig {
+    public func checkRanges(file: String, prefix: String? = nil) throws {
+        let check = ConfigRanges(file: file, prefix: prefix)
+        try check.width("hidden_size", hidden_size)
+        try check.width("intermediate_size", intermediate_size)
+        try check.width("projection_dim", projection_dim)
+        try check.layers("num_hidden_layers", num_hidden_layers)
+        try check.width("num_attention_heads", num_attention_heads)
+        try check.divides("num_attention_heads", heads: num_attention_heads, "hidden_size", width: hidden_size)
+        try check.int("num_channels", num_channels, in: 1...64)
+        try check.int("image_size", image_size, in: 1...8192)
+        try check.int("patch_size", patch_size, in: 1...image_size)
+        try check.epsilon("layer_norm_eps", layer_norm_eps)
+        let (h, i) = (Double(hidden_size), Double(intermediate_size))
+        let positions = Double(gridSize * gridSize + 1)
+        try check.parameters(
+            positions * h + Double(num_channels * patch_size * patch_size) * h
+                + Double(num_hidden_layers) * (4 * h * h + 2 * h * i), key: "num_hidden_layers")
+    }
+}
+
 /// What the vision tower returns, as transformers' `BaseModelOutputWithPooling`.
 public struct CLIPVisionOutput {
     /// The last layer's states [B, 1 + patches, D] (the class token first), without `post_layernorm`.
@@ -77,6 +98,7 @@ public final class CLIPVisionModel: Module {
         tower root: VarBuilder, scope: ParameterScope? = nil, config: CLIPVisionConfig, configFile: String = "config.json",
         configKey: String? = nil
     ) throws {
+        try config.checkRanges(file: configFile, prefix: configKey)
         self.scope = scope ?? root.scope
         self.config = config
         let width = config.hidden_size

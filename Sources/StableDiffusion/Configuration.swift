@@ -11,7 +11,11 @@ public func decodeConfig<T: Decodable>(_ type: T.Type, from url: URL) throws -> 
         // "lambda_min_clipped": -Infinity); JSON5 reads them.
         let decoder = JSONDecoder()
         decoder.allowsJSON5 = true
-        return try decoder.decode(T.self, from: data)
+        let value = try decoder.decode(T.self, from: data)
+        try (value as? any RangeCheckedConfig)?.checkRanges(file: url.path, prefix: nil)
+        return value
+    } catch let error as StableDiffusionError {
+        throw error
     } catch let error as DecodingError {
         throw StableDiffusionError.invalidConfig(file: url.path, message: describe(error))
     } catch {
@@ -118,6 +122,77 @@ public enum JSONValue: Codable, Sendable, Equatable, CustomStringConvertible {
         case .array(let values): "[" + values.map(\.description).joined(separator: ", ") + "]"
         case .object(let values):
             "{" + values.keys.sorted().map { "\($0): \(values[$0]!.description)" }.joined(separator: ", ") + "}"
+        }
+    }
+}
+
+/// A config whose numbers are checked when it is decoded (`decodeConfig`) and again when a model is built from it:
+/// sizes positive and bounded, head counts that divide their widths, epsilons and betas in range. A value out of range
+/// is `StableDiffusionError.invalidConfig` naming the file and the key, before anything is allocated.
+public protocol RangeCheckedConfig {
+    /// `prefix` is where this config sits in `file` (`text_config` in a `CLIPModel`'s), for the key in the message.
+    func checkRanges(file: String, prefix: String?) throws
+}
+
+/// The checks a config's `checkRanges` runs; each throws `invalidConfig` naming the file and the key.
+struct ConfigRanges {
+    /// Generous bounds: the largest real checkpoints are far inside them (SDXL: 2,048 channels, 10 transformer
+    /// layers; OpenCLIP bigG: 1,280 wide, 32 layers; CLIP's vocabulary: 49,408).
+    static let maxWidth = 65_536
+    static let maxLayers = 1_024
+    static let maxVocab = 1_000_000
+    /// What a model built from one config may hold at most (ten times OpenCLIP ViT-bigG), estimated from the config.
+    static let maxParameters = 20e9
+
+    let file: String
+    let prefix: String?
+
+    func name(_ key: String) -> String { prefix.map { "\($0).\(key)" } ?? key }
+
+    func fail(_ key: String, _ message: String) -> StableDiffusionError {
+        .invalidConfig(file: file, message: "key \"\(name(key))\" \(message)")
+    }
+
+    /// An integer in `range`.
+    func int(_ key: String, _ value: Int, in range: ClosedRange<Int>) throws {
+        guard range.contains(value) else {
+            throw fail(key, "must be between \(range.lowerBound) and \(range.upperBound), got \(value)")
+        }
+    }
+
+    func width(_ key: String, _ value: Int) throws { try int(key, value, in: 1...Self.maxWidth) }
+    func layers(_ key: String, _ value: Int, minimum: Int = 1) throws { try int(key, value, in: minimum...Self.maxLayers) }
+
+    /// A per-block list: each value checked, `key.i` named when the list has one per block.
+    func each(_ key: String, _ values: PerBlock<Int>, count: Int, _ check: (String, Int) throws -> Void) throws {
+        switch values {
+        case .same(let value): try check(key, value)
+        case .each(let list): for (i, value) in list.enumerated() { try check("\(key).\(i)", value) }
+        }
+    }
+
+    /// A finite number in `range`; `open` excludes the lower bound.
+    func double(_ key: String, _ value: Double, in range: ClosedRange<Double>, open: Bool = false) throws {
+        guard value.isFinite, range.contains(value), !(open && value == range.lowerBound) else {
+            let low = open ? "greater than \(range.lowerBound)" : "at least \(range.lowerBound)"
+            throw fail(key, "must be \(low) and at most \(range.upperBound), got \(value)")
+        }
+    }
+
+    /// A layer-norm or group-norm epsilon: positive, at most 1 (real configs use 1e-5 or 1e-6).
+    func epsilon(_ key: String, _ value: Double) throws { try double(key, value, in: 0...1, open: true) }
+
+    /// `heads` divides `width` (multi-head attention splits the width among the heads).
+    func divides(_ key: String, heads: Int, _ widthKey: String, width: Int) throws {
+        guard heads > 0, width % heads == 0 else {
+            throw fail(key, "(\(heads)) must divide \(name(widthKey)) (\(width))")
+        }
+    }
+
+    /// The estimated parameter count is within `maxParameters`.
+    func parameters(_ count: Double, key: String) throws {
+        guard count <= Self.maxParameters else {
+            throw fail(key, "makes a model of about \(String(format: "%.3g", count)) parameters, more than the \(String(format: "%.3g", Self.maxParameters)) allowed")
         }
     }
 }

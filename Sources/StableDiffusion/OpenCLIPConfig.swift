@@ -314,6 +314,43 @@ extension OpenCLIPConfig {
                 throw unsupported("\(tower).norm_kwargs.eps", eps.description, ["a number"])
             }
         }
+        try checkRanges(file: file)
+    }
+
+    /// Sizes positive and bounded, heads dividing widths, finite MLP ratios and epsilons, an estimated parameter
+    /// count within bounds: else `invalidConfig` naming the file and the key (issue 17), before anything is built.
+    func checkRanges(file: String) throws {
+        let check = ConfigRanges(file: file, prefix: nil)
+        let v = vision_cfg, t = text_cfg
+        try check.width("embed_dim", embed_dim)
+        try check.width("vision_cfg.width", v.width)
+        try check.width("vision_cfg.head_width", v.head_width)
+        try check.divides("vision_cfg.head_width", heads: v.head_width, "vision_cfg.width", width: v.width)
+        try check.layers("vision_cfg.layers", v.layerCount)
+        try check.int("vision_cfg.image_size", v.imageSize, in: 1...8192)
+        try check.int("vision_cfg.patch_size", v.patchSize, in: 1...v.imageSize)
+        try check.double("vision_cfg.mlp_ratio", v.mlp_ratio, in: 0...64, open: true)
+        try check.width("vision_cfg.mlp_ratio", v.mlpWidth)
+        try check.epsilon("vision_cfg.norm_kwargs.eps", v.layerNormEps)
+        try check.width("text_cfg.width", t.width)
+        try check.width("text_cfg.heads", t.heads)
+        try check.divides("text_cfg.heads", heads: t.heads, "text_cfg.width", width: t.width)
+        try check.layers("text_cfg.layers", t.layers)
+        try check.int("text_cfg.vocab_size", t.vocab_size, in: 1...ConfigRanges.maxVocab)
+        try check.width("text_cfg.context_length", t.context_length)
+        try check.double("text_cfg.mlp_ratio", t.mlp_ratio, in: 0...64, open: true)
+        try check.width("text_cfg.mlp_ratio", t.mlpWidth)
+        try check.epsilon("text_cfg.norm_kwargs.eps", t.layerNormEps)
+        func tower(_ width: Int, _ mlp: Int, _ layers: Int) -> Double {
+            Double(layers) * (4 * Double(width) * Double(width) + 2 * Double(width) * Double(mlp))
+        }
+        let grid = Double(v.imageSize / v.patchSize)
+        try check.parameters(
+            tower(v.width, v.mlpWidth, v.layerCount) + (grid * grid + Double(3 * v.patchSize * v.patchSize)) * Double(v.width),
+            key: "vision_cfg.layers")
+        try check.parameters(
+            tower(t.width, t.mlpWidth, t.layers) + Double(t.vocab_size + t.context_length) * Double(t.width),
+            key: "text_cfg.layers")
     }
 }
 

@@ -153,6 +153,59 @@ public struct UNet2DConditionConfig: Codable, Sendable, Equatable {
             throw StableDiffusionError.invalidConfig(
                 file: file, message: "key \"\(key)\" has \(length) entries, down_block_types has \(count)")
         }
+        try checkRanges(file: file)
+        try checkRelations(file: file)
+    }
+}
+
+extension UNet2DConditionConfig: RangeCheckedConfig {
+    public func checkRanges(file: String, prefix: String? = nil) throws {
+        let check = ConfigRanges(file: file, prefix: prefix)
+        try check.int("down_block_types", down_block_types.count, in: 1...16)
+        if let sample_size { try check.int("sample_size", sample_size, in: 1...65_536) }
+        try check.width("in_channels", in_channels)
+        try check.width("out_channels", out_channels)
+        try check.int("freq_shift", freq_shift, in: 0...1_000_000)
+        try check.int("downsample_padding", downsample_padding, in: 0...16)
+        try check.double("mid_block_scale_factor", mid_block_scale_factor, in: -1e6...1e6)
+        try check.epsilon("norm_eps", norm_eps)
+        if let norm_num_groups { try check.width("norm_num_groups", norm_num_groups) }
+        if let time_embedding_dim { try check.width("time_embedding_dim", time_embedding_dim) }
+        try check.int("conv_in_kernel", conv_in_kernel, in: 1...31)
+        try check.int("conv_out_kernel", conv_out_kernel, in: 1...31)
+        for (i, channels) in block_out_channels.enumerated() { try check.width("block_out_channels.\(i)", channels) }
+        let count = down_block_types.count
+        try check.each("layers_per_block", layers_per_block, count: count) { try check.layers($0, $1) }
+        try check.each("transformer_layers_per_block", transformer_layers_per_block, count: count) { try check.layers($0, $1) }
+        try check.each("cross_attention_dim", cross_attention_dim, count: count) { try check.width($0, $1) }
+        try check.each("attention_head_dim", attention_head_dim, count: count) { try check.width($0, $1) }
+        // A rough upper estimate from the config alone: resnets of 3x3 convolutions and transformer blocks per level.
+        let layers = layers_per_block.values(count: count), transformers = transformer_layers_per_block.values(count: count)
+        let crossDims = cross_attention_dim.values(count: count)
+        var total = 0.0
+        for i in 0..<min(count, block_out_channels.count, layers.count, transformers.count, crossDims.count) {
+            let c = Double(block_out_channels[i]), resnets = Double(2 * layers[i] + 2)
+            total += resnets * 18 * c * c + resnets * Double(transformers[i]) * (12 * c * c + 2 * c * Double(crossDims[i]))
+        }
+        try check.parameters(total, key: "layers_per_block")
+    }
+
+    /// What holds between keys, checked by `validate(file:)` once the per-block lists agree in length: the groups
+    /// of the group norms and the attention heads divide each block's channels.
+    func checkRelations(file: String) throws {
+        let check = ConfigRanges(file: file, prefix: nil)
+        let count = down_block_types.count
+        for (i, channels) in block_out_channels.enumerated() {
+            if let groups = norm_num_groups, channels % groups != 0 {
+                throw check.fail("norm_num_groups", "(\(groups)) must divide block_out_channels.\(i) (\(channels))")
+            }
+        }
+        // attention_head_dim holds the number of heads (see its comment): it splits each block's channels.
+        let heads = attention_head_dim.values(count: count)
+        for (i, (channels, head)) in zip(block_out_channels, heads).enumerated() where channels % head != 0 {
+            let key = if case .each = attention_head_dim { "attention_head_dim.\(i)" } else { "attention_head_dim" }
+            throw check.fail(key, "(\(head)) must divide block_out_channels.\(i) (\(channels))")
+        }
     }
 }
 

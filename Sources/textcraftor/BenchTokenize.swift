@@ -33,6 +33,9 @@ struct BenchTokenize: ParsableCommand {
     func run() throws {
         guard repeats >= 1 else { throw CommandError("--repeats must be at least 1 (got \(repeats))") }
         guard maxLength >= 2 else { throw CommandError("--max-length must be at least 2 (got \(maxLength))") }
+        guard maxLength <= Tokenize.maxContextLength else {
+            throw CommandError("--max-length must be at most \(Tokenize.maxContextLength) (got \(maxLength))")
+        }
         let texts = try promptTexts()
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("bench-tokenize-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: scratch) }

@@ -12,6 +12,9 @@ struct Tokenize: ParsableCommand {
             warning naming the dropped words.
             """)
 
+    /// The longest --max-length: far beyond any CLIP context (77), small enough to pad without harm.
+    static let maxContextLength = 65_536
+
     @Option(help: "A diffusers model folder whose tokenizer/ to use.", completion: .directory) var model: String?
     @Option(help: "A tokenizer folder or a bpe_simple_vocab_16e6.txt.gz file.", completion: .file()) var tokenizer: String?
     @Option(help: "Context length (ids are truncated to it).") var maxLength = 77
@@ -21,6 +24,10 @@ struct Tokenize: ParsableCommand {
     func run() throws {
         guard model == nil || tokenizer == nil else { throw CommandError("give --model or --tokenizer, not both") }
         guard maxLength >= 2 else { throw CommandError("--max-length must be at least 2 (got \(maxLength))") }
+        // Padding fills --max-length ids per prompt: an unbounded length is an unbounded allocation.
+        guard maxLength <= Self.maxContextLength else {
+            throw CommandError("--max-length must be at most \(Self.maxContextLength) (got \(maxLength))")
+        }
         let clip: CLIPTokenizer
         if let model {
             clip = try CLIPTokenizer(directory: URL(fileURLWithPath: model).appendingPathComponent("tokenizer"))

@@ -78,6 +78,19 @@ func temporaryOutput() -> URL {
         #expect(run.out.contains(#""tokens":["<|startoftext|>","a</w>","photo</w>""#))
     }
 
+    @Test func tokenizeRefusesAnEnormousMaxLength() throws {
+        // Padded to 2^31 ids, this tried to allocate 8.6 GB and aborted.
+        let run = try textcraftor(["tokenize", "--max-length", "2147483648", "--pad", "x"])
+        #expect(run.status == 1)
+        #expect(run.err == "Error: --max-length must be at most 65536 (got 2147483648)\n", "\(run.err)")
+        let bench = try textcraftor(["bench", "tokenize", "--max-length", "65537"])
+        #expect(bench.status == 1)
+        #expect(bench.err == "Error: --max-length must be at most 65536 (got 65537)\n", "\(bench.err)")
+        let largest = try textcraftor(["tokenize", "--max-length", "65536", "--pad", "x"])
+        #expect(largest.status == 0, "\(largest.err)")
+        #expect(largest.out.contains(#""ids":[49406,343,49407,49407"#), "\(largest.out.prefix(200))")
+    }
+
     @Test func inspectListsAFolder() throws {
         let run = try textcraftor(["inspect", tinySD15 + "/unet"])
         #expect(run.status == 0)

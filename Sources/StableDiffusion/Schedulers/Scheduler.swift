@@ -115,6 +115,7 @@ public struct NoiseSchedule: Sendable {
     /// 2^-24 so that sigma stays finite; DDIM keeps the 0.
     init(config: SchedulerConfig, rescaleZeroTerminalSNR: Bool, zeroTerminalSNRClamp: Bool = false) throws {
         try config.requirePositive(.numTrainTimesteps, config.numTrainTimesteps)
+        try config.checkRanges(file: config.file)
         var betas: [Float]
         if let trained = config.trainedBetas {
             guard trained.count == config.numTrainTimesteps else {

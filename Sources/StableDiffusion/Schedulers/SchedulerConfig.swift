@@ -228,3 +228,27 @@ public enum PredictionType: String, Sendable, CaseIterable {
 public enum TimestepSpacing: String, Sendable, CaseIterable {
     case leading, trailing, linspace
 }
+
+extension SchedulerConfig: RangeCheckedConfig {
+    /// The most training timesteps a schedule may have (real schedulers: 1,000).
+    static let maxTrainTimesteps = 1_000_000
+
+    /// Betas are probabilities below 1 with `beta_start <= beta_end` (SD 1.x: 0.00085 to 0.012; DDPM: 1e-4 to 0.02);
+    /// the counts are positive and bounded.
+    public func checkRanges(file: String, prefix: String? = nil) throws {
+        let check = ConfigRanges(file: file, prefix: prefix)
+        try check.int(CodingKeys.numTrainTimesteps.rawValue, numTrainTimesteps, in: 1...Self.maxTrainTimesteps)
+        try check.double(CodingKeys.betaStart.rawValue, betaStart, in: 0...0.999)
+        try check.double(CodingKeys.betaEnd.rawValue, betaEnd, in: 0...0.999)
+        guard betaStart <= betaEnd else {
+            throw check.fail(CodingKeys.betaEnd.rawValue, "(\(betaEnd)) must be at least beta_start (\(betaStart))")
+        }
+        if let trainedBetas {
+            try check.int(CodingKeys.trainedBetas.rawValue, trainedBetas.count, in: 1...Self.maxTrainTimesteps)
+            for (i, beta) in trainedBetas.enumerated() { try check.double("\(CodingKeys.trainedBetas.rawValue).\(i)", beta, in: 0...0.999) }
+        }
+        try check.int(CodingKeys.stepsOffset.rawValue, stepsOffset, in: 0...numTrainTimesteps)
+        try check.double(CodingKeys.clipSampleRange.rawValue, clipSampleRange, in: 0...1e6, open: true)
+        guard !lambdaMinClipped.isNaN else { throw check.fail(CodingKeys.lambdaMinClipped.rawValue, "must be a number, got NaN") }
+    }
+}
