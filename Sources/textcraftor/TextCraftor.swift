@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Torch
 
 @main
 struct TextCraftor: ParsableCommand {
@@ -16,9 +17,10 @@ struct TextCraftor: ParsableCommand {
         subcommands: [Train.self, Generate.self, Score.self, Eval.self, Tokenize.self, Inspect.self, Doctor.self, Bench.self, SynthModel.self, Shapes.self, Demo.self]
     )
 
-    /// As ArgumentParser's, but every failure is one line: a bad flag value prints its message without the usage
-    /// block (`--help` says the rest), so scripts and logs see one `Error: ...` line, and exits with status 1 like
-    /// every other error (an explicit `ExitCode` keeps its own).
+    /// As ArgumentParser's, but every failure is one short, safe line: a bad flag value prints its message without
+    /// the usage block (`--help` says the rest), and any message is cut to 400 characters with control characters
+    /// escaped (a 5000-character path or an escape code in a name stays harmless), so scripts and logs see one
+    /// `Error: ...` line; status 1 like every other error (an explicit `ExitCode` keeps its own).
     static func main() {
         do {
             var command = try parseAsRoot()
@@ -26,7 +28,7 @@ struct TextCraftor: ParsableCommand {
         } catch {
             let code = exitCode(for: error)
             if code == .success || error is CleanExit { exit(withError: error) }  // --help, --version
-            let message = message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+            let message = excerpt(message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)", limit: 400)
             FileHandle.standardError.write(Data("Error: \(message)\n".utf8))
             Foundation.exit(code == .validationFailure ? 1 : code.rawValue)
         }

@@ -5,7 +5,7 @@ Every input is a seed from the repository (checkpoints, configs, prompt files, i
 changed by a seeded mutation, then run through the command that reads it (inspect, tokenize, generate, score, train,
 eval). Each run is classified:
 
-  error     exit 1 with one line "Error: ..." on stderr, short (<= 400 characters) and free of control characters
+  error     exit 1 with one line "Error: ..." on stderr, short (<= 450 characters) and free of control characters
   accepted  exit 0
   messy     a non-zero exit whose stderr is not one clean line (a backtrace, a dump of the input, escape codes)
   crash     killed by a signal (SIGSEGV, SIGABRT from a trap or fatalError, SIGILL)
@@ -41,7 +41,7 @@ HF = os.path.join(ROOT, "Tests/RewardsTests/Fixtures/hf")
 IMAGES = os.path.join(ROOT, "Tests/RewardsTests/Fixtures/images")
 SERIALIZATION = os.path.join(ROOT, "Tests/TorchTests/Fixtures/serialization")
 OPENCLIP = os.path.join(ROOT, "Tests/RewardsTests/Fixtures/openclip/tiny")
-CLEAN = re.compile(r"^Error: [^\x00-\x08\x0b-\x1f\x7f]{1,400}\n?$")
+CLEAN = re.compile(r"^Error: [^\x00-\x08\x0b-\x1f\x7f]{1,450}\n?$")
 
 INTERESTING_NUMBERS = [0, -1, 1, 2, 3, 7, 255, 256, 65535, 65536, 2**31 - 1, 2**31, 2**32, 2**53, 2**63 - 1,
                        10**12, 10**6, -10**9, 1e-30, 1e30, 0.5, -0.0, 1048576]
