@@ -385,6 +385,19 @@ def run_one(binary, arguments, timeout, max_mb, cwd):
     return kind, peak_mb, time.time() - start, detail
 
 
+KINDS = ["error", "accepted", "messy", "crash", "hang", "memory"]
+
+
+def summarise(results):
+    """Counts per input class and outcome, the peak memory per class, and the totals."""
+    table = {}
+    for name, kind, peak, _, _, _ in list(results):
+        row = table.setdefault(name, dict.fromkeys(KINDS, 0) | {"peak_mb": 0.0})
+        row[kind] += 1
+        row["peak_mb"] = max(row["peak_mb"], peak)
+    return {"count": len(results), "classes": table, "totals": {k: sum(r[k] for r in table.values()) for k in KINDS}}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--binary", default=None, help="the textcraftor binary (default: the newer of .build/release and .build/debug)")
@@ -429,23 +442,21 @@ def main():
             results.append((name, kind, peak, seconds, detail, i))
             if len(results) % 200 == 0:
                 print(f"fuzz: {len(results)}/{args.count} in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
+                if args.json:  # a partial summary, so a long run that is stopped still tells what it saw
+                    write(args.json, json.dumps(summarise(results), indent=1))
 
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(work, plan))
 
-    kinds = ["error", "accepted", "messy", "crash", "hang", "memory"]
-    table = {}
-    for name, kind, peak, _, _, _ in results:
-        row = table.setdefault(name, dict.fromkeys(kinds, 0) | {"peak_mb": 0.0})
-        row[kind] += 1
-        row["peak_mb"] = max(row["peak_mb"], peak)
+    summary = summarise(results)
+    table, totals = summary["classes"], summary["totals"]
+    kinds = KINDS
     print(f"| input class | runs | {' | '.join(kinds)} | max peak MB |")
     print("|---|---|" + "---|" * len(kinds) + "---|")
     for name in [c[0] for c in classes]:
         row = table.get(name)
         if row:
             print(f"| {name} | {sum(row[k] for k in kinds)} | " + " | ".join(str(row[k]) for k in kinds) + f" | {row['peak_mb']:.0f} |")
-    totals = {k: sum(r[k] for r in table.values()) for k in kinds}
     print(f"| all | {len(results)} | " + " | ".join(str(totals[k]) for k in kinds)
           + f" | {max((r['peak_mb'] for r in table.values()), default=0):.0f} |")
     print(f"{len(results)} inputs in {time.time() - started:.0f} s, seed {args.seed}, {args.jobs} jobs; "
@@ -454,7 +465,7 @@ def main():
     for name, kind, peak, seconds, detail, i in sorted(bad, key=lambda r: (r[1], r[0]))[:40]:
         print(f"  {kind:8} {name:15} #{i}: {detail.splitlines()[0] if detail else ''}"[:200])
     if args.json:
-        write(args.json, json.dumps({"seed": args.seed, "count": len(results), "classes": table, "totals": totals}, indent=1))
+        write(args.json, json.dumps(summary | {"seed": args.seed, "seconds": round(time.time() - started)}, indent=1))
     sys.exit(1 if bad else 0)
 
 
