@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import TextCraftor
+import Torch
 
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -34,7 +35,7 @@ struct Generate: ParsableCommand {
             bar?.update(done)
         }
         for (i, words) in output.truncatedWords.enumerated() {
-            if let words { warn("prompt \(i + 1) is longer than \(generation.maxPromptTokens) tokens; dropped: \(words)") }
+            if let words { warn("prompt \(i + 1) is longer than \(generation.maxPromptTokens) tokens; dropped: \(excerpt(words, limit: 200))") }
         }
         print("wrote \(output.images) images to \(generation.config.out!)")
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import StableDiffusion
+import Torch
 
 struct Tokenize: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -40,7 +41,7 @@ struct Tokenize: ParsableCommand {
         }
         let (ids, dropped) = clip.tokenize(prompts, maxLength: maxLength, padding: pad)
         for (i, prompt) in prompts.enumerated() {
-            if let words = dropped[i] { warn("prompt \(i + 1) is longer than \(maxLength) tokens; dropped: \(words)") }
+            if let words = dropped[i] { warn("prompt \(i + 1) is longer than \(maxLength) tokens; dropped: \(excerpt(words, limit: 200))") }
             let object: [String: Any] = ["prompt": prompt, "ids": ids[i].map(Int.init), "tokens": clip.tokens(ids[i])]
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
             print(String(decoding: data, as: UTF8.self))

@@ -352,7 +352,12 @@ def run_one(binary, arguments, timeout, max_mb, cwd):
     process = subprocess.Popen([binary] + arguments, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd,
                                env=dict(os.environ, OMP_NUM_THREADS="1"))
     errors = []
-    reader = threading.Thread(target=lambda: errors.append(process.stderr.read(20_000)))
+    def drain():  # all of stderr is read (a child must never block on a full pipe), the first 20 kB kept
+        kept = process.stderr.read(20_000)
+        while process.stderr.read(65536):
+            pass
+        errors.append(kept)
+    reader = threading.Thread(target=drain)
     reader.start()
     status, rusage, hung = None, None, False
     while True:
