@@ -200,6 +200,10 @@ import Testing
             == "t_range: expected two timesteps LOW,HIGH with 0 <= LOW <= HIGH <= 999, found 600,100")
         #expect(problem { $0.device = "gpu" } == "device: expected cpu, cuda or cuda:N, found \"gpu\"")
         #expect(problem { $0.keepCheckpoints = 0 } == "keep_checkpoints: expected an integer >= 1, found 0")
+        // Sizes that would allocate without limit are bounded.
+        #expect(problem { $0.batchSize = 1_000_000 } == "batch_size: expected an integer <= 4096, found 1000000")
+        #expect(problem { $0.resolution = 1_000_000 } == "resolution: expected an integer <= 8192, found 1000000")
+        #expect(problem { $0.samplingSteps = 5000 } == "sampling_steps: expected an integer <= 1000, found 5000")
     }
 
     @Test func flagsOverrideTheFile() throws {

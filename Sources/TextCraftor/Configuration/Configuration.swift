@@ -64,6 +64,8 @@ extension InferenceConfiguration {
 /// The range a numeric option must lie in, and how messages say it.
 public enum Bound: Sendable {
     case any, positive, nonNegative, unit
+    /// From `low` to `high`, both included: sizes that would otherwise allocate without limit.
+    case between(Double, Double)
 
     func phrase(integer: Bool) -> String {
         switch (self, integer) {
@@ -74,6 +76,8 @@ public enum Bound: Sendable {
         case (.nonNegative, true): "an integer >= 0"
         case (.nonNegative, false): "a number >= 0"
         case (.unit, _): "a number in [0, 1)"
+        case (.between(let low, _), true): "an integer >= \(Int64(low))"
+        case (.between(let low, _), false): "a number >= \(low)"
         }
     }
 
@@ -84,9 +88,13 @@ public enum Bound: Sendable {
         case .positive: value.isFinite && value > 0
         case .nonNegative: value.isFinite && value >= 0
         case .unit: value >= 0 && value < 1
+        case .between(let low, let high): value >= low && value <= high
         }
         if fits { return nil }
-        let found = integer ? String(Int64(value)) : String(value)
+        let found = integer ? String(Int64(exactly: value.rounded()) ?? Int64.max) : String(value)
+        if case .between(_, let high) = self, value > high {
+            return "expected \(integer ? "an integer <= \(Int64(high))" : "a number <= \(high)"), found \(found)"
+        }
         return "expected \(phrase(integer: integer)), found \(found)"
     }
 }
