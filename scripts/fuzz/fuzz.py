@@ -420,6 +420,9 @@ def main():
     binary = args.binary or max(built, key=os.path.getmtime, default=None)  # the newest build
     if not binary:
         sys.exit("fuzz: no textcraftor binary: run `make build` (or give --binary)")
+    # A private copy, so that a rebuild during a long run neither fails it (text file busy) nor changes what it tests.
+    private = tempfile.mkdtemp(prefix="textcraftor-fuzz-bin-")
+    binary = shutil.copy2(binary, os.path.join(private, "textcraftor"))
     classes = [c for c in CLASSES if not args.quick or c[0] in QUICK]
     weights = [c[1] for c in classes]
     plan_rng = random.Random(args.seed)
@@ -434,7 +437,10 @@ def main():
         folder = tempfile.mkdtemp(prefix="textcraftor-fuzz-")
         try:
             arguments = build(rng, folder)
-            kind, peak, seconds, detail = run_one(binary, arguments, args.timeout, args.max_mb, folder)
+            try:
+                kind, peak, seconds, detail = run_one(binary, arguments, args.timeout, args.max_mb, folder)
+            except OSError as error:  # the harness could not start the run: say so, do not stop the whole run
+                kind, peak, seconds, detail = "messy", 0.0, 0.0, f"harness: {error}"
             if kind not in ("error", "accepted"):
                 keep = os.path.join(args.keep, f"{name}-{i}")
                 shutil.rmtree(keep, ignore_errors=True)
