@@ -126,6 +126,16 @@ public struct VarBuilder {
         }
     }
 
+    /// Builds a model from `weights`, strictly, in two passes: names and shapes first, from the file's header or index
+    /// on `.meta` (no tensor read, nothing allocated), then the real build. Weights for another architecture, or a
+    /// config larger than its weights, are refused before gigabytes are allocated. Every loader goes through here.
+    public static func load<M>(
+        _ weights: any WeightSource, dtype: DType? = nil, device: Device = .cpu, _ make: (VarBuilder) throws -> M
+    ) throws -> M {
+        _ = try VarBuilder(checkingShapesOf: weights).build(make)
+        return try VarBuilder(weights, dtype: dtype, device: device).build(make)
+    }
+
     /// Builds a model and checks the checkpoint against it in one go.
     public func build<M>(_ make: (VarBuilder) throws -> M) throws -> M {
         let model = try make(self)

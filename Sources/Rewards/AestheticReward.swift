@@ -37,7 +37,7 @@ public final class AestheticPredictor: Module {
     public static func load(_ url: URL, dtype: DType? = nil, device: Device = .cpu) throws -> AestheticPredictor {
         let weights = try Weights.open(url)
         let width = weights.info("layers.0.weight").flatMap { $0.shape.count == 2 ? $0.shape[1] : nil } ?? 768
-        return try VarBuilder(weights, dtype: dtype, device: device).build { AestheticPredictor($0, inputWidth: width) }
+        return try VarBuilder.load(weights, dtype: dtype, device: device) { AestheticPredictor($0, inputWidth: width) }
     }
 }
 

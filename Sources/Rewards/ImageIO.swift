@@ -4,10 +4,11 @@ import Torch
 
 /// Reads PNG and JPEG files (by their signature, not their name) as RGB tensors in [0, 1].
 public enum ImageIO {
-    /// The most pixels (width × height) an image may have: Pillow's limit (its decompression-bomb error is above
-    /// 2 × 89,478,485). The size is read from the header, so a small file claiming a huge image is refused before
-    /// anything is decoded or allocated.
-    public static let maxPixels = 178_956_970
+    /// The most pixels (width × height) an image may have: 8192 × 8192. Pillow refuses above 178,956,970 (its
+    /// decompression-bomb error), but a reward looks at a 224-pixel crop, and an image at Pillow's limit takes 2.1 GB
+    /// as float32 before it is resized. The size is read from the header, so a small file claiming a huge image is
+    /// refused before anything is decoded or allocated.
+    public static let maxPixels = 8192 * 8192
 
     /// [3, H, W] float32 in [0, 1]. Grey, palette and 16-bit PNGs become 8-bit RGB; alpha is dropped.
     public static func read(_ url: URL) throws -> Tensor {
@@ -39,10 +40,21 @@ public enum ImageIO {
             let text = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             throw RewardError.invalidImage(file: url.path, message: "cannot decode the image: \(text)")
         }
-        defer { tc_free(pixels) }
-        let bytes = UnsafeRawBufferPointer(start: pixels, count: Int(width) * Int(height) * 3)
-        let hwc = try Tensor(bytes: bytes, shape: [Int(height), Int(width), 3], dtype: .uint8)
-        return hwc.permute([2, 0, 1]).to(.float32) / 255
+        let hwc: Tensor
+        do {
+            defer { tc_free(pixels) }  // freed before the float copy is made: the peak is one 8-bit and one float copy
+            let bytes = UnsafeRawBufferPointer(start: pixels, count: Int(width) * Int(height) * 3)
+            hwc = try Tensor(bytes: bytes, shape: [Int(height), Int(width), 3], dtype: .uint8)
+        }
+        // Converted a band of rows at a time, so no second full-size float tensor exists next to the result.
+        let chw = hwc.permute([2, 0, 1])
+        let result = Tensor.empty([3, Int(height), Int(width)], dtype: .float32)
+        let band = max(1, (1 << 22) / max(Int(width), 1))
+        for start in stride(from: 0, to: Int(height), by: band) {
+            let end = min(start + band, Int(height))
+            result.slice(dim: 1, start: start, end: end).copy_(chw.slice(dim: 1, start: start, end: end).to(.float32) / 255)
+        }
+        return result
     }
 
     /// Image files in a folder (by extension: png, jpg, jpeg), sorted by name.

@@ -199,7 +199,7 @@ public final class AutoencoderKL: Module {
         guard FileManager.default.fileExists(atPath: folder.path) else { throw StableDiffusionError.missingFile(folder.path) }
         let config = try decodeConfig(AutoencoderKLConfig.self, from: configURL)
         let weights = try componentWeights(in: folder, baseName: "diffusion_pytorch_model", variant: variant)
-        return try VarBuilder(weights, dtype: dtype, device: device).build {
+        return try VarBuilder.load(weights, dtype: dtype, device: device) {
             try AutoencoderKL($0, config: config, configFile: configURL.path)
         }
     }

@@ -127,7 +127,7 @@ public final class CLIPModel: Module {
                 message: "the tokenizer has \(tokenizer.vocabularySize) tokens but text_config.vocab_size in "
                     + "\(configURL.path) is \(config.text_config.vocab_size)")
         }
-        return try VarBuilder(weights, dtype: dtype, device: device).build {
+        return try VarBuilder.load(weights, dtype: dtype, device: device) {
             try CLIPModel($0, config: config, tokenizer: tokenizer, configFile: configURL.path)
         }
     }

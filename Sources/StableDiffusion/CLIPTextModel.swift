@@ -163,7 +163,7 @@ public final class CLIPTextModel: Module {
         -> CLIPTextModel
     {
         let config = try decodeConfig(CLIPTextConfig.self, from: configFile)
-        return try VarBuilder(weights, dtype: dtype, device: device).build {
+        return try VarBuilder.load(weights, dtype: dtype, device: device) {
             try CLIPTextModel($0, config: config, configFile: configFile.path)
         }
     }

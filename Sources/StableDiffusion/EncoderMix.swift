@@ -95,7 +95,7 @@ extension StableDiffusionPipeline {
     /// `generate` sets them again.
     public func unetCalls(_ request: GenerationRequest, scheduler: (any Scheduler)? = nil) throws -> Int {
         let scheduler = try scheduler ?? makeScheduler()
-        try scheduler.setTimesteps(request.steps)
+        try scheduler.prepareSampling(steps: request.steps)
         return scheduler.timesteps.count
     }
 

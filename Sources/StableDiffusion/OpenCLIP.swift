@@ -153,12 +153,8 @@ extension OpenCLIPModel {
         device: Device = .cpu, configFile: String = "open_clip_config.json"
     ) throws -> OpenCLIPModel {
         let tokenizer = try tokenizer ?? CLIPTokenizer.bundled(maxLength: config.text_cfg.context_length)
-        // Names and shapes first, from the file's index, on .meta: weights for another architecture (a wrong HPSv2
-        // file) are refused before a ViT-H's 3.9 GB are allocated.
-        _ = try VarBuilder(checkingShapesOf: weights).build {
-            try OpenCLIPModel($0, config: config, tokenizer: tokenizer, configFile: configFile)
-        }
-        return try VarBuilder(weights, dtype: dtype, device: device).build {
+        // Names and shapes are checked first: a wrong HPSv2 file is refused before a ViT-H's 3.9 GB are allocated.
+        return try VarBuilder.load(weights, dtype: dtype, device: device) {
             try OpenCLIPModel($0, config: config, tokenizer: tokenizer, configFile: configFile)
         }
     }

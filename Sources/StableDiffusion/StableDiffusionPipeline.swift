@@ -126,7 +126,7 @@ public final class StableDiffusionPipeline {
         try validate(request)
         let height = request.height ?? defaultSize, width = request.width ?? defaultSize
         let scheduler = try scheduler ?? makeScheduler()
-        try scheduler.setTimesteps(request.steps)
+        try scheduler.prepareSampling(steps: request.steps)
         let calls = scheduler.timesteps.count
         if let mix { try validate(mix, unetCalls: calls) }
         // The first UNet call conditioned on the mix (calls: none).

@@ -42,7 +42,7 @@ public struct SamplingSettings: Sendable, Equatable {
         config.timestepSpacing = "trailing"
         config.clipSample = false
         let scheduler = try StableDiffusion.makeScheduler(config: config, configFile: pipeline.schedulerConfigFile)
-        try scheduler.setTimesteps(samplingSteps)
+        try scheduler.prepareSampling(steps: samplingSteps)
         return scheduler
     }
 }

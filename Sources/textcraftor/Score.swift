@@ -67,7 +67,7 @@ struct Score: ParsableCommand {
         let groups = sameSize ? [Array(images.indices)] : images.indices.map { [$0] }
         var out = [(scores: [Double], total: Double)](repeating: ([], 0), count: images.count)
         for group in groups {
-            let batch = Tensor.stack(group.map { images[$0] }).to(device)
+            let batch = (group.count == 1 ? images[group[0]].unsqueeze(0) : Tensor.stack(group.map { images[$0] })).to(device)
             let (total, terms) = try weighted.evaluate(batch, prompts: group.map { prompts[$0] })
             let totals = total.toArray(Double.self)
             let perReward = terms.map { $0.scores.toArray(Double.self) }

@@ -123,6 +123,28 @@ func maxDifference(_ a: Tensor, _ b: Tensor) -> Double { (a - b).abs().max().ite
         }
     }
 
+
+    /// `VarBuilder.load` builds on `.meta` from the header first, so a model larger than its weights (a UNet config
+    /// with wider blocks than the file, say) is refused before anything is allocated: the real build never runs.
+    @Test func loadChecksShapesOnMetaBeforeAllocating() throws {
+        let url = fixtures.appendingPathComponent("tiny.safetensors")
+        let tensors = try Tensor.load(safetensors: url).filter { $0.key.hasPrefix("fc.") }
+        var devices: [Device] = []
+        #expect(throws: WeightLoadingError.self) {
+            _ = try VarBuilder.load(TensorDictionary(tensors)) { vb -> Linear in
+                devices.append(vb.device)
+                return Linear(vb.pp("fc"), inFeatures: 8, outFeatures: 1 << 30)  // 34 GB as float32, were it built
+            }
+        }
+        #expect(devices == [.meta])
+        devices = []
+        let fitting = try VarBuilder.load(TensorDictionary(tensors)) { vb -> Linear in
+            devices.append(vb.device)
+            return Linear(vb.pp("fc"), inFeatures: 8, outFeatures: 5)
+        }
+        #expect(devices == [.meta, .cpu])
+        #expect(fitting.weight.device == .cpu && fitting.weight.shape == [5, 8])
+    }
     @Test func aliasesFindTheOldName() throws {
         let weights = ["attn.query.weight": Tensor.ones([4, 4]), "attn.query.bias": Tensor.zeros([4])]
         let vb = VarBuilder(TensorDictionary(weights)).pp("attn")

@@ -341,6 +341,39 @@ private func writeConfig(_ json: String) throws -> URL {
             try prk.setTimesteps(3)
         }
     }
+
+    /// `steps_offset` with "leading" spacing can start past the schedule (SD 1.5's config at 1000 steps starts at 1000;
+    /// a 2-timestep schedule with offset 1 at 2). diffusers lists that timestep, so `setTimesteps` does too, but a run
+    /// about to sample is refused with one line instead of trapping on alphas_cumprod[1000].
+    @Test(arguments: [(1000, 1000, 1000), (2, 2, 2)])
+    func timestepsPastTheScheduleAreRefusedBeforeSampling(trainSteps: Int, steps: Int, first: Int) throws {
+        for kind in [SchedulerKind.ddim, .pndm] {
+            let scheduler = try makeScheduler(config: SchedulerConfig(className: kind.rawValue).with {
+                $0.numTrainTimesteps = trainSteps
+                $0.stepsOffset = 1
+                $0.timestepSpacing = "leading"
+                $0.skipPrkSteps = true
+            })
+            try scheduler.setTimesteps(steps)
+            #expect(scheduler.timesteps.max() == Double(first), "\(kind)")
+            #expect(throws: StableDiffusionError.invalidArgument(
+                "--steps \(steps) with steps_offset 1 puts timestep \(first) past the scheduler's num_train_timesteps "
+                    + "(\(trainSteps)); use fewer steps")) { try scheduler.prepareSampling(steps: steps) }
+        }
+        let fine = try makeScheduler(config: SchedulerConfig(className: "DDIMScheduler").with {
+            $0.stepsOffset = 1
+            $0.timestepSpacing = "leading"
+        })
+        try fine.prepareSampling(steps: 50)
+        #expect(fine.timesteps.first == 981)
+        for kind in [SchedulerKind.euler, .dpmSolver] {  // they interpolate sigmas, as diffusers' do, at any timestep
+            let scheduler = try makeScheduler(config: SchedulerConfig(className: kind.rawValue).with {
+                $0.stepsOffset = 1
+                $0.timestepSpacing = "leading"
+            })
+            try scheduler.prepareSampling(steps: 1000)
+        }
+    }
 }
 
 @Suite struct SchedulerBehaviourTests {

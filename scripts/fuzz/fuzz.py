@@ -414,6 +414,7 @@ def main():
     p.add_argument("--timeout", type=float, default=60.0, help="seconds before a run counts as a hang")
     p.add_argument("--max-mb", type=float, default=2048.0, help="peak resident memory that counts as a blow-up")
     p.add_argument("--quick", action="store_true", help="only the fast input classes (the subset make test runs)")
+    p.add_argument("--classes", help="only these input classes, comma-separated (e.g. model-config,image)")
     p.add_argument("--keep", default=os.path.join(ROOT, ".build/fuzz/findings"))
     p.add_argument("--json", help="write the summary here")
     args = p.parse_args()
@@ -426,6 +427,12 @@ def main():
     private = tempfile.mkdtemp(prefix="textcraftor-fuzz-bin-")
     binary = shutil.copy2(binary, os.path.join(private, "textcraftor"))
     classes = [c for c in CLASSES if not args.quick or c[0] in QUICK]
+    if args.classes:
+        wanted = args.classes.split(",")
+        unknown = [w for w in wanted if w not in [c[0] for c in CLASSES]]
+        if unknown:
+            sys.exit(f"fuzz: --classes: no input class {unknown[0]!r} (there are {', '.join(c[0] for c in CLASSES)})")
+        classes = [c for c in classes if c[0] in wanted]
     weights = [c[1] for c in classes]
     plan_rng = random.Random(args.seed)
     plan = [(i, plan_rng.choices(classes, weights)[0]) for i in range(args.count)]

@@ -28,6 +28,8 @@ public final class DDIMScheduler: Scheduler {
         try config.require(.thresholding, config.thresholding, is: false)
     }
 
+    public var readsTrainingScheduleAtTimesteps: Bool { true }
+
     public func setTimesteps(_ count: Int) throws {
         try checkStepCount(count, config)
         let trainSteps = config.numTrainTimesteps

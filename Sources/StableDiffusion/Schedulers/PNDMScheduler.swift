@@ -33,6 +33,8 @@ public final class PNDMScheduler: Scheduler {
         spacing = try config.checked(.timestepSpacing, config.timestepSpacing ?? "leading", among: TimestepSpacing.allCases)
     }
 
+    public var readsTrainingScheduleAtTimesteps: Bool { true }
+
     public func setTimesteps(_ count: Int) throws {
         try checkStepCount(count, config)
         if !config.skipPrkSteps && count < 4 {

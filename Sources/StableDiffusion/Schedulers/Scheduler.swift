@@ -21,6 +21,9 @@ public protocol Scheduler: AnyObject {
     var initNoiseSigma: Double { get }
     /// The estimate of the clean sample made by the last `step` (nil before the first, and for PNDM).
     var predOriginalSample: Tensor? { get }
+    /// Whether `step` reads the training schedule at each timestep (DDIM, PNDM), so that every timestep must be one
+    /// of its `num_train_timesteps`; Euler and DPM-Solver interpolate sigmas and take any (false by default).
+    var readsTrainingScheduleAtTimesteps: Bool { get }
 
     /// Chooses `count` inference steps and resets the state of a previous run. Throws for a count below 1 or above
     /// the training timesteps.
@@ -36,6 +39,23 @@ public protocol Scheduler: AnyObject {
 }
 
 extension Scheduler {
+    public var readsTrainingScheduleAtTimesteps: Bool { false }
+
+    /// `setTimesteps(count)` for a run about to sample: it also throws where a timestep of DDIM or PNDM falls past the
+    /// training schedule (`steps_offset` with "leading" spacing can put the first one at `num_train_timesteps`, e.g. 1000
+    /// steps of SD 1.5's config start at 1000), which diffusers' timesteps include and its first step then fails on.
+    /// `setTimesteps` itself keeps diffusers' list, as the parity tests compare it.
+    public func prepareSampling(steps count: Int) throws {
+        try setTimesteps(count)
+        guard readsTrainingScheduleAtTimesteps else { return }
+        let limit = Double(config.numTrainTimesteps)
+        if let past = timesteps.first(where: { $0 >= limit }) {
+            throw StableDiffusionError.invalidArgument(
+                "--steps \(count) with steps_offset \(config.stepsOffset) puts timestep \(Int(past)) past the scheduler's "
+                    + "num_train_timesteps (\(config.numTrainTimesteps)); use fewer steps")
+        }
+    }
+
     /// A step without noise from eta (DDIM deterministic).
     public func step(modelOutput: Tensor, timestep: Double, sample: Tensor, generator: Generator? = nil) -> Tensor {
         step(modelOutput: modelOutput, timestep: timestep, sample: sample, generator: generator, eta: 0)

@@ -180,7 +180,7 @@ public final class Evaluator {
             do { made = try makeScheduler(name, pipeline: pipeline, steps: steps) } catch {
                 throw TextCraftorError.invalidSetting(key: "scheduler", message: "\(name ?? ""): \(error)")
             }
-            try made.setTimesteps(steps)
+            try made.prepareSampling(steps: steps)
             let calls = made.timesteps.count
             for b in base {
                 if let mix = b.mix {
