@@ -188,8 +188,14 @@ public struct NoiseSchedule: Sendable {
         Double(alphasCumprod[timestep < 0 ? timestep + alphasCumprod.count : timestep])
     }
 
-    /// sqrt((1 - ᾱ) / ᾱ) per training timestep, in float32 as diffusers computes it.
-    var sigmas: [Float] { alphasCumprod.map { ((1 - $0) / $0).squareRoot() } }
+    /// sqrt((1 - ᾱ) / ᾱ) per training timestep, in float32 with libtorch's sqrt as diffusers computes it: its
+    /// vector sqrt is not always the correctly rounded one (6 of SD's 1,000 sigmas differ from Swift's in the last
+    /// bit on an Intel Xeon, among them t = 969, the first of 45 "leading" steps), and the sigmas a spacing picks
+    /// from the table must be diffusers' own.
+    var sigmas: [Float] {
+        let alphas = Tensor(alphasCumprod)
+        return ((1 - alphas) / alphas).sqrt().toArray(Float.self)
+    }
 
     /// The DDPM forward process: sqrt(ᾱ_t) x + sqrt(1 - ᾱ_t) ε, with ᾱ looked up per timestep.
     func addNoise(original: Tensor, noise: Tensor, timesteps: [Double]) -> Tensor {
