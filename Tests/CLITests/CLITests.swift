@@ -34,7 +34,7 @@ func temporaryOutput() -> URL {
         (["--steps", "0"], "Error: --steps: expected an integer >= 1, found 0"),
         (["--guidance=-1"], "Error: --guidance: expected a number >= 0, found -1.0"),
         (["--height", "60"], "Error: --height must be a positive multiple of 8 (got 60)"),
-        (["--scheduler", "heun"], "Error: --scheduler \"heun\" is not supported (supported: ddim, euler, dpm, pndm)"),
+        (["--scheduler", "heun"], "Error: --scheduler \"heun\" is not supported (supported: ddim, euler, euler-ancestral, dpm, dpm-sde, pndm)"),
         (["--dtype", "int8"], "Error: The value 'int8' is invalid for '--dtype <dtype>'. Please provide one of 'float32', 'float16' or 'bfloat16'."),
     ])
     func badGenerateFlagsFailInOneLineAndWriteNothing(flags: [String], message: String) throws {
