@@ -45,6 +45,12 @@ SD15 = {"_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0", "beta_end
 SD2V = {"_class_name": "DDIMScheduler", "_diffusers_version": "0.8.0", "beta_end": 0.012, "beta_schedule": "scaled_linear",
         "beta_start": 0.00085, "clip_sample": False, "num_train_timesteps": 1000, "prediction_type": "v_prediction",
         "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None}
+# SDXL 1.0 base's, as published: Euler with "leading" spacing.
+SDXL = {"_class_name": "EulerDiscreteScheduler", "_diffusers_version": "0.19.0.dev0", "beta_end": 0.012,
+        "beta_schedule": "scaled_linear", "beta_start": 0.00085, "clip_sample": False, "interpolation_type": "linear",
+        "num_train_timesteps": 1000, "prediction_type": "epsilon", "sample_max_value": 1.0, "set_alpha_to_one": False,
+        "skip_prk_steps": True, "steps_offset": 1, "timestep_spacing": "leading", "trained_betas": None,
+        "use_karras_sigmas": False}
 SCALED = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 
 
@@ -129,6 +135,11 @@ CASES = [
     ("dpm_sde_sigma_min_no_lof_8", dpm(algorithm_type=SDE, final_sigmas_type="sigma_min", lower_order_final=False),
      None, 8, {"seed": 16}),
     ("dpm_sde_order1_sample_6", dpm(algorithm_type=SDE, solver_order=1, prediction_type="sample"), None, 6, {"seed": 17}),
+    # what SDXL users pick, from its own config
+    ("sdxl_euler_karras_30", SDXL, None, 30, {"karras": True}),
+    ("sdxl_euler_ancestral_30", SDXL, "euler-ancestral", 30, {"seed": 21}),
+    ("sdxl_dpm_karras_30", SDXL, "dpm", 30, {"karras": True}),
+    ("sdxl_dpm_sde_karras_30", SDXL, "dpm-sde", 30, {"seed": 22, "karras": True}),
 ]
 
 # gradient cases: (case whose config and steps are used, how many final steps run with gradient)
