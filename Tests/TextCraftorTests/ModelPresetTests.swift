@@ -58,14 +58,16 @@ import Torch
         let expected: Double = switch preset {
         case .sd15: 1066.2  // 123.1M text + 859.5M UNet + 83.7M VAE
         case .sd21: 1290.0
+        case .sdxl: 3468.8  // 123.1M + 694.7M text + 2567.5M UNet + 83.7M VAE
         case .pickscore, .hpsv2: 986.1
         case .aesthetic: 428.5
         }
         #expect(abs(millions - expected) < 0.1, "\(preset): \(millions)M parameters")
     }
 
-    /// The pipelines' scheduler configs are the released ones; SD 2.1's tokenizer pads with "!".
-    @Test(arguments: [ModelPreset.sd15, .sd21])
+    /// The pipelines' scheduler configs are the released ones; SD 2.1's tokenizer pads with "!", and so does
+    /// SDXL's second.
+    @Test(arguments: [ModelPreset.sd15, .sd21, .sdxl])
     func schedulerAndTokenizerAreTheReleasedOnes(preset: ModelPreset) throws {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("preset-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -77,7 +79,13 @@ import Torch
         let tokenizer = try CLIPTokenizer(directory: folder.appendingPathComponent("tokenizer"))
         #expect(tokenizer.padTokenId == (preset == .sd21 ? 0 : 49407))
         let index = try JSONSerialization.jsonObject(with: Data(contentsOf: folder.appendingPathComponent("model_index.json"))) as! [String: Any]
-        #expect((index["scheduler"] as? [String])?.last == (preset == .sd21 ? "DDIMScheduler" : "PNDMScheduler"))
+        let schedulers: [ModelPreset: String] = [.sd15: "PNDMScheduler", .sd21: "DDIMScheduler", .sdxl: "EulerDiscreteScheduler"]
+        #expect((index["scheduler"] as? [String])?.last == schedulers[preset])
+        if preset == .sdxl {
+            #expect(try CLIPTokenizer(directory: folder.appendingPathComponent("tokenizer_2")).padTokenId == 0)
+            #expect(index["_class_name"] as? String == "StableDiffusionXLPipeline")
+            #expect((index["text_encoder_2"] as? [String])?.last == "CLIPTextModelWithProjection")
+        }
     }
 }
 
