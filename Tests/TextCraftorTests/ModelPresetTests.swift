@@ -1,9 +1,10 @@
 import Foundation
 import NN
-import StableDiffusion
 import Testing
-import TextCraftor
 import Torch
+
+@testable import StableDiffusion
+@testable import TextCraftor
 
 /// `synth-model`'s presets against diffusers, transformers and open_clip (scripts/parity/make_preset_fixtures.py):
 /// the same models built on the meta device, so a 1-billion-parameter model costs nothing here.
@@ -63,6 +64,17 @@ import Torch
         case .aesthetic: 428.5
         }
         #expect(abs(millions - expected) < 0.1, "\(preset): \(millions)M parameters")
+    }
+
+    /// The SD presets' UNets fit their text encoders as the loader checks it (SDXL: 768 + 1280 = 2048 wide text,
+    /// 1280 + 6 x 256 = 2816 into add_embedding).
+    @Test func presetUNetsFitTheirTextEncoders() throws {
+        try StableDiffusionPipeline.checkComponents(
+            unet: ModelPreset.sdxlUNet, unetConfigFile: "unet/config.json", text: ModelPreset.vitL14Text, text2: ModelPreset.bigGText)
+        try StableDiffusionPipeline.checkComponents(
+            unet: ModelPreset.sd15UNet, unetConfigFile: "unet/config.json", text: ModelPreset.vitL14Text, text2: nil)
+        try StableDiffusionPipeline.checkComponents(
+            unet: ModelPreset.sd21UNet, unetConfigFile: "unet/config.json", text: ModelPreset.sd21Text, text2: nil)
     }
 
     /// The pipelines' scheduler configs are the released ones; SD 2.1's tokenizer pads with "!", and so does
