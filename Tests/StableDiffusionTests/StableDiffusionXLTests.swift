@@ -335,6 +335,21 @@ struct SDXLSetting: CustomStringConvertible, Sendable {
             == "addition_embed_type \"null\" is not SDXL's \"text_time\", which an SDXL folder needs")
     }
 
+    /// A VAE config's latents_mean and latents_std (both set) shift and scale the latents before decoding, per
+    /// channel, as diffusers' SDXL pipeline does; one per latent channel.
+    @Test func latentStatisticsOfTheVAEAreApplied() throws {
+        let mean = [0.1, -0.2, 0.3, 0.05], std = [1.1, 0.9, 1.2, 0.8]
+        let folder = try copy(edit: ["vae/config.json": { $0["latents_mean"] = mean; $0["latents_std"] = std }])
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let pipeline = try StableDiffusionPipeline.load(folder: folder)
+        let latents = Tensor.randn([1, 4, 8, 8], generator: Generator(seed: 3))
+        func channels(_ values: [Double]) -> Tensor { Tensor(values.map(Float.init), shape: [1, 4, 1, 1]) }
+        let expected = pipeline.vae.decode(latents * channels(std) / 0.13025 + channels(mean))
+        #expect(maxAbsDifference(withNoGrad { pipeline.decode(latents) }, withNoGrad { expected }) < 1e-6)
+        let short = try copy(edit: ["vae/config.json": { $0["latents_mean"] = [0.1, 0.2] }])
+        #expect(configMessage(short, "vae/config.json") == "key \"latents_mean\" has 2 entries, latent_channels is 4")
+    }
+
     @Test func anSDFolderWithAnSDXLUNetIsNamed() throws {
         let sd = try temporaryFolder("sd")
         for item in try FileManager.default.contentsOfDirectory(atPath: TinySD.sd15.folder.path) {
