@@ -37,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 SD = os.path.join(ROOT, "Tests/StableDiffusionTests/Fixtures/sd/tiny-sd15")
+SDXL = os.path.join(ROOT, "Tests/StableDiffusionTests/Fixtures/sdxl/tiny-sdxl")
 HF = os.path.join(ROOT, "Tests/RewardsTests/Fixtures/hf")
 IMAGES = os.path.join(ROOT, "Tests/RewardsTests/Fixtures/images")
 SERIALIZATION = os.path.join(ROOT, "Tests/TorchTests/Fixtures/serialization")
@@ -124,10 +125,11 @@ def write(path, data):
         f.write(data)
 
 
-def copy_model(folder):
-    """A copy of tiny-sd15 whose weights are links (they are only read), so a config can be changed cheaply."""
-    for sub in os.listdir(SD):
-        src = os.path.join(SD, sub)
+def copy_model(folder, source=SD):
+    """A copy of a tiny model folder whose files are links (they are only read), so a config can be changed cheaply."""
+    os.makedirs(folder, exist_ok=True)
+    for sub in os.listdir(source):
+        src = os.path.join(source, sub)
         if os.path.isdir(src):
             os.makedirs(os.path.join(folder, sub))
             for name in os.listdir(src):
@@ -204,6 +206,31 @@ def config_case(rng, folder):
     os.unlink(path)
     write(path, json.dumps(config))
     return ["generate", "--model", model, "--prompt", "a red circle", "--steps", "2", "--out", os.path.join(folder, "out")]
+
+
+def sdxl_case(rng, folder):
+    """SDXL folders: a mutated config of one of its six components, or a component missing or swapped."""
+    model = copy_model(os.path.join(folder, "model"), SDXL)
+    roll = rng.random()
+    if roll < 0.15:  # a component missing (a refiner has no text_encoder; a broken download has no text_encoder_2)
+        shutil.rmtree(os.path.join(model, rng.choice(["text_encoder", "text_encoder_2", "tokenizer_2", "unet", "vae"])))
+    elif roll < 0.25:  # the second encoder in the first's place: widths no longer add up
+        shutil.rmtree(os.path.join(model, "text_encoder"))
+        copy_model(os.path.join(model, "text_encoder"), os.path.join(SDXL, "text_encoder_2"))
+    else:
+        component = rng.choice(["text_encoder/config.json", "text_encoder_2/config.json", "unet/config.json",
+                                "vae/config.json", "scheduler/scheduler_config.json", "model_index.json",
+                                "tokenizer_2/special_tokens_map.json", "tokenizer_2/tokenizer_config.json"])
+        path = os.path.join(model, component)
+        if os.path.exists(path):
+            config = json.loads(read(os.path.join(SDXL, component)))
+            for _ in range(rng.randint(1, 3)):
+                config = mutate_value(rng, config)
+            os.unlink(path)
+            write(path, json.dumps(config))
+    flags = rng.choice([[], ["--clip-skip", str(rng.choice([0, 1, 2, 50, -1]))], ["--crop", rng.choice(["0,0", "-1,5", "1e9,0", "x"])],
+                        ["--negative-prompt", ""], ["--prompt-2", "a blue square"], ["--guidance", "1"]])
+    return ["generate", "--model", model, "--prompt", "a red circle", "--steps", "2", "--out", os.path.join(folder, "out")] + flags
 
 
 def tokenizer_case(rng, folder):
@@ -334,6 +361,7 @@ CLASSES = [
     ("pickle", 3, pickle_case),
     ("deep-pickle", 1, deep_pickle_case),
     ("model-config", 3, config_case),
+    ("sdxl-folder", 2, sdxl_case),
     ("tokenizer-files", 1, tokenizer_case),
     ("prompt-text", 2, prompt_text_case),
     ("prompt-file", 1, prompt_file_case),
