@@ -169,6 +169,55 @@ public final class CLIPTextModel: Module {
     }
 }
 
+/// What `CLIPTextModelWithProjection` returns, as transformers' `CLIPTextModelOutput`.
+public struct CLIPTextModelWithProjectionOutput {
+    /// `text_projection` of the pooled output: [B, projection_dim]. SDXL's UNet adds it to its time embedding.
+    public let textEmbeds: Tensor
+    /// The last layer's states after `final_layer_norm`: [B, L, D].
+    public let lastHiddenState: Tensor
+    /// When asked for: the embeddings, then the output of every layer (before the final norm), L+1 tensors.
+    public let hiddenStates: [Tensor]?
+}
+
+/// transformers' `CLIPTextModelWithProjection` (SDXL's `text_encoder_2`, OpenCLIP ViT-bigG's text tower): the text
+/// tower under `text_model.` and `text_projection`, a linear map without bias of the pooled output.
+public final class CLIPTextModelWithProjection: Module {
+    public let scope: ParameterScope
+    /// The tower alone (its parameters are named relative to `text_model`).
+    public let textModel: CLIPTextModel
+    let textProjection: Linear
+
+    public var config: CLIPTextConfig { textModel.config }
+
+    public init(_ vb: VarBuilder, config: CLIPTextConfig, configFile: String = "config.json") throws {
+        guard let projection = config.projection_dim else {
+            throw StableDiffusionError.invalidConfig(
+                file: configFile, message: "key \"projection_dim\" is needed by a CLIPTextModelWithProjection")
+        }
+        scope = vb.scope
+        textModel = try CLIPTextModel(tower: vb.pp("text_model"), config: config, configFile: configFile)
+        textProjection = Linear(vb.pp("text_projection"), inFeatures: config.hidden_size, outFeatures: projection, bias: false)
+    }
+
+    /// Encodes token ids [B, L] (int64 or int32).
+    public func callAsFunction(_ inputIds: Tensor, outputHiddenStates: Bool = false) -> CLIPTextModelWithProjectionOutput {
+        let out = textModel(inputIds, outputHiddenStates: outputHiddenStates)
+        return CLIPTextModelWithProjectionOutput(
+            textEmbeds: textProjection(out.pooledOutput), lastHiddenState: out.lastHiddenState, hiddenStates: out.hiddenStates)
+    }
+
+    /// Reads `config.json` and the weights (`model.safetensors`, `pytorch_model.bin`, or a variant) of a
+    /// `text_encoder_2/` folder, strictly.
+    public static func load(_ weights: any WeightSource, configFile: URL, dtype: DType? = nil, device: Device = .cpu) throws
+        -> CLIPTextModelWithProjection
+    {
+        let config = try decodeConfig(CLIPTextConfig.self, from: configFile)
+        return try VarBuilder.load(weights, dtype: dtype, device: device) {
+            try CLIPTextModelWithProjection($0, config: config, configFile: configFile.path)
+        }
+    }
+}
+
 /// One pre-norm transformer block of CLIP (`layer_norm1`, `self_attn`, `layer_norm2`, `mlp.fc1`, `mlp.fc2`): causal in
 /// the text tower, bidirectional in the vision tower.
 final class CLIPEncoderLayer: Module {

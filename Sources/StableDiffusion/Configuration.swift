@@ -72,6 +72,54 @@ public enum PerBlock<Value: Codable & Sendable & Equatable>: Codable, Sendable, 
     }
 }
 
+/// The transformer depth of one UNet block's attentions: one for all its layers, or one per layer (an entry of
+/// diffusers' `transformer_layers_per_block` in asymmetric UNets, and of `reverse_transformer_layers_per_block`).
+public enum LayerDepths: Codable, Sendable, Equatable {
+    case same(Int)
+    case each([Int])
+
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if let depth = try? container.decode(Int.self) {
+            self = .same(depth)
+        } else {
+            self = .each(try container.decode([Int].self))
+        }
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var container = encoder.singleValueContainer()
+        switch self {
+        case .same(let depth): try container.encode(depth)
+        case .each(let depths): try container.encode(depths)
+        }
+    }
+
+    /// The depth of each of a block's `count` layers (a list's first `count`, as diffusers reads it).
+    public func values(count: Int) -> [Int] {
+        switch self {
+        case .same(let depth): Array(repeating: depth, count: count)
+        case .each(let depths): Array(depths.prefix(count))
+        }
+    }
+
+    /// The largest depth, for size estimates.
+    var deepest: Int {
+        switch self {
+        case .same(let depth): depth
+        case .each(let depths): depths.max() ?? 0
+        }
+    }
+
+    /// A per-layer list must name every layer of its block (diffusers would fail on a short one with an IndexError).
+    func check(layers: Int, key: String, file: String) throws {
+        if case .each(let depths) = self, depths.count < layers {
+            throw StableDiffusionError.invalidConfig(
+                file: file, message: "key \"\(key)\" has \(depths.count) entries, the block has \(layers) layers")
+        }
+    }
+}
+
 /// Any JSON value: for config entries that are only checked or passed on (open_clip's `act_kwargs`), and for
 /// files whose shape is checked by hand (prompt lists), so messages can say what was found.
 public enum JSONValue: Codable, Sendable, Equatable, CustomStringConvertible {
@@ -168,6 +216,20 @@ struct ConfigRanges {
         switch values {
         case .same(let value): try check(key, value)
         case .each(let list): for (i, value) in list.enumerated() { try check("\(key).\(i)", value) }
+        }
+    }
+
+    /// Transformer depths per block (`key.i`), each for all the block's layers or per layer (`key.i.j`).
+    func depths(_ key: String, _ values: PerBlock<LayerDepths>) throws {
+        func check(_ key: String, _ depths: LayerDepths) throws {
+            switch depths {
+            case .same(let depth): try layers(key, depth)
+            case .each(let list): for (j, depth) in list.enumerated() { try layers("\(key).\(j)", depth) }
+            }
+        }
+        switch values {
+        case .same(let depths): try check(key, depths)
+        case .each(let list): for (i, depths) in list.enumerated() { try check("\(key).\(i)", depths) }
         }
     }
 

@@ -67,6 +67,7 @@ extension StableDiffusionPipeline {
     /// must be this pipeline's encoder's (the UNet's cross-attention width), which is checked before any weight is
     /// read.
     public func loadTextEncoder(folder: URL, variant: String? = nil) throws -> CLIPTextModel {
+        guard architecture == .sd else { throw Self.mixOnSDXL }
         var folder = folder
         var isFolder: ObjCBool = false
         guard FileManager.default.fileExists(atPath: folder.path, isDirectory: &isFolder), isFolder.boolValue else {
@@ -102,6 +103,7 @@ extension StableDiffusionPipeline {
     /// Checks a mix for `unetCalls` UNet calls without running anything: at least one encoder, finite weights, each
     /// encoder's hidden size this pipeline's, `finetunedSteps` within 0...unetCalls.
     public func validate(_ mix: EncoderMix, unetCalls: Int) throws {
+        guard architecture == .sd else { throw Self.mixOnSDXL }
         guard !mix.components.isEmpty else { throw StableDiffusionError.invalidArgument("an encoder mix needs at least one encoder") }
         let expected = textEncoder.config.hidden_size
         for component in mix.components {
@@ -120,8 +122,13 @@ extension StableDiffusionPipeline {
         }
     }
 
+    /// Mixing, blending and fine-tuned encoders for SDXL (two encoders per term) are still to come.
+    static let mixOnSDXL = StableDiffusionError.invalidArgument(
+        "--text-encoder, --blend and --mix are not supported on SDXL models yet (only SD 1.x/2.x)")
+
     /// The mixed embeddings of prompts, `Σ wᵢ · Tᵢ(prompts)`: [B, 77, D], each encoder run once.
     public func encode(_ prompts: [String], mix: EncoderMix) -> Tensor {
+        precondition(architecture == .sd, "StableDiffusionPipeline.encode(_:mix:): encoder mixes are for SD 1.x/2.x")
         let ids = tokenize(prompts).ids
         var cache: [ObjectIdentifier: Tensor] = [:]
         return mixed(mix) { encoder in
@@ -132,11 +139,18 @@ extension StableDiffusionPipeline {
         }
     }
 
-    /// `encoder(ids).lastHiddenState` in this pipeline's dtype and device, whatever the encoder's.
-    func run(_ encoder: CLIPTextModel, _ ids: Tensor) -> Tensor {
+    /// `encoder(ids).lastHiddenState` in this pipeline's dtype and device, whatever the encoder's. With `clipSkip` N
+    /// (diffusers' `clip_skip`), `hidden_states[-(N+1)]` through the final layer norm instead.
+    func run(_ encoder: CLIPTextModel, _ ids: Tensor, clipSkip: Int? = nil) -> Tensor {
         let own = encoder.parameters.first
         let input = own.map { ids.device == $0.device ? ids : ids.to($0.device) } ?? ids
-        let out = encoder(input).lastHiddenState
+        let out: Tensor
+        if let clipSkip {
+            let states = encoder(input, outputHiddenStates: true).hiddenStates!
+            out = encoder.finalLayerNorm(states[states.count - 1 - clipSkip])
+        } else {
+            out = encoder(input).lastHiddenState
+        }
         let dtype = textEncoder.parameters.first?.dtype ?? out.dtype
         return out.dtype == dtype && out.device == device ? out : out.to(dtype: dtype, device: device)
     }

@@ -3,8 +3,9 @@ import NN
 import Torch
 
 /// diffusers' `UNet2DConditionModel` config (`unet/config.json`), with diffusers' defaults for absent keys. The keys
-/// are diffusers' own. `validate` says which values this implementation supports: those of Stable Diffusion 1.x
-/// and 2.x (text conditioning only, positional timesteps, the five block types below).
+/// are diffusers' own. `validate` says which values this implementation supports: those of Stable Diffusion 1.x,
+/// 2.x and XL (text conditioning, SDXL's `text_time` added conditioning, positional timesteps, the five block types
+/// below).
 public struct UNet2DConditionConfig: Codable, Sendable, Equatable {
     public var sample_size: Int? = nil
     public var in_channels = 4
@@ -24,7 +25,12 @@ public struct UNet2DConditionConfig: Codable, Sendable, Equatable {
     public var norm_num_groups: Int? = 32
     public var norm_eps = 1e-5
     public var cross_attention_dim: PerBlock<Int> = .same(1280)
-    public var transformer_layers_per_block: PerBlock<Int> = .same(1)
+    /// How many transformer blocks each attention of a block stacks (SDXL: [1, 2, 10]); an entry may be a list with
+    /// one depth per layer of the block (diffusers' asymmetric UNets).
+    public var transformer_layers_per_block: PerBlock<LayerDepths> = .same(.same(1))
+    /// The up path's depths, one entry per up block (each one for all its layers or one per layer); nil: the down
+    /// path's, reversed, as diffusers does.
+    public var reverse_transformer_layers_per_block: [LayerDepths]? = nil
     /// diffusers' naming quirk: for Stable Diffusion 1.x/2.x this is the NUMBER OF HEADS of each block's attention
     /// (SD 1.5: 8; SD 2.x: [5, 10, 20, 20]), not the width of a head. diffusers takes the heads from
     /// `num_attention_heads` when given and from `attention_head_dim` otherwise; the head width is then the block's
@@ -37,6 +43,11 @@ public struct UNet2DConditionConfig: Codable, Sendable, Equatable {
     public var class_embed_type: String? = nil
     public var addition_embed_type: String? = nil
     public var num_class_embeds: Int? = nil
+    /// `text_time` (SDXL): the width of each of the six sinusoidal features of the size and crop conditioning.
+    public var addition_time_embed_dim: Int? = nil
+    /// `text_time` (SDXL): the input width of `add_embedding`, the pooled text embeddings and the six features
+    /// (SDXL base: 1280 + 6 x 256 = 2816).
+    public var projection_class_embeddings_input_dim: Int? = nil
     public var encoder_hid_dim_type: String? = nil
     /// Attention scores in float32 (SD 2.x): only changes half-precision results.
     public var upcast_attention = false
@@ -79,7 +90,17 @@ public struct UNet2DConditionConfig: Codable, Sendable, Equatable {
         norm_num_groups = c.contains(.norm_num_groups) ? try c.decodeIfPresent(Int.self, forKey: .norm_num_groups) : d.norm_num_groups
         norm_eps = try value(.norm_eps, d.norm_eps)
         cross_attention_dim = try value(.cross_attention_dim, d.cross_attention_dim)
-        transformer_layers_per_block = try value(.transformer_layers_per_block, d.transformer_layers_per_block)
+        // One number for every block, or a list whose entries are numbers or per-layer lists: read as the list
+        // first, since a per-layer list alone would also read as one entry for every block.
+        if let depth = try? c.decodeIfPresent(Int.self, forKey: .transformer_layers_per_block) {
+            transformer_layers_per_block = .same(.same(depth))
+        } else if let depths = try c.decodeIfPresent([LayerDepths].self, forKey: .transformer_layers_per_block) {
+            transformer_layers_per_block = .each(depths)
+        } else {
+            transformer_layers_per_block = d.transformer_layers_per_block
+        }
+        reverse_transformer_layers_per_block = try value(
+            .reverse_transformer_layers_per_block, d.reverse_transformer_layers_per_block)
         attention_head_dim = try value(.attention_head_dim, d.attention_head_dim)
         num_attention_heads = try value(.num_attention_heads, d.num_attention_heads)
         dual_cross_attention = try value(.dual_cross_attention, d.dual_cross_attention)
@@ -87,6 +108,9 @@ public struct UNet2DConditionConfig: Codable, Sendable, Equatable {
         class_embed_type = try value(.class_embed_type, d.class_embed_type)
         addition_embed_type = try value(.addition_embed_type, d.addition_embed_type)
         num_class_embeds = try value(.num_class_embeds, d.num_class_embeds)
+        addition_time_embed_dim = try value(.addition_time_embed_dim, d.addition_time_embed_dim)
+        projection_class_embeddings_input_dim = try value(
+            .projection_class_embeddings_input_dim, d.projection_class_embeddings_input_dim)
         encoder_hid_dim_type = try value(.encoder_hid_dim_type, d.encoder_hid_dim_type)
         upcast_attention = try value(.upcast_attention, d.upcast_attention)
         resnet_time_scale_shift = try value(.resnet_time_scale_shift, d.resnet_time_scale_shift)
@@ -123,7 +147,14 @@ public struct UNet2DConditionConfig: Codable, Sendable, Equatable {
             ["UNetMidBlock2DCrossAttn"])
         try null("class_embed_type", class_embed_type)
         try null("num_class_embeds", num_class_embeds)
-        try null("addition_embed_type", addition_embed_type)
+        if let addition_embed_type {
+            try require(addition_embed_type == "text_time", "addition_embed_type", addition_embed_type, ["null", "text_time"])
+            for (key, value) in [("addition_time_embed_dim", addition_time_embed_dim),
+                                 ("projection_class_embeddings_input_dim", projection_class_embeddings_input_dim)]
+            where value == nil {
+                throw StableDiffusionError.invalidConfig(file: file, message: "key \"\(key)\" is needed with addition_embed_type \"text_time\"")
+            }
+        }
         try null("encoder_hid_dim_type", encoder_hid_dim_type)
         try require(
             num_attention_heads == nil, "num_attention_heads", "set",
@@ -148,10 +179,21 @@ public struct UNet2DConditionConfig: Codable, Sendable, Equatable {
             ("attention_head_dim", attention_head_dim.values(count: count).count),
             ("cross_attention_dim", cross_attention_dim.values(count: count).count),
             ("transformer_layers_per_block", transformer_layers_per_block.values(count: count).count),
+            ("reverse_transformer_layers_per_block", reverse_transformer_layers_per_block?.count ?? count),
         ]
         for (key, length) in lengths where length != count {
             throw StableDiffusionError.invalidConfig(
                 file: file, message: "key \"\(key)\" has \(length) entries, down_block_types has \(count)")
+        }
+        // A per-layer list needs a depth for each layer of its block (diffusers reads the first ones).
+        let layers = layers_per_block.values(count: count)
+        for (i, depths) in transformer_layers_per_block.values(count: count).enumerated() {
+            try depths.check(layers: layers[i], key: "transformer_layers_per_block.\(i)", file: file)
+        }
+        try transformer_layers_per_block.values(count: count)[count - 1].check(
+            layers: 1, key: "transformer_layers_per_block.\(count - 1)", file: file)
+        for (i, depths) in (reverse_transformer_layers_per_block ?? []).enumerated() {
+            try depths.check(layers: layers[count - 1 - i] + 1, key: "reverse_transformer_layers_per_block.\(i)", file: file)
         }
         try checkRanges(file: file)
         try checkRelations(file: file)
@@ -176,11 +218,19 @@ extension UNet2DConditionConfig: RangeCheckedConfig {
         for (i, channels) in block_out_channels.enumerated() { try check.width("block_out_channels.\(i)", channels) }
         let count = down_block_types.count
         try check.each("layers_per_block", layers_per_block, count: count) { try check.layers($0, $1) }
-        try check.each("transformer_layers_per_block", transformer_layers_per_block, count: count) { try check.layers($0, $1) }
+        try check.depths("transformer_layers_per_block", transformer_layers_per_block)
+        if let reverse = reverse_transformer_layers_per_block {
+            try check.depths("reverse_transformer_layers_per_block", .each(reverse))
+        }
+        if let addition_time_embed_dim { try check.width("addition_time_embed_dim", addition_time_embed_dim) }
+        if let projection_class_embeddings_input_dim {
+            try check.width("projection_class_embeddings_input_dim", projection_class_embeddings_input_dim)
+        }
         try check.each("cross_attention_dim", cross_attention_dim, count: count) { try check.width($0, $1) }
         try check.each("attention_head_dim", attention_head_dim, count: count) { try check.width($0, $1) }
         // A rough upper estimate from the config alone: resnets of 3x3 convolutions and transformer blocks per level.
-        let layers = layers_per_block.values(count: count), transformers = transformer_layers_per_block.values(count: count)
+        let layers = layers_per_block.values(count: count)
+        let transformers = transformer_layers_per_block.values(count: count).map(\.deepest)
         let crossDims = cross_attention_dim.values(count: count)
         var total = 0.0
         for i in 0..<min(count, block_out_channels.count, layers.count, transformers.count, crossDims.count) {
@@ -219,6 +269,10 @@ public final class UNet2DConditionModel: Module {
     let convIn: Conv2d
     let timeProj: Timesteps
     let timeEmbedding: TimestepEmbedding
+    /// SDXL's `text_time` added conditioning: `add_time_proj` (sinusoidal features of the six size and crop numbers)
+    /// and `add_embedding` (an MLP of the pooled text embeddings and those features, added to the time embedding).
+    let addTimeProj: Timesteps?
+    let addEmbedding: TimestepEmbedding?
     let downBlocks: [any UNetDownBlock]
     let midBlock: UNetMidBlock2DCrossAttn
     let upBlocks: [any UNetUpBlock]
@@ -241,6 +295,16 @@ public final class UNet2DConditionModel: Module {
         timeProj = Timesteps(
             channels: channels[0], flipSinToCos: config.flip_sin_to_cos, downscaleFreqShift: Double(config.freq_shift))
         timeEmbedding = TimestepEmbedding(vb.pp("time_embedding"), inChannels: channels[0], timeEmbedDim: timeEmbedDim)
+        if config.addition_embed_type == "text_time" {
+            addTimeProj = Timesteps(
+                channels: config.addition_time_embed_dim!, flipSinToCos: config.flip_sin_to_cos,
+                downscaleFreqShift: Double(config.freq_shift))
+            addEmbedding = TimestepEmbedding(
+                vb.pp("add_embedding"), inChannels: config.projection_class_embeddings_input_dim!, timeEmbedDim: timeEmbedDim)
+        } else {
+            addTimeProj = nil
+            addEmbedding = nil
+        }
 
         let settings = UNetBlockSettings(
             timeEmbeddingChannels: timeEmbedDim, groups: groups, eps: config.norm_eps,
@@ -249,9 +313,12 @@ public final class UNet2DConditionModel: Module {
         let heads = config.attention_head_dim.values(count: count)
         let crossDims = config.cross_attention_dim.values(count: count)
         let layers = config.layers_per_block.values(count: count)
-        let transformerLayers = config.transformer_layers_per_block.values(count: count)
-        func attention(_ i: Int) -> CrossAttentionSettings {
-            CrossAttentionSettings(heads: heads[i], crossAttentionDim: crossDims[i], transformerLayers: transformerLayers[i])
+        // Transformer depths: per block on the way down, the last block's in the middle, and on the way up
+        // reverse_transformer_layers_per_block or else the down path's reversed (each per layer of its block).
+        let downDepths = config.transformer_layers_per_block.values(count: count)
+        let upDepths = config.reverse_transformer_layers_per_block ?? downDepths.reversed()
+        func attention(_ i: Int, _ depths: [Int]) -> CrossAttentionSettings {
+            CrossAttentionSettings(heads: heads[i], crossAttentionDim: crossDims[i], transformerLayers: depths)
         }
 
         var down: [any UNetDownBlock] = []
@@ -261,7 +328,8 @@ public final class UNet2DConditionModel: Module {
             if type == "CrossAttnDownBlock2D" {
                 down.append(CrossAttnDownBlock2D(
                     vbBlock, inChannels: input, outChannels: output, layers: layers[i], addDownsample: !last,
-                    downsamplePadding: config.downsample_padding, attention: attention(i), settings: settings))
+                    downsamplePadding: config.downsample_padding, attention: attention(i, downDepths[i].values(count: layers[i])),
+                    settings: settings))
             } else {
                 down.append(DownBlock2D(
                     vbBlock, inChannels: input, outChannels: output, layers: layers[i], addDownsample: !last,
@@ -272,7 +340,7 @@ public final class UNet2DConditionModel: Module {
 
         midBlock = UNetMidBlock2DCrossAttn(
             vb.pp("mid_block"), channels: channels[count - 1], outputScaleFactor: config.mid_block_scale_factor,
-            attention: attention(count - 1), settings: settings)
+            attention: attention(count - 1, downDepths[count - 1].values(count: 1)), settings: settings)
 
         let reversedChannels = Array(channels.reversed())
         var up: [any UNetUpBlock] = []
@@ -285,7 +353,7 @@ public final class UNet2DConditionModel: Module {
             if type == "CrossAttnUpBlock2D" {
                 up.append(CrossAttnUpBlock2D(
                     vbBlock, inChannels: input, prevOutputChannels: previous, outChannels: output, layers: layers[j] + 1,
-                    addUpsample: !last, attention: attention(j), settings: settings))
+                    addUpsample: !last, attention: attention(j, upDepths[i].values(count: layers[j] + 1)), settings: settings))
             } else {
                 up.append(UpBlock2D(
                     vbBlock, inChannels: input, prevOutputChannels: previous, outChannels: output, layers: layers[j] + 1,
@@ -303,16 +371,27 @@ public final class UNet2DConditionModel: Module {
     /// The weights' floating-point type.
     public var dtype: DType { convIn.weight.dtype }
 
+    /// Whether the model takes SDXL's added conditioning (pooled text embeddings and size/crop ids) beside the text.
+    public var takesAddedConditioning: Bool { addEmbedding != nil }
+
     /// The model output for `sample` [B, C, H, W] at `timestep` (a scalar, or [B]; integer or fractional) given the
-    /// text embeddings `encoderHiddenStates` [B, S, cross_attention_dim].
+    /// text embeddings `encoderHiddenStates` [B, S, cross_attention_dim] (a model without added conditioning).
+    public func callAsFunction(_ sample: Tensor, timestep: Tensor, encoderHiddenStates: Tensor) -> Tensor {
+        self(sample, timestep: timestep, conditioning: Conditioning(hiddenStates: encoderHiddenStates))
+    }
+
+    /// The model output for `sample` [B, C, H, W] at `timestep` (a scalar, or [B]; integer or fractional) given the
+    /// conditioning: the text embeddings [B, S, cross_attention_dim], and for an SDXL UNet the pooled text embeddings
+    /// [B, P] and the time ids [B, 6] too (their absence there is a programming error, as diffusers raises).
     ///
     /// Inputs of another floating-point type than the weights' are cast to it, and the output back to the sample's
     /// type, as autocast would (mixed precision: float32 latents and text embeddings into a bfloat16 UNet).
-    public func callAsFunction(_ sample: Tensor, timestep: Tensor, encoderHiddenStates: Tensor) -> Tensor {
+    public func callAsFunction(_ sample: Tensor, timestep: Tensor, conditioning: Conditioning) -> Tensor {
         let dtype = self.dtype
-        guard sample.dtype == dtype, encoderHiddenStates.dtype == dtype else {
+        let encoderHiddenStates = conditioning.hiddenStates
+        guard sample.dtype == dtype, conditioning.floatingPointTypes.allSatisfy({ $0 == dtype }) else {
             let output = self(sample.dtype == dtype ? sample : sample.to(dtype), timestep: timestep,
-                              encoderHiddenStates: encoderHiddenStates.dtype == dtype ? encoderHiddenStates : encoderHiddenStates.to(dtype))
+                              conditioning: conditioning.to(dtype: dtype))
             return output.to(sample.dtype)
         }
         let batch = sample.size(0)
@@ -322,7 +401,16 @@ public final class UNet2DConditionModel: Module {
 
         let input = config.center_input_sample ? sample * 2 - 1 : sample
         let timesteps = timestep.reshape([-1]).to(sample.device).expand([batch])
-        let temb = timeEmbedding(timeProj(timesteps).to(sample.dtype))
+        var temb = timeEmbedding(timeProj(timesteps).to(sample.dtype))
+        if let addTimeProj, let addEmbedding {
+            guard let textEmbeds = conditioning.textEmbeds, let timeIds = conditioning.timeIds else {
+                preconditionFailure("UNet2DConditionModel: addition_embed_type text_time needs the pooled text embeddings and the time ids")
+            }
+            // diffusers: the features of time_ids.flatten() reshaped to one row per sample, after the pooled
+            // embeddings (float32 by type promotion), then in the model's type.
+            let timeFeatures = addTimeProj(timeIds.reshape([-1])).reshape([textEmbeds.size(0), -1])
+            temb = temb + addEmbedding(Tensor.cat([textEmbeds.to(.float32), timeFeatures], dim: -1).to(temb.dtype))
+        }
 
         var hidden = convIn(input)
         var skips = [hidden]

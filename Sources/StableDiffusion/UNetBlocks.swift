@@ -1,7 +1,7 @@
 import NN
 import Torch
 
-// diffusers' unets/unet_2d_blocks.py: the blocks Stable Diffusion 1.x/2.x's UNet is made of.
+// diffusers' unets/unet_2d_blocks.py: the blocks Stable Diffusion 1.x/2.x/XL's UNet is made of.
 
 /// What every block of one UNet shares, from its config.
 struct UNetBlockSettings {
@@ -13,11 +13,11 @@ struct UNetBlockSettings {
 }
 
 /// What a block of the UNet's attention layers needs: heads (diffusers' `num_attention_heads`, see
-/// `UNet2DConditionConfig.attention_head_dim`), text width and transformer depth.
+/// `UNet2DConditionConfig.attention_head_dim`), text width and the transformer depth of each of its layers.
 struct CrossAttentionSettings {
     let heads: Int
     let crossAttentionDim: Int
-    let transformerLayers: Int
+    let transformerLayers: [Int]
 }
 
 /// A down block: the new hidden state, and the states kept for the up path's skip connections.
@@ -31,12 +31,13 @@ protocol UNetUpBlock: Module {
     func callAsFunction(_ x: Tensor, skips: [Tensor], temb: Tensor, context: Tensor, upsampleSize: (Int, Int)?) -> Tensor
 }
 
+/// The attention of the block's `layer`-th layer.
 func makeTransformer(
-    _ vb: VarBuilder, channels: Int, attention: CrossAttentionSettings, settings: UNetBlockSettings
+    _ vb: VarBuilder, channels: Int, attention: CrossAttentionSettings, layer: Int, settings: UNetBlockSettings
 ) -> Transformer2DModel {
     Transformer2DModel(
         vb, heads: attention.heads, headDim: channels / attention.heads, inChannels: channels,
-        layers: attention.transformerLayers, crossAttentionDim: attention.crossAttentionDim, groups: settings.groups,
+        layers: attention.transformerLayers[layer], crossAttentionDim: attention.crossAttentionDim, groups: settings.groups,
         useLinearProjection: settings.useLinearProjection, upcastAttention: settings.upcastAttention)
 }
 
@@ -64,7 +65,7 @@ final class CrossAttnDownBlock2D: UNetDownBlock {
             makeResnet(vb.pp("resnets").pp($0), $0 == 0 ? inChannels : outChannels, outChannels, settings)
         }
         attentions = (0..<layers).map {
-            makeTransformer(vb.pp("attentions").pp($0), channels: outChannels, attention: attention, settings: settings)
+            makeTransformer(vb.pp("attentions").pp($0), channels: outChannels, attention: attention, layer: $0, settings: settings)
         }
         downsampler = addDownsample
             ? Downsample2D(vb.pp("downsamplers").pp(0), channels: outChannels, padding: downsamplePadding) : nil
@@ -133,7 +134,7 @@ final class UNetMidBlock2DCrossAttn: Module {
             makeResnet(vb.pp("resnets").pp($0), channels, channels, settings, scale: outputScaleFactor)
         }
         attentions = (0..<layers).map {
-            makeTransformer(vb.pp("attentions").pp($0), channels: channels, attention: attention, settings: settings)
+            makeTransformer(vb.pp("attentions").pp($0), channels: channels, attention: attention, layer: $0, settings: settings)
         }
     }
 
@@ -171,7 +172,7 @@ final class CrossAttnUpBlock2D: UNetUpBlock {
             layers: layers, inChannels: inChannels, prevOutputChannels: prevOutputChannels, outChannels: outChannels)
         resnets = inputs.enumerated().map { makeResnet(vb.pp("resnets").pp($0.offset), $0.element, outChannels, settings) }
         attentions = (0..<layers).map {
-            makeTransformer(vb.pp("attentions").pp($0), channels: outChannels, attention: attention, settings: settings)
+            makeTransformer(vb.pp("attentions").pp($0), channels: outChannels, attention: attention, layer: $0, settings: settings)
         }
         upsampler = addUpsample ? Upsample2D(vb.pp("upsamplers").pp(0), channels: outChannels) : nil
     }

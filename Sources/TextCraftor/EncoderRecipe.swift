@@ -63,6 +63,9 @@ public struct EncoderRecipe {
         fail("mix", "entry \"\(entry.prefix(80))\": expected DIR=W (the model's own encoder is named \(originalName))")
     }
 
+    /// Fine-tuned, blended and mixed encoders need one encoder per term; SDXL has two and is not supported yet.
+    static let sdxlMessage = "SDXL models are not supported with it yet (SD 1.x/2.x only)"
+
     static func fail(_ key: String, _ message: String) -> TextCraftorError { .invalidSetting(key: key, message: message) }
 
     /// Loads each folder once (checking its config's hidden size before its weights) and checks the mix against
@@ -70,6 +73,7 @@ public struct EncoderRecipe {
     public func load(into pipeline: StableDiffusionPipeline, variant: String?, unetCalls: Int, warn: (String, String) -> Void = { _, _ in })
         throws -> EncoderMix
     {
+        guard pipeline.architecture == .sd else { throw Self.fail(isMix ? "mix" : "text_encoder", Self.sdxlMessage) }
         var loaded: [String: CLIPTextModel] = [:]
         var components: [EncoderMix.Component] = []
         for (folder, weight) in terms {

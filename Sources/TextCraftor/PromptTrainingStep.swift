@@ -77,22 +77,25 @@ public func promptTrainingStep(
     lossScale: Double = 1, trainsTextEncoder: Bool = true
 ) throws -> StepOutcome {
     try settings.validate()
+    try requireTrainable(pipeline)
     let scheduler = try settings.makeScheduler(pipeline)
     let timesteps = scheduler.timesteps
     let windowStart = timesteps.count - min(settings.gradientWindow, timesteps.count)
     // Guidance above 1 conditions on the empty prompt too (first, as diffusers' CFG batch); at 1 or less the pipeline
     // runs the prompts alone, and so does the step.
     let guided = settings.guidanceScale > 1
-    let (ids, _) = pipeline.tokenize(guided ? Array(repeating: "", count: prompts.count) + prompts : prompts)
+    let tokens = pipeline.promptTokens(guided ? Array(repeating: "", count: prompts.count) + prompts : prompts)
+    /// The conditioning an encoder gives the step's prompts (differentiable: `pipeline.encode`).
+    func encode(_ encoder: CLIPTextModel) -> Conditioning { pipeline.encode(tokens, textEncoder: encoder) }
 
-    func denoise(_ z: Tensor, _ i: Int, _ context: Tensor) -> Tensor {
-        pipeline.denoise(z, timestep: timesteps[i], context: context, guidanceScale: settings.guidanceScale,
+    func denoise(_ z: Tensor, _ i: Int, _ conditioning: Conditioning) -> Tensor {
+        pipeline.denoise(z, timestep: timesteps[i], conditioning: conditioning, guidanceScale: settings.guidanceScale,
                          scheduler: scheduler, generator: nil)
     }
 
     // Outside the window: the frozen original encoder, no graph.
     var z = withNoGrad { (initialNoise * scheduler.initNoiseSigma).to(dtype: initialNoise.dtype, device: pipeline.device) }
-    let originalContext = withNoGrad { original(ids).lastHiddenState }
+    let originalContext = withNoGrad { encode(original) }
     for i in 0..<windowStart { z = withNoGrad { denoise(z, i, originalContext) } }
 
     /// Decodes, scores and returns the loss (with its graph back to `latents`) and the outcome.
@@ -112,7 +115,7 @@ public func promptTrainingStep(
 
     switch mode {
     case .fullBackprop:
-        let context = trainsTextEncoder ? trainable(ids).lastHiddenState : withNoGrad { trainable(ids).lastHiddenState }
+        let context = trainsTextEncoder ? encode(trainable) : withNoGrad { encode(trainable) }
         for i in windowStart..<timesteps.count { z = denoise(z, i, context) }
         let (loss, outcome) = try lossOf(z)
         loss.backward()
@@ -120,7 +123,7 @@ public func promptTrainingStep(
 
     case .windowed:
         // 1. The window forward without a graph, keeping the latent entering each step.
-        let context = withNoGrad { trainable(ids).lastHiddenState }
+        let context = withNoGrad { encode(trainable) }
         var entering: [Tensor] = []
         for i in windowStart..<timesteps.count {
             entering.append(z)
@@ -144,17 +147,17 @@ public func promptTrainingStep(
         }
         // 3. Back through the window one step at a time: recompute the step with a graph and backpropagate the
         //    incoming gradient through it (a vector-Jacobian product). The latent's part goes on to the step before;
-        //    the context's part is summed (text encoder), or the UNet's parameters accumulate theirs (UNet stage).
-        let contextGradient = context.zerosLike()
+        //    the conditioning's part is summed (text encoder), or the UNet's parameters accumulate theirs (UNet stage).
+        let contextGradient = context.zeroGradients()
         for (k, i) in (windowStart..<timesteps.count).enumerated().reversed() {
             let zIn = entering[k].detach().requiringGrad()
-            let c = trainsTextEncoder ? context.detach().requiringGrad() : context
+            let c = trainsTextEncoder ? context.requiringGrad() : context
             denoise(zIn, i, c).backward(gradient: latentGradient)
             latentGradient = zIn.grad!
-            if trainsTextEncoder { contextGradient += c.grad! }
+            if trainsTextEncoder { contextGradient.accumulate(c.gradients) }
         }
-        // 4. The summed embedding gradient through the text encoder, once.
-        if trainsTextEncoder { trainable(ids).lastHiddenState.backward(gradient: contextGradient) }
+        // 4. The summed conditioning gradient through the text encoder, once.
+        if trainsTextEncoder { encode(trainable).backward(gradient: contextGradient) }
         return outcome
     }
 }
@@ -196,6 +199,7 @@ public func directTrainingStep(
     captions: [String], timestepRange: ClosedRange<Int>, generator: Generator, lossScale: Double = 1,
     trainsTextEncoder: Bool = true
 ) throws -> StepOutcome {
+    try requireTrainable(pipeline)
     let scheduler = try StableDiffusion.makeScheduler(config: pipeline.schedulerConfig, configFile: pipeline.schedulerConfigFile)
     let factor = pipeline.vae.config.scaling_factor
     let b = images.size(0)
@@ -217,3 +221,12 @@ public func directTrainingStep(
     loss.backward()
     return StepOutcome(loss: loss.item() / lossScale, rewards: terms.map { ($0.name, $0.scores.mean().item()) }, images: decoded.detach())
 }
+
+/// Training conditions SD 1.x/2.x's one text encoder; SDXL's two (and its pooled embeddings and size conditioning)
+/// are still to come, on top of `StableDiffusionPipeline.encode(_:textEncoder:textEncoder2:clipSkip:sizes:)`.
+func requireTrainable(_ pipeline: StableDiffusionPipeline) throws {
+    guard pipeline.architecture == .sd else { throw TextCraftorError.invalidSetting(key: "model", message: sdxlTrainingMessage) }
+}
+
+/// Why training refuses an SDXL folder, the same words wherever it is found.
+let sdxlTrainingMessage = "SDXL models cannot be trained yet (generate, eval, tokenize, inspect and bench take them)"

@@ -86,6 +86,7 @@ public final class Trainer {
         data: TrainingData, config: TrainingConfig, run: RunFolder
     ) throws {
         try config.validate()
+        try requireTrainable(pipeline)
         let target = config.train
         self.pipeline = pipeline
         self.original = original

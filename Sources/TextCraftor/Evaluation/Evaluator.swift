@@ -41,6 +41,11 @@ public final class Evaluator {
         } catch {
             throw TextCraftorError.invalidSetting(key: "model", message: "\(model.path): \(error)")
         }
+        if pipeline.architecture == .sdxl,
+            let key = [("text_encoder", config.textEncoder), ("blend", config.blend), ("mix", config.mix)].first(where: { !$0.1.isEmpty })?.0
+        {
+            throw TextCraftorError.invalidSetting(key: key, message: EncoderRecipe.sdxlMessage)
+        }
         let encoders = try Self.encoderFolders(config)
         var loaded: [String: CLIPTextModel] = [:]
         for (name, folder) in encoders {
