@@ -15,6 +15,16 @@ public struct GenerationConfig: InferenceConfiguration {
     public var promptsFile: String?
     /// One negative prompt for all prompts, or one per prompt.
     public var negativePrompt: [String] = []
+    /// SDXL: the texts for the second text encoder (diffusers' `prompt_2`), one for all prompts or one per prompt
+    /// (empty: the prompts themselves).
+    public var prompt2: [String] = []
+    /// SDXL: `negative_prompt_2` (empty: the negative prompts).
+    public var negativePrompt2: [String] = []
+    /// diffusers' `clip_skip`: condition on the text encoder's layer N before the one the model uses (the prompts
+    /// only, as diffusers).
+    public var clipSkip: Int?
+    /// SDXL: the crop's top-left in the size conditioning (diffusers' `crops_coords_top_left`; nil: 0,0).
+    public var crop: CropCoordinates?
     public var steps = 25
     /// Classifier-free guidance (1 or less: no guidance).
     public var guidance = 7.5
@@ -41,6 +51,10 @@ public struct GenerationConfig: InferenceConfiguration {
         .strings("prompt", \.prompt),
         .path("prompts_file", \.promptsFile),
         .strings("negative_prompt", \.negativePrompt),
+        .strings("prompt_2", \.prompt2),
+        .strings("negative_prompt_2", \.negativePrompt2),
+        .integer("clip_skip", \.clipSkip, .between(0, 1024)),
+        ConfigField("crop", \.crop, read: { try $1.crop($0, $2) }, problem: \.problem),
         .integer("steps", \.steps, .between(1, 10_000)),
         .number("guidance", \.guidance, .nonNegative),
         ConfigField("seed", \.seed, read: { UInt64(try $1.integer($0, $2, .nonNegative)) }),
@@ -69,6 +83,8 @@ public struct GenerationOutput {
     public let images: Int
     /// Per prompt, the words dropped past the tokenizer's length (nil: none).
     public let truncatedWords: [String?]
+    /// SDXL with `prompt_2`: the same for each prompt's second text in the second tokenizer.
+    public let truncatedWords2: [String?]
 }
 
 /// `generate` as a library: the model, scheduler and encoder recipe a `GenerationConfig` names, checked and loaded
@@ -102,6 +118,10 @@ public final class ImageGeneration {
         request.width = config.width
         request.imagesPerPrompt = config.imagesPerPrompt
         request.eta = config.eta
+        request.prompts2 = config.prompt2.isEmpty ? nil : config.prompt2
+        request.negativePrompts2 = config.negativePrompt2.isEmpty ? nil : config.negativePrompt2
+        request.clipSkip = config.clipSkip
+        request.cropTopLeft = config.crop.map { ($0.top, $0.left) }
         self.request = request
         self.config = config
         recipe = try EncoderRecipe(textEncoder: config.textEncoder, blend: config.blend, mix: config.mix, finetunedSteps: config.finetunedSteps)
@@ -126,6 +146,8 @@ public final class ImageGeneration {
         if config.saveLatents {
             var tensors = ["init_latents": result.initLatents, "latents": result.latents, "prompt_embeds": result.promptEmbeds]
             tensors["negative_prompt_embeds"] = result.negativePromptEmbeds
+            tensors["pooled_prompt_embeds"] = result.pooledPromptEmbeds
+            tensors["negative_pooled_prompt_embeds"] = result.negativePooledPromptEmbeds
             if let start = result.mixStart, start > 0 {
                 tensors["original_prompt_embeds"] = result.originalPromptEmbeds
                 tensors["original_negative_prompt_embeds"] = result.originalNegativePromptEmbeds
@@ -139,11 +161,19 @@ public final class ImageGeneration {
             "height": result.images.size(1), "width": result.images.size(2), "images_per_prompt": config.imagesPerPrompt,
             "eta": config.eta, "dtype": config.dtype.rawValue, "device": config.device, "variant": config.variant ?? "",
             "images": (0..<count).map { String(format: "%04d.png", $0) }, "unet_calls": unetCalls,
+            "architecture": pipeline.architecture.rawValue, "clip_skip": config.clipSkip ?? NSNull(),
         ]
+        if pipeline.architecture == .sdxl {
+            let sizes = pipeline.sizeConditioning(request, height: result.images.size(1), width: result.images.size(2))
+            metadata["prompts_2"] = request.prompts2 ?? request.prompts
+            metadata["negative_prompts_2"] = request.negativePrompts2 ?? request.negativePrompts ?? []
+            metadata["add_time_ids"] = sizes.values
+            metadata["force_zeros_for_empty_prompt"] = pipeline.forceZerosForEmptyPrompt
+        }
         metadata.merge(recipe?.metadata(unetCalls: unetCalls) ?? EncoderRecipe.noMetadata) { $1 }
         let json = try JSONSerialization.data(withJSONObject: metadata, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
         try json.write(to: outURL.appendingPathComponent("metadata.json"), options: .atomic)
-        return GenerationOutput(images: count, truncatedWords: result.truncatedWords)
+        return GenerationOutput(images: count, truncatedWords: result.truncatedWords, truncatedWords2: result.truncatedWords2)
     }
 
     /// The tokenizer's length, for messages about truncated prompts.

@@ -228,5 +228,12 @@ func requireTrainable(_ pipeline: StableDiffusionPipeline) throws {
     guard pipeline.architecture == .sd else { throw TextCraftorError.invalidSetting(key: "model", message: sdxlTrainingMessage) }
 }
 
+/// The same refusal for a model folder, from its model_index.json, before anything is loaded (`train`, `bench train`).
+public func requireTrainableModel(_ folder: URL) throws {
+    if try StableDiffusionPipeline.architecture(of: folder) == .sdxl {
+        throw TextCraftorError.invalidSetting(key: "model", message: "\(folder.path): \(sdxlTrainingMessage)")
+    }
+}
+
 /// Why training refuses an SDXL folder, the same words wherever it is found.
 let sdxlTrainingMessage = "SDXL models cannot be trained yet (generate, eval, tokenize, inspect and bench take them)"

@@ -70,9 +70,7 @@ public final class TrainingSession {
         let data = try Self.trainingData(config)
         let precision = config.mixedPrecision
         let modelURL = URL(fileURLWithPath: model)
-        if try StableDiffusionPipeline.architecture(of: modelURL) == .sdxl {
-            throw TextCraftorError.invalidSetting(key: "model", message: "\(model): \(sdxlTrainingMessage)")
-        }
+        try requireTrainableModel(modelURL)
         let pipeline = try precision.loadPipeline(folder: modelURL, device: device, training: config.train)
         if let resolution = config.resolution, resolution % pipeline.vaeScaleFactor != 0 {
             throw TextCraftorError.invalidSetting(

@@ -7,12 +7,13 @@ import Torch
 struct BenchSD: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "generate",
-        abstract: "Time sampling (images per second, UNet forward, TFLOP/s) against diffusers' StableDiffusionPipeline.",
+        abstract: "Time sampling (images per second, UNet forward, TFLOP/s) against diffusers' StableDiffusion(XL)Pipeline.",
         discussion: """
             Best of --repeats after a warm-up, without gradients, the same thread count, device and dtype on both \
             sides. The pipeline samples --batch prompts with guidance 7.5 (a guided batch of 2 x --batch through the \
             UNet) and decodes them. TFLOP/s is the analytic count of one pipeline run's products over its time. \
-            `bench sd` is the old name.
+            An SDXL folder runs both text encoders and the UNet's added conditioning (random pooled embeddings, the \
+            size conditioning of --size) on both sides. `bench sd` is the old name.
 
             The paper's setting on real shapes (models from `textcraftor synth-model --preset sd15`): --size 512 \
             --steps 25 --batch 4 --device cuda --dtype float16.
@@ -39,7 +40,13 @@ struct BenchSD: ParsableCommand {
         let g = Generator(seed: 0)
         let latent = size / pipeline.vaeScaleFactor
         let sample = Tensor.randn([2 * batch, pipeline.unet.config.in_channels, latent, latent], generator: g).to(dtype: type, device: device)
-        let context = Tensor.randn([2 * batch, 77, pipeline.textEncoder.config.hidden_size], generator: g).to(dtype: type, device: device)
+        let width = pipeline.unet.config.cross_attention_dim.values(count: 1)[0]
+        var conditioning = Conditioning(hiddenStates: Tensor.randn([2 * batch, 77, width], generator: g))
+        if let second = pipeline.textEncoder2 {  // SDXL: what its UNet adds to the time embedding
+            conditioning.textEmbeds = Tensor.randn([2 * batch, second.config.projection_dim ?? width], generator: g)
+            conditioning.timeIds = SizeConditioning(height: size, width: size).timeIds(batch: 2 * batch)
+        }
+        conditioning = conditioning.to(dtype: type, device: device)
         let t = Tensor(Array(repeating: Float(500), count: 2 * batch)).to(device)
         let prompts = ["a red circle", "a blue square", "a green triangle", "two yellow stars"]
         var request = GenerationRequest(prompts: (0..<batch).map { prompts[$0 % prompts.count] })
@@ -59,7 +66,7 @@ struct BenchSD: ParsableCommand {
         }
         let (_, flops) = try withNoGrad { try FLOPCounter.counting { try pipeline.generate(request) } }
         let ours: [String: Double] = try withNoGrad {
-            let unet = best { _ = pipeline.unet(sample, timestep: t, encoderHiddenStates: context) }
+            let unet = best { _ = pipeline.unet(sample, timestep: t, conditioning: conditioning) }
             let run = try best { _ = try pipeline.generate(request) }
             var ours = ["unet_ms": unet * 1e3, "pipeline_s": run, "images_per_s": Double(batch) / run,
                         "tflops": flops.total / run / 1e12]

@@ -63,6 +63,7 @@ struct BenchTrain: ParsableCommand {
         guard ["fp32", "bf16"].contains(referencePrecision) else {
             throw CommandError("--reference-precision \(referencePrecision): expected fp32 or bf16")
         }
+        try speakingFlags { try requireTrainableModel(URL(fileURLWithPath: model)) }
         let device = try speakingFlags { try deviceOptions.opened() }
         let pipeline = try precision.loadPipeline(folder: URL(fileURLWithPath: model), device: device, training: .text)
         let folder = URL(fileURLWithPath: model).appendingPathComponent("text_encoder")

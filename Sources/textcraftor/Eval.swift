@@ -84,6 +84,10 @@ struct EvalFlags: ParsableArguments {
     @Option(help: "Classifier-free guidance (default 7.5; 5 with --demo).") var guidance: Double?
     @Option(help: "Images per prompt (default 1).") var imagesPerPrompt: Int?
     @Option(help: "Seed of the noise (prompt i uses seed + i) and of --sample (default 0).") var seed: UInt64?
+    @Option(help: ArgumentHelp("diffusers' clip_skip for every variant (default 0).", valueName: "N")) var clipSkip: Int?
+    @Option(help: ArgumentHelp("SDXL: the crop's top-left in the size conditioning (default 0,0).", valueName: "TOP,LEFT"),
+            transform: CropCoordinates.parse)
+    var crop: CropCoordinates?
 
     @Option(help: ArgumentHelp("NAME=PATH as in `score` (aesthetic, pickscore, hpsv2, clip). Repeatable.", valueName: "NAME=PATH"))
     var reward: [String] = []

@@ -9,7 +9,12 @@ struct Generate: ParsableCommand {
         discussion: """
             Writes OUT/0000.png, OUT/0001.png, ... in prompt order (each prompt's images together), OUT/metadata.json \
             with every setting including the seed, and with --save-latents OUT/latents.safetensors (init_latents, \
-            latents before the VAE, prompt_embeds, negative_prompt_embeds; float32).
+            latents before the VAE, prompt_embeds, negative_prompt_embeds, and for SDXL pooled_prompt_embeds and \
+            negative_pooled_prompt_embeds; float32).
+
+            SDXL folders (StableDiffusionXLPipeline) generate as diffusers does: both text encoders, --prompt-2 and \
+            --negative-prompt-2 for the second, the size conditioning with --crop, and without --negative-prompt \
+            zeros for the unconditional half (force_zeros_for_empty_prompt). Refiners are not supported.
 
             Controllable generation (TextCraftor): --text-encoder DIR conditions on a fine-tuned text encoder (a folder \
             with config.json and model.safetensors, as training writes OUT/text_encoder/) instead of the model's; \
@@ -37,6 +42,9 @@ struct Generate: ParsableCommand {
         for (i, words) in output.truncatedWords.enumerated() {
             if let words { warn("prompt \(i + 1) is longer than \(generation.maxPromptTokens) tokens; dropped: \(excerpt(words, limit: 200))") }
         }
+        for (i, words) in output.truncatedWords2.enumerated() {
+            if let words { warn("--prompt-2 of prompt \(i + 1) is longer than \(generation.maxPromptTokens) tokens; dropped: \(excerpt(words, limit: 200))") }
+        }
         print("wrote \(output.images) images to \(generation.config.out!)")
     }
 }
@@ -47,6 +55,21 @@ struct GenerateFlags: ParsableArguments {
     @Option(help: "A prompt (repeat for several).") var prompt: [String] = []
     @Option(help: "A text file with one prompt per line.", completion: .file()) var promptsFile: String?
     @Option(help: "A negative prompt: one for all prompts, or one per prompt.") var negativePrompt: [String] = []
+    @Option(name: .customLong("prompt-2"), help: ArgumentHelp(
+        "SDXL: the text for the second text encoder (diffusers' prompt_2): one for all prompts, or one per prompt.",
+        discussion: "Default: the prompt itself."))
+    var prompt2: [String] = []
+    @Option(name: .customLong("negative-prompt-2"), help: "SDXL: diffusers' negative_prompt_2 (default: the negative prompt).")
+    var negativePrompt2: [String] = []
+    @Option(help: ArgumentHelp(
+        "Condition on the text encoder's layer N before the one the model uses (diffusers' clip_skip; default 0).",
+        discussion: "SD 1.x/2.x: hidden_states[-(N+1)] through the final layer norm; SDXL: hidden_states[-(N+2)] of both encoders. As in diffusers, the negative prompts keep the model's own layer.",
+        valueName: "N"))
+    var clipSkip: Int?
+    @Option(help: ArgumentHelp(
+        "SDXL: the crop's top-left in the size conditioning, TOP,LEFT in pixels (diffusers' crops_coords_top_left; default 0,0).",
+        valueName: "TOP,LEFT"), transform: CropCoordinates.parse)
+    var crop: CropCoordinates?
     @Option(help: "Denoising steps (default 25).") var steps: Int?
     @Option(help: "Classifier-free guidance scale (default 7.5; 1 or less: no guidance).") var guidance: Double?
     @Option(help: "Seed of the initial noise (default: a random one, printed).") var seed: UInt64?

@@ -110,17 +110,25 @@ func loadConfiguration<C: Configuration>(file: String?, flags groups: Any..., sk
     return try base.overlaying(configValues(of: groups, skipping: skipped))
 }
 
-/// "gradWindow" -> "grad_window".
+/// "gradWindow" -> "grad_window", "prompt2" -> "prompt_2" (diffusers' `prompt_2`, the flag `--prompt-2`).
 func snakeCase(_ name: String) -> String {
     var out = ""
     for character in name {
         if character.isUppercase {
             out += "_" + character.lowercased()
         } else {
+            if character.isNumber, let last = out.last, !last.isNumber { out += "_" }
             out.append(character)
         }
     }
     return out
+}
+
+extension CropCoordinates {
+    static func parse(_ text: String) throws -> CropCoordinates {
+        guard let crop = CropCoordinates(text) else { throw CommandError("\(text.prefix(40)): expected two pixel offsets TOP,LEFT") }
+        return crop
+    }
 }
 
 /// An ArgumentParser property wrapper whose value, once parsed, is read without knowing its type.

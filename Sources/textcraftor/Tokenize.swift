@@ -10,7 +10,8 @@ struct Tokenize: ParsableCommand {
             Uses the tokenizer of --model (its tokenizer/ folder), or --tokenizer (a tokenizer folder with vocab.json \
             and merges.txt, or an open_clip bpe_simple_vocab_16e6.txt.gz), or else the bundled CLIP vocabulary. Ids \
             include <|startoftext|> and <|endoftext|>; prompts longer than --max-length tokens are truncated, with a \
-            warning naming the dropped words.
+            warning naming the dropped words. An SDXL --model has a second tokenizer (tokenizer_2/, which pads with \
+            "!"): its ids and tokens follow as ids_2 and tokens_2.
             """)
 
     /// The longest --max-length: far beyond any CLIP context (77), small enough to pad without harm.
@@ -30,8 +31,12 @@ struct Tokenize: ParsableCommand {
             throw CommandError("--max-length must be at most \(Self.maxContextLength) (got \(maxLength))")
         }
         let clip: CLIPTokenizer
+        var second: CLIPTokenizer? = nil
         if let model {
-            clip = try CLIPTokenizer(directory: URL(fileURLWithPath: model).appendingPathComponent("tokenizer"))
+            let folder = URL(fileURLWithPath: model)
+            clip = try CLIPTokenizer(directory: folder.appendingPathComponent("tokenizer"))
+            let folder2 = folder.appendingPathComponent("tokenizer_2")
+            if FileManager.default.fileExists(atPath: folder2.path) { second = try CLIPTokenizer(directory: folder2) }
         } else if let tokenizer {
             clip = tokenizer.hasSuffix(".gz")
                 ? try CLIPTokenizer(openCLIPMerges: URL(fileURLWithPath: tokenizer))
@@ -40,9 +45,14 @@ struct Tokenize: ParsableCommand {
             clip = try CLIPTokenizer.bundled()
         }
         let (ids, dropped) = clip.tokenize(prompts, maxLength: maxLength, padding: pad)
+        let ids2 = second?.tokenize(prompts, maxLength: maxLength, padding: pad).ids
         for (i, prompt) in prompts.enumerated() {
             if let words = dropped[i] { warn("prompt \(i + 1) is longer than \(maxLength) tokens; dropped: \(excerpt(words, limit: 200))") }
-            let object: [String: Any] = ["prompt": prompt, "ids": ids[i].map(Int.init), "tokens": clip.tokens(ids[i])]
+            var object: [String: Any] = ["prompt": prompt, "ids": ids[i].map(Int.init), "tokens": clip.tokens(ids[i])]
+            if let second, let ids2 {
+                object["ids_2"] = ids2[i].map(Int.init)
+                object["tokens_2"] = second.tokens(ids2[i])
+            }
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
             print(String(decoding: data, as: UTF8.self))
         }

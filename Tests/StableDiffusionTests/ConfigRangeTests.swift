@@ -124,6 +124,21 @@ import Torch
         }
     }
 
+    /// SDXL's keys: per-layer transformer depths, the up path's own depths, the added embedding's widths.
+    @Test func sdxlUNetValuesAreChecked() throws {
+        #expect(try message(UNet2DConditionConfig.self, #"{"transformer_layers_per_block": [1, [2, 0], 1, 1]}"#)
+            == "key \"transformer_layers_per_block.1.1\" must be between 1 and 1024, got 0")
+        #expect(try message(UNet2DConditionConfig.self, #"{"reverse_transformer_layers_per_block": [1, 1, 2000, 1]}"#)
+            == "key \"reverse_transformer_layers_per_block.2\" must be between 1 and 1024, got 2000")
+        #expect(try message(UNet2DConditionConfig.self, #"{"addition_time_embed_dim": 0}"#)
+            == "key \"addition_time_embed_dim\" must be between 1 and 65536, got 0")
+        #expect(try unetMessage(#"{"reverse_transformer_layers_per_block": [[1, 1, 1], [1, 1], 1, 1]}"#)
+            == "key \"reverse_transformer_layers_per_block.1\" has 2 entries, the block has 3 layers")
+        #expect(try unetMessage(#"{"addition_embed_type": "text_time", "addition_time_embed_dim": 256}"#)
+            == "key \"projection_class_embeddings_input_dim\" is needed with addition_embed_type \"text_time\"")
+        #expect(try unetMessage(#"{"transformer_layers_per_block": [1, [2, 2], [3, 3], [4]], "reverse_transformer_layers_per_block": [[4, 4, 4], [3, 3, 3], [2, 2, 2], [1, 1, 1]]}"#) == nil)
+    }
+
     @Test func vaeValuesAreChecked() throws {
         #expect(try message(AutoencoderKLConfig.self, #"{"layers_per_block": 1048576}"#)
             == "key \"layers_per_block\" must be between 1 and 1024, got 1048576")

@@ -252,3 +252,108 @@ struct SDXLSetting: CustomStringConvertible, Sendable {
         #expect(maxAbsDifference(result.promptEmbeds, pipeline.encode(r.prompts)) > 1e-3)
     }
 }
+
+/// What is wrong with an SDXL folder is named in one line: the file, the key, and what would fit.
+@Suite struct SDXLFolderErrorTests {
+    /// A copy of tiny-sdxl without `leaving` (components) and with `edit` applied to the JSON files it names.
+    func copy(leaving: Set<String> = [], edit: [String: (inout [String: Any]) -> Void] = [:]) throws -> URL {
+        let folder = try temporaryFolder("sdxl")
+        for item in try FileManager.default.contentsOfDirectory(atPath: TinySDXL.folder.path) where !leaving.contains(item) {
+            try FileManager.default.copyItem(at: TinySDXL.folder.appendingPathComponent(item), to: folder.appendingPathComponent(item))
+        }
+        for (file, change) in edit {
+            let url = folder.appendingPathComponent(file)
+            var object = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as! [String: Any]
+            change(&object)
+            try JSONSerialization.data(withJSONObject: object).write(to: url)
+        }
+        return folder
+    }
+
+    @Test func aMissingTextEncoder2IsNamed() throws {
+        let folder = try copy(leaving: ["text_encoder_2"])
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let error = StableDiffusionError.missingFile(folder.appendingPathComponent("text_encoder_2").path)
+        #expect(throws: error) { try StableDiffusionPipeline.load(folder: folder) }
+        #expect(error.description == "\(folder.path)/text_encoder_2: no such file or folder")
+    }
+
+    /// A refiner's model_index.json lists text_encoder as [null, null] and ships no text_encoder/.
+    @Test func aRefinerIsRefused() throws {
+        let folder = try copy(leaving: ["text_encoder", "tokenizer"], edit: ["model_index.json": {
+            $0["_class_name"] = "StableDiffusionXLImg2ImgPipeline"
+            $0["text_encoder"] = [NSNull(), NSNull()]
+            $0["tokenizer"] = [NSNull(), NSNull()]
+            $0["requires_aesthetics_score"] = true
+        }])
+        defer { try? FileManager.default.removeItem(at: folder) }
+        #expect(throws: StableDiffusionError.invalidConfig(
+            file: folder.appendingPathComponent("model_index.json").path,
+            message: "an SDXL refiner (text_encoder_2 without text_encoder): refiners are not supported, use an SDXL base model")) {
+            try StableDiffusionPipeline.load(folder: folder)
+        }
+    }
+
+    @Test func aUNetWhoseAddedEmbeddingDoesNotFitTheEncodersIsNamed() throws {
+        let folder = try copy(edit: ["unet/config.json": { $0["projection_class_embeddings_input_dim"] = 2816 }])
+        defer { try? FileManager.default.removeItem(at: folder) }
+        #expect(throws: StableDiffusionError.invalidConfig(
+            file: folder.appendingPathComponent("unet/config.json").path,
+            message: "projection_class_embeddings_input_dim 2816 does not match text_encoder_2's projection_dim (40) + 6 x addition_time_embed_dim (8) = 88")) {
+            try StableDiffusionPipeline.load(folder: folder)
+        }
+    }
+
+    @Test func aUNetWhoseCrossAttentionDoesNotFitTheEncodersIsNamed() throws {
+        let folder = try copy(edit: ["unet/config.json": { $0["cross_attention_dim"] = 2048 }])
+        defer { try? FileManager.default.removeItem(at: folder) }
+        #expect(throws: StableDiffusionError.invalidConfig(
+            file: folder.appendingPathComponent("unet/config.json").path,
+            message: "cross_attention_dim 2048 does not match the text encoders' hidden sizes (32 + 48 = 80)")) {
+            try StableDiffusionPipeline.load(folder: folder)
+        }
+    }
+
+    @Test func anSDXLFolderWithoutTextTimeOrAnSDFolderWithItIsNamed() throws {
+        let folder = try copy(edit: ["unet/config.json": { $0["addition_embed_type"] = NSNull() }])
+        defer { try? FileManager.default.removeItem(at: folder) }
+        #expect(throws: StableDiffusionError.invalidConfig(
+            file: folder.appendingPathComponent("unet/config.json").path,
+            message: "addition_embed_type \"null\" is not SDXL's \"text_time\", which an SDXL folder needs")) {
+            try StableDiffusionPipeline.load(folder: folder)
+        }
+        let unet = try JSONSerialization.jsonObject(with: Data(contentsOf: TinySDXL.folder.appendingPathComponent("unet/config.json")))
+        let sd = try temporaryFolder("sd")
+        defer { try? FileManager.default.removeItem(at: sd) }
+        for item in try FileManager.default.contentsOfDirectory(atPath: TinySD.sd15.folder.path) {
+            try FileManager.default.copyItem(at: TinySD.sd15.folder.appendingPathComponent(item), to: sd.appendingPathComponent(item))
+        }
+        try JSONSerialization.data(withJSONObject: unet).write(to: sd.appendingPathComponent("unet/config.json"))
+        #expect(throws: StableDiffusionError.invalidConfig(
+            file: sd.appendingPathComponent("unet/config.json").path,
+            message: "addition_embed_type \"text_time\" is SDXL's, but the folder has one text encoder (no text_encoder_2 in model_index.json)")) {
+            try StableDiffusionPipeline.load(folder: sd)
+        }
+    }
+
+    @Test func textTimeNeedsItsSizesAndPerLayerDepthsTheirLayers() throws {
+        var config = try decodeConfig(UNet2DConditionConfig.self, from: TinySDXL.folder.appendingPathComponent("unet/config.json"))
+        config.addition_time_embed_dim = nil
+        #expect(throws: StableDiffusionError.invalidConfig(
+            file: "unet.json", message: "key \"addition_time_embed_dim\" is needed with addition_embed_type \"text_time\"")) {
+            try config.validate(file: "unet.json")
+        }
+        config = UNet2DConditionConfig()
+        config.transformer_layers_per_block = .each([.same(1), .each([1]), .same(1), .same(1)])
+        #expect(throws: StableDiffusionError.invalidConfig(
+            file: "unet.json", message: "key \"transformer_layers_per_block.1\" has 1 entries, the block has 2 layers")) {
+            try config.validate(file: "unet.json")
+        }
+        config = UNet2DConditionConfig()
+        config.reverse_transformer_layers_per_block = [.same(1)]
+        #expect(throws: StableDiffusionError.invalidConfig(
+            file: "unet.json", message: "key \"reverse_transformer_layers_per_block\" has 1 entries, down_block_types has 4")) {
+            try config.validate(file: "unet.json")
+        }
+    }
+}

@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
 """The Python side of `textcraftor bench generate`: the same UNet forward and pipeline in diffusers, printed as JSON.
+An SDXL folder (model_index.json naming text_encoder_2) runs StableDiffusionXLPipeline, without the watermark, and
+its UNet forward takes random pooled embeddings and the size conditioning of --size.
 
 Each measure is the best of --repeats wall-clock timings after one warm-up run, under torch.no_grad(); on CUDA each
 timing ends with torch.cuda.synchronize().
@@ -12,7 +14,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 p = argparse.ArgumentParser()
 p.add_argument("--model", default=os.path.join(ROOT, "Tests", "StableDiffusionTests", "Fixtures", "sd", "tiny-sd15"),
@@ -34,7 +36,12 @@ if cuda:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 
-pipe = StableDiffusionPipeline.from_pretrained(args.model, safety_checker=None, torch_dtype=dtype).to(device)
+with open(os.path.join(args.model, "model_index.json")) as f:
+    xl = (json.load(f).get("text_encoder_2") or [None])[0] is not None
+if xl:
+    pipe = StableDiffusionXLPipeline.from_pretrained(args.model, torch_dtype=dtype, add_watermarker=False).to(device)
+else:
+    pipe = StableDiffusionPipeline.from_pretrained(args.model, safety_checker=None, torch_dtype=dtype).to(device)
 pipe.set_progress_bar_config(disable=True)
 factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
 g = torch.Generator().manual_seed(0)
@@ -43,6 +50,11 @@ sample = torch.randn(pairs, pipe.unet.config.in_channels, args.size // factor, a
 context = torch.randn(pairs, 77, pipe.unet.config.cross_attention_dim, generator=g)
 sample, context = sample.to(device, dtype), context.to(device, dtype)
 t = torch.full((pairs,), 500.0, device=device)
+added = None
+if xl:
+    pooled = torch.randn(pairs, pipe.text_encoder_2.config.projection_dim, generator=g).to(device, dtype)
+    sizes = torch.tensor([[args.size, args.size, 0, 0, args.size, args.size]] * pairs, dtype=dtype, device=device)
+    added = {"text_embeds": pooled, "time_ids": sizes}
 prompts = ["a red circle", "a blue square", "a green triangle", "two yellow stars"]
 prompts = [prompts[i % len(prompts)] for i in range(args.batch)]
 
@@ -60,7 +72,7 @@ def best(body):
 
 
 with torch.no_grad():
-    unet_s = best(lambda: pipe.unet(sample, t, encoder_hidden_states=context))
+    unet_s = best(lambda: pipe.unet(sample, t, encoder_hidden_states=context, added_cond_kwargs=added))
     pipe_s = best(lambda: pipe(prompts, num_inference_steps=args.steps, guidance_scale=7.5, height=args.size,
                                width=args.size, generator=torch.manual_seed(0), output_type="np"))
 out = {"unet_ms": unet_s * 1e3, "pipeline_s": pipe_s, "images_per_s": args.batch / pipe_s}

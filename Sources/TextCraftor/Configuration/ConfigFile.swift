@@ -118,11 +118,22 @@ public enum ConfigFile {
 
         /// `[LOW, HIGH]`: two integers (their range is checked by `validate()`).
         func timestepRange(_ value: TOMLValueConvertible, _ key: String) throws -> TimestepRange {
-            let what = "a list of 2 integers [LOW, HIGH]"
+            try integerPair(value, key, "[LOW, HIGH]")
+        }
+
+        /// `[TOP, LEFT]`: two integers (their range is checked by `validate()`).
+        func crop(_ value: TOMLValueConvertible, _ key: String) throws -> CropCoordinates {
+            try integerPair(value, key, "[TOP, LEFT]")
+        }
+
+        /// Two non-negative integers, `names` saying which in messages.
+        func integerPair<P: NumberPair>(_ value: TOMLValueConvertible, _ key: String, _ names: String) throws -> P
+        where P.Number == Int {
+            let what = "a list of 2 integers \(names)"
             guard let array = value.array else { throw expected(key, what, found: Self.kind(value)) }
             guard array.count == 2 else { throw expected(key, what, found: "a list of \(array.count)") }
             let pair = try array.map { try integer($0, key, .nonNegative) }
-            return TimestepRange(low: pair[0], high: pair[1])
+            return P(pair: pair[0], pair[1])
         }
 
         /// `[[reward]]` tables (or one `[reward]` table): name, paths, gamma (default 1), scale (default: the reward's).

@@ -244,6 +244,27 @@ public struct TimestepRange: Sendable, Equatable, NumberPair {
     }
 }
 
+/// SDXL's crop conditioning, the top-left corner in pixels (diffusers' `crops_coords_top_left`): `[TOP, LEFT]` in files
+/// and `TOP,LEFT` as a flag.
+public struct CropCoordinates: Sendable, Equatable, NumberPair {
+    public var top: Int
+    public var left: Int
+
+    public init(top: Int, left: Int) {
+        self.top = top
+        self.left = left
+    }
+
+    public init(pair first: Int, _ second: Int) { self.init(top: first, left: second) }
+
+    public var pair: (Int, Int) { (top, left) }
+
+    var problem: String? {
+        (0...8192).contains(top) && (0...8192).contains(left) ? nil
+            : "expected two pixel offsets TOP,LEFT, each between 0 and 8192, found \(top),\(left)"
+    }
+}
+
 /// One reward of the objective: γ · scale · R. `scale` nil: the reward's own (aesthetic 3, PickScore 1, HPSv2 100,
 /// CLIP 100, `WeightedReward.defaultScales`). `paths` as `RewardRegistry.load(name:paths:)` takes them.
 public struct RewardOption: Sendable, Equatable, Codable {

@@ -45,6 +45,10 @@ public struct EvalConfig: InferenceConfiguration {
     public var guidance: Double?
     public var imagesPerPrompt = 1
     public var seed: UInt64 = 0
+    /// diffusers' `clip_skip` for every variant (the prompts only, as diffusers).
+    public var clipSkip: Int?
+    /// SDXL: the crop's top-left in the size conditioning (nil: 0,0).
+    public var crop: CropCoordinates?
 
     // Scoring and output
     /// Rewards, NAME=PATH as `score` takes them, scored in evaluation preprocessing.
@@ -77,6 +81,8 @@ public struct EvalConfig: InferenceConfiguration {
         .number("guidance", \.guidance, .nonNegative),
         .integer("images_per_prompt", \.imagesPerPrompt, .between(1, 1024)),
         .seed("seed", \.seed),
+        .integer("clip_skip", \.clipSkip, .between(0, 1024)),
+        ConfigField("crop", \.crop, read: { try $1.crop($0, $2) }, problem: \.problem),
         .strings("reward", \.reward),
         .integer("batch_size", \.batchSize, .between(1, 4096)),
         .path("out", \.out),
@@ -101,6 +107,6 @@ public struct EvalConfig: InferenceConfiguration {
     /// What the images depend on (a rerun with other values is another run).
     var sampling: EvalSampling {
         EvalSampling(steps: steps ?? (demo ? 10 : 25), guidance: guidance ?? (demo ? 5 : 7.5), imagesPerPrompt: imagesPerPrompt,
-                     seed: seed)
+                     seed: seed, clipSkip: clipSkip, crop: crop.map { [$0.top, $0.left] })
     }
 }

@@ -9,6 +9,21 @@ struct EvalSampling: Codable, Equatable, Sendable {
     var guidance: Double
     var imagesPerPrompt: Int
     var seed: UInt64
+    /// Left out of eval.json when unset, so that records from before these keys still match.
+    var clipSkip: Int? = nil
+    var crop: [Int]? = nil
+
+    /// A request for `prompt`'s images (prompt i draws with seed + i).
+    func request(_ prompt: String, index: Int) -> GenerationRequest {
+        var request = GenerationRequest(prompts: [prompt])
+        request.steps = steps
+        request.guidanceScale = guidance
+        request.imagesPerPrompt = imagesPerPrompt
+        request.seed = seed &+ UInt64(index)
+        request.clipSkip = clipSkip
+        request.cropTopLeft = crop.map { ($0[0], $0[1]) }
+        return request
+    }
 }
 
 struct EvalVariant {
@@ -53,7 +68,8 @@ struct EvalManifest: Codable, Equatable {
         if dtype != other.dtype || device != other.device { return "dtype/device \(other.dtype)/\(other.device)" }
         if prompts != other.prompts { return "other prompts (\(other.prompts.count), not \(prompts.count))" }
         if sampling != other.sampling {
-            return "other sampling (steps \(other.sampling.steps), guidance \(other.sampling.guidance), \(other.sampling.imagesPerPrompt) per prompt, seed \(other.sampling.seed))"
+            let extra = [other.sampling.clipSkip.map { ", clip skip \($0)" }, other.sampling.crop.map { ", crop \($0[0]),\($0[1])" }]
+            return "other sampling (steps \(other.sampling.steps), guidance \(other.sampling.guidance), \(other.sampling.imagesPerPrompt) per prompt, seed \(other.sampling.seed)\(extra.compactMap { $0 }.joined()))"
         }
         for variant in variants {
             if let old = other.variants.first(where: { $0.name == variant.name }), old != variant {

@@ -46,6 +46,9 @@ public final class Evaluator {
         {
             throw TextCraftorError.invalidSetting(key: key, message: EncoderRecipe.sdxlMessage)
         }
+        // What the sampling settings ask of the model (clip_skip within its layers, crop for SDXL only), before
+        // anything is written.
+        try pipeline.validate(sampling.request("", index: 0))
         let encoders = try Self.encoderFolders(config)
         var loaded: [String: CLIPTextModel] = [:]
         for (name, folder) in encoders {
@@ -264,11 +267,7 @@ public final class Evaluator {
             let key = variant.schedulerName ?? ""
             let scheduler = try schedulers[key] ?? Self.makeScheduler(variant.schedulerName, pipeline: pipeline, steps: sampling.steps)
             schedulers[key] = scheduler
-            var request = GenerationRequest(prompts: [prompts.prompts[p].text])
-            request.steps = sampling.steps
-            request.guidanceScale = sampling.guidance
-            request.imagesPerPrompt = perPrompt
-            request.seed = sampling.seed &+ UInt64(p)
+            let request = sampling.request(prompts.prompts[p].text, index: p)
             let result = try pipeline.generate(request, mix: variant.mix, scheduler: scheduler)
             for i in 0..<perPrompt {
                 // Written next to its place, then renamed: an interrupted eval leaves whole images or none.

@@ -1,0 +1,141 @@
+import Foundation
+import Testing
+import Torch
+
+let tinySDXL = repository.appendingPathComponent("Tests/StableDiffusionTests/Fixtures/sdxl/tiny-sdxl").path
+
+/// Every command that takes a model takes an SDXL folder (scripts/parity/make_sdxl_fixtures.py's tiny one); what is
+/// not supported on it yet (training, encoder mixes, refiners) says so in one line.
+@Suite struct SDXLCLITests {
+    /// The script's "clip_skip" setting through the command line: the same latents as diffusers.
+    @Test func generateMatchesDiffusersAndRecordsTheSDXLSettings() throws {
+        let out = temporaryOutput()
+        defer { try? FileManager.default.removeItem(at: out) }
+        let run = try textcraftor([
+            "generate", "--model", tinySDXL, "--prompt", "a red circle on a blue background", "--prompt", "two small squares, photo!",
+            "--negative-prompt", "blurry", "--negative-prompt", "", "--clip-skip", "1", "--steps", "8", "--guidance", "5",
+            "--seed", "42", "--height", "64", "--width", "64", "--out", out.path, "--save-latents",
+        ])
+        #expect(run.status == 0, "\(run.err)")
+        let saved = try SafeTensorsFile(url: out.appendingPathComponent("latents.safetensors"))
+        let expected = try SafeTensorsFile(
+            url: repository.appendingPathComponent("Tests/StableDiffusionTests/Fixtures/sdxl/outputs_sdxl.safetensors"))
+            .tensor("clip_skip.latents")
+        let latents = try saved.tensor("latents").to(.float64), reference = expected.to(.float64)
+        let error = (latents - reference).square().sum().item().squareRoot() / reference.square().sum().item().squareRoot()
+        #expect(error <= 1e-4, "latents differ by \(error) relative L2")
+        #expect(try saved.tensor("pooled_prompt_embeds").shape == [2, 40])
+        #expect(try saved.tensor("negative_pooled_prompt_embeds").shape == [2, 40])
+        let metadata = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("metadata.json"))) as! [String: Any]
+        #expect(metadata["architecture"] as? String == "sdxl")
+        #expect(metadata["clip_skip"] as? Int == 1)
+        #expect(metadata["add_time_ids"] as? [Int] == [64, 64, 0, 0, 64, 64])
+        #expect(metadata["scheduler_class"] as? String == "EulerDiscreteScheduler")
+    }
+
+    @Test func promptTwoAndCropReachTheSizeConditioning() throws {
+        let out = temporaryOutput()
+        defer { try? FileManager.default.removeItem(at: out) }
+        let run = try textcraftor([
+            "generate", "--model", tinySDXL, "--prompt", "a circle", "--prompt-2", "a painting", "--negative-prompt-2", "noisy",
+            "--crop", "16,8", "--steps", "2", "--seed", "1", "--height", "48", "--out", out.path,
+        ])
+        #expect(run.status == 0, "\(run.err)")
+        let metadata = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("metadata.json"))) as! [String: Any]
+        #expect(metadata["add_time_ids"] as? [Int] == [48, 64, 16, 8, 48, 64])
+        #expect(metadata["prompts_2"] as? [String] == ["a painting"])
+        #expect(metadata["negative_prompts_2"] as? [String] == ["noisy"])
+    }
+
+    @Test(arguments: [
+        ([tinySD15, "--prompt-2", "x"],
+         "Error: --prompt-2 is for SDXL models (a second text encoder and size conditioning); this is a Stable Diffusion 1.x/2.x model"),
+        ([tinySD15, "--crop", "8,8"],
+         "Error: --crop is for SDXL models (a second text encoder and size conditioning); this is a Stable Diffusion 1.x/2.x model"),
+        ([tinySDXL, "--crop", "8"], "Error: The value '8' is invalid for '--crop <TOP,LEFT>': 8: expected two pixel offsets TOP,LEFT"),
+        ([tinySDXL, "--crop", "8,9000"], "Error: --crop: expected two pixel offsets TOP,LEFT, each between 0 and 8192, found 8,9000"),
+        ([tinySDXL, "--clip-skip", "3"],
+         "Error: --clip-skip must be between 0 and 2 (the text encoders' layers less the penultimate one); got 3"),
+        ([tinySDXL, "--text-encoder", tinySD15 + "/text_encoder"],
+         "Error: --text-encoder: SDXL models are not supported with it yet (SD 1.x/2.x only)"),
+        ([tinySDXL, "--mix", "original=1"], "Error: --mix: SDXL models are not supported with it yet (SD 1.x/2.x only)"),
+    ])
+    func whatAModelCannotTakeFailsInOneLineAndWritesNothing(model: [String], message: String) throws {
+        let out = temporaryOutput()
+        let run = try textcraftor(["generate", "--model"] + model + ["--prompt", "x", "--steps", "2", "--out", out.path])
+        #expect(run.status == 1)
+        #expect(run.err.trimmingCharacters(in: .whitespacesAndNewlines) == message)
+        #expect(!FileManager.default.fileExists(atPath: out.path), "the output folder was created")
+    }
+
+    @Test func trainingAndRefinersAreRefusedInOneLine() throws {
+        let prompts = temporaryOutput().appendingPathExtension("txt")
+        try Data("a red circle\n".utf8).write(to: prompts)
+        defer { try? FileManager.default.removeItem(at: prompts) }
+        let rewards = repository.appendingPathComponent("Tests/RewardsTests/Fixtures/hf").path
+        let out = temporaryOutput()
+        let train = try textcraftor(["train", "--model", tinySDXL, "--prompts", prompts.path, "--reward", "clip=\(rewards)/clip",
+                                     "--out", out.path, "--max-steps", "1"])
+        #expect(train.status == 1)
+        #expect(train.err == "Error: --model: \(tinySDXL): SDXL models cannot be trained yet (generate, eval, tokenize, inspect and bench take them)\n")
+        #expect(!FileManager.default.fileExists(atPath: out.path))
+
+        let refiner = temporaryOutput()
+        try FileManager.default.createDirectory(at: refiner, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: refiner) }
+        for item in ["text_encoder_2", "tokenizer_2", "unet", "vae", "scheduler"] {
+            try FileManager.default.copyItem(atPath: tinySDXL + "/" + item, toPath: refiner.appendingPathComponent(item).path)
+        }
+        let index: [String: Any] = [
+            "_class_name": "StableDiffusionXLImg2ImgPipeline", "requires_aesthetics_score": true,
+            "force_zeros_for_empty_prompt": false, "text_encoder": [NSNull(), NSNull()], "tokenizer": [NSNull(), NSNull()],
+            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+            "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+        ]
+        try JSONSerialization.data(withJSONObject: index).write(to: refiner.appendingPathComponent("model_index.json"))
+        let run = try textcraftor(["generate", "--model", refiner.path, "--prompt", "x", "--out", out.path])
+        #expect(run.status == 1)
+        #expect(run.err == "Error: \(refiner.path)/model_index.json: an SDXL refiner (text_encoder_2 without text_encoder): refiners are not supported, use an SDXL base model\n")
+    }
+
+    /// tokenize prints both tokenizers' ids; the second pads with "!" (id 0).
+    @Test func tokenizePrintsBothTokenizers() throws {
+        let run = try textcraftor(["tokenize", "--model", tinySDXL, "--pad", "a red circle!"])
+        #expect(run.status == 0, "\(run.err)")
+        let row = try JSONSerialization.jsonObject(with: Data(run.out.utf8)) as! [String: Any]
+        let ids = try #require(row["ids"] as? [Int]), ids2 = try #require(row["ids_2"] as? [Int])
+        #expect(ids.count == 77 && ids2.count == 77)
+        #expect(ids.last == 999 && ids2.last == 0)
+        #expect((row["tokens_2"] as? [String])?.last == "!")
+    }
+
+    @Test func inspectAndBenchTakeAnSDXLFolder() throws {
+        let inspect = try textcraftor(["inspect", tinySDXL])
+        #expect(inspect.status == 0, "\(inspect.err)")
+        #expect(inspect.out.contains("text_encoder_2/model.safetensors") && inspect.out.contains("text_projection.weight"))
+        let bench = try textcraftor(["bench", "generate", "--model", tinySDXL, "--steps", "2", "--batch", "1", "--repeats", "1",
+                                     "--python", "/nonexistent/python"])
+        #expect(bench.status == 0, "\(bench.err)")
+        #expect(bench.out.contains("images per second"))
+    }
+
+    @Test func evalTakesAnSDXLFolderAndRefusesItsEncoderVariants() throws {
+        let out = temporaryOutput()
+        defer { try? FileManager.default.removeItem(at: out) }
+        let prompts = temporaryOutput().appendingPathExtension("txt")
+        try Data("a red circle\n".utf8).write(to: prompts)
+        defer { try? FileManager.default.removeItem(at: prompts) }
+        let reward = ["--reward", "clip=" + repository.appendingPathComponent("Tests/RewardsTests/Fixtures/hf/clip").path]
+        let common = ["eval", "--model", tinySDXL, "--prompts", prompts.path, "--steps", "2", "--out", out.path] + reward
+        let refused = try textcraftor(common + ["--text-encoder", tinySD15 + "/text_encoder"])
+        #expect(refused.status == 1)
+        #expect(refused.err == "Error: --text-encoder: SDXL models are not supported with it yet (SD 1.x/2.x only)\n")
+        let run = try textcraftor(common + ["--clip-skip", "1", "--crop", "8,8"])
+        #expect(run.status == 0, "\(run.err)")
+        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("eval.json"))) as! [String: Any]
+        let sampling = try #require(record["sampling"] as? [String: Any])
+        #expect(sampling["clipSkip"] as? Int == 1 && sampling["crop"] as? [Int] == [8, 8])
+        #expect(FileManager.default.fileExists(atPath: out.appendingPathComponent("original/00000.png").path))
+    }
+}
