@@ -200,9 +200,10 @@ public final class StableDiffusionPipeline {
         }
     }
 
-    /// The folder's scheduler, or another one (`ddim`, `euler`, `dpm`, `pndm`) on the same noise schedule.
-    public func makeScheduler(_ name: String? = nil) throws -> any Scheduler {
-        try StableDiffusion.makeScheduler(config: schedulerConfig, overrideClass: name, configFile: schedulerConfigFile)
+    /// The folder's scheduler, or another one (a `SchedulerName`) on the same noise schedule; `karras`: with Karras
+    /// sigmas.
+    public func makeScheduler(_ name: String? = nil, karras: Bool = false) throws -> any Scheduler {
+        try StableDiffusion.makeScheduler(config: schedulerConfig, overrideClass: name, karras: karras, configFile: schedulerConfigFile)
     }
 
     public var vaeScaleFactor: Int { vae.vaeScaleFactor }

@@ -30,8 +30,11 @@ public struct GenerationConfig: InferenceConfiguration {
     public var guidance = 7.5
     /// nil: a random seed, printed and recorded.
     public var seed: UInt64?
-    /// The model's own (nil), or ddim, euler, dpm, pndm.
+    /// The model's own (nil), or a `SchedulerName`: ddim, euler, euler-ancestral, dpm, dpm-sde, pndm.
     public var scheduler: String?
+    /// Karras sigmas (`use_karras_sigmas`), for the schedulers that have them (euler, dpm, dpm-sde); false: as the
+    /// model's scheduler config says.
+    public var karras = false
     public var height: Int?
     public var width: Int?
     public var imagesPerPrompt = 1
@@ -59,6 +62,7 @@ public struct GenerationConfig: InferenceConfiguration {
         .number("guidance", \.guidance, .nonNegative),
         ConfigField("seed", \.seed, read: { UInt64(try $1.integer($0, $2, .nonNegative)) }),
         .string("scheduler", \.scheduler),
+        .flag("karras", \.karras),
         .integer("height", \.height, .between(1, 8192)),
         .integer("width", \.width, .between(1, 8192)),
         .integer("images_per_prompt", \.imagesPerPrompt, .between(1, 1024)),
@@ -128,7 +132,7 @@ public final class ImageGeneration {
         pipeline = try StableDiffusionPipeline.load(
             folder: URL(fileURLWithPath: config.model!), dtype: config.dtype.dtype, device: try Device.opened(config.device, key: "device"),
             variant: config.variant)
-        scheduler = try pipeline.makeScheduler(config.scheduler)
+        scheduler = try pipeline.makeScheduler(config.scheduler, karras: config.karras)
         try pipeline.validate(request)
         unetCalls = try pipeline.unetCalls(request, scheduler: scheduler)
         mix = try recipe?.load(into: pipeline, variant: config.variant, unetCalls: unetCalls, warn: warn)
@@ -158,6 +162,7 @@ public final class ImageGeneration {
             "model": config.model!, "prompts": request.prompts, "negative_prompts": request.negativePrompts ?? [],
             "steps": config.steps, "guidance_scale": config.guidance, "seed": request.seed,
             "scheduler": config.scheduler ?? "model default", "scheduler_class": "\(type(of: scheduler))",
+            "karras": config.karras,
             "height": result.images.size(1), "width": result.images.size(2), "images_per_prompt": config.imagesPerPrompt,
             "eta": config.eta, "dtype": config.dtype.rawValue, "device": config.device, "variant": config.variant ?? "",
             "images": (0..<count).map { String(format: "%04d.png", $0) }, "unet_calls": unetCalls,

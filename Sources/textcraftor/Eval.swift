@@ -75,8 +75,14 @@ struct EvalFlags: ParsableArguments {
     @Option(help: ArgumentHelp("A style mix NAME=W,NAME=W,... (NAME: original, a --text-encoder's name, or a folder). Repeatable.",
                                valueName: "NAME=W,..."))
     var mix: [String] = []
-    @Option(help: "A scheduler: the model's own, ddim, euler, dpm, pndm, or trainer (DDIM with trailing timesteps, as training samples). Repeatable: every variant per scheduler.")
+    @Option(help: ArgumentHelp(
+        "A scheduler: the model's own, ddim, euler, euler-ancestral, dpm, dpm-sde, pndm, or trainer (DDIM with trailing timesteps, as training samples). Repeatable: every variant per scheduler.",
+        discussion: schedulerNames))
     var scheduler: [String] = []
+    @Flag(help: ArgumentHelp(
+        "Karras sigmas (use_karras_sigmas) for every --scheduler (each must have them: euler, dpm, dpm-sde).",
+        discussion: karrasDiscussion))
+    var karras = false
     @Option(help: ArgumentHelp("Fine-tuned embeddings for the last N UNet calls only (default: all).", valueName: "N"))
     var finetunedSteps: Int?
 

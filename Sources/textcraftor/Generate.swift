@@ -73,7 +73,12 @@ struct GenerateFlags: ParsableArguments {
     @Option(help: "Denoising steps (default 25).") var steps: Int?
     @Option(help: "Classifier-free guidance scale (default 7.5; 1 or less: no guidance).") var guidance: Double?
     @Option(help: "Seed of the initial noise (default: a random one, printed).") var seed: UInt64?
-    @Option(help: "Scheduler: the model's own, or ddim, euler, dpm, pndm.") var scheduler: String?
+    @Option(help: ArgumentHelp(
+        "Scheduler: the model's own, or ddim, euler, euler-ancestral, dpm, dpm-sde, pndm.",
+        discussion: schedulerNames))
+    var scheduler: String?
+    @Flag(help: ArgumentHelp("Karras sigmas (use_karras_sigmas) for euler, dpm and dpm-sde.", discussion: karrasDiscussion))
+    var karras = false
     @Option(help: "Image height in pixels (default: the model's).") var height: Int?
     @Option(help: "Image width in pixels (default: the model's).") var width: Int?
     @Option(help: "Images for each prompt (default 1).") var imagesPerPrompt: Int?

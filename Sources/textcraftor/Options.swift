@@ -50,6 +50,22 @@ struct DeviceOptions: ParsableArguments {
     }
 }
 
+/// The --scheduler names in the words of other tools, for the help of `generate` and `eval`.
+let schedulerNames = """
+    euler-ancestral is "Euler a" (EulerAncestralDiscreteScheduler), dpm "DPM++ 2M" and dpm-sde "DPM++ 2M SDE" \
+    (DPMSolverMultistepScheduler with algorithm_type dpmsolver++ and sde-dpmsolver++). Each runs on the model's noise \
+    schedule and keeps its scheduler config's other keys (timestep_spacing, solver_order, ...), as diffusers' \
+    from_config does. euler-ancestral and dpm-sde add noise at every step, drawn from the seed's generator in \
+    diffusers' order: the same seed gives diffusers' images.
+    """
+
+/// What --karras does, for the help of `generate` and `eval`.
+let karrasDiscussion = """
+    Karras et al.'s noise schedule (rho 7) between the largest and smallest sigma: --scheduler dpm --karras is \
+    "DPM++ 2M Karras", dpm-sde "DPM++ 2M SDE Karras", euler "Euler Karras". With a scheduler that has none (ddim, \
+    pndm, euler-ancestral, or a model's own of those) it is an error.
+    """
+
 /// --dtype of the inference commands: the weights' floating-point type.
 struct DTypeOptions: ParsableArguments {
     @Option(help: "Weights dtype: float32 (default), float16 or bfloat16.") var dtype: FloatType = .float32

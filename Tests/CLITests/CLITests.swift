@@ -34,7 +34,11 @@ func temporaryOutput() -> URL {
         (["--steps", "0"], "Error: --steps: expected an integer >= 1, found 0"),
         (["--guidance=-1"], "Error: --guidance: expected a number >= 0, found -1.0"),
         (["--height", "60"], "Error: --height must be a positive multiple of 8 (got 60)"),
-        (["--scheduler", "heun"], "Error: --scheduler \"heun\" is not supported (supported: ddim, euler, dpm, pndm)"),
+        (["--scheduler", "heun"], "Error: --scheduler \"heun\" is not supported (supported: ddim, euler, euler-ancestral, dpm, dpm-sde, pndm)"),
+        (["--scheduler", "ddim", "--karras"], "Error: --karras: ddim has no Karras sigmas (--scheduler euler, dpm, dpm-sde have)"),
+        (["--scheduler", "euler-ancestral", "--karras"],
+         "Error: --karras: euler-ancestral has no Karras sigmas (--scheduler euler, dpm, dpm-sde have)"),
+        (["--karras"], "Error: --karras: the model's scheduler (PNDMScheduler) has no Karras sigmas (--scheduler euler, dpm, dpm-sde have)"),
         (["--dtype", "int8"], "Error: The value 'int8' is invalid for '--dtype <dtype>'. Please provide one of 'float32', 'float16' or 'bfloat16'."),
     ])
     func badGenerateFlagsFailInOneLineAndWriteNothing(flags: [String], message: String) throws {
@@ -69,6 +73,27 @@ func temporaryOutput() -> URL {
         #expect(metadata["scheduler_class"] as? String == "DDIMScheduler")
         #expect(metadata["prompts"] as? [String] == ["a red circle", "a square"])
         #expect(run.err.contains("generate 100% 3/3"))
+    }
+
+    /// `--scheduler dpm-sde --karras` end to end: the latents the command saves are diffusers' for the same seed
+    /// (scripts/parity/make_sampler_fixtures.py), so the flags reach the scheduler and the noise comes from the seed.
+    @Test func samplerFlagsGiveDiffusersLatents() throws {
+        let out = temporaryOutput()
+        defer { try? FileManager.default.removeItem(at: out) }
+        let run = try textcraftor([
+            "generate", "--model", tinySD15, "--prompt", "a red circle on a blue background", "--prompt", "two small squares, photo",
+            "--negative-prompt", "blurry", "--negative-prompt", "", "--steps", "12", "--seed", "42", "--height", "64", "--width", "64",
+            "--scheduler", "dpm-sde", "--karras", "--out", out.path, "--save-latents",
+        ])
+        #expect(run.status == 0, "\(run.err)")
+        let metadata = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("metadata.json"))) as! [String: Any]
+        #expect(metadata["scheduler"] as? String == "dpm-sde" && metadata["karras"] as? Bool == true)
+        #expect(metadata["scheduler_class"] as? String == "DPMSolverMultistepScheduler")
+        let saved = try Tensor.load(safetensors: out.appendingPathComponent("latents.safetensors"))["latents"]!.to(.float64)
+        let fixtures = repository.appendingPathComponent("Tests/StableDiffusionTests/Fixtures/sd/outputs_samplers.safetensors")
+        let expected = try Tensor.load(safetensors: fixtures)["dpm_sde_karras.latents"]!.to(.float64)
+        let relative = (saved - expected).pow(2).sum().sqrt().item() / expected.pow(2).sum().sqrt().item()
+        #expect(relative <= 1e-4, "latents differ by \(relative) relative L2")
     }
 
     @Test func tokenizePrintsIdsAndTokens() throws {

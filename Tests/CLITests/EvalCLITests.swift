@@ -97,6 +97,13 @@ import Testing
         (["--text-encoder", "x=/nonexistent/encoder"], "--text-encoder: x=/nonexistent/encoder: not a text encoder folder"),
         (["--limit", "0"], "--limit: expected an integer >= 1, found 0"),
         (["--blend", "0.5"], "--blend: needs text_encoder"),
+        // The bundle's scheduler is DDIM; errors about the schedulers come after the demo's encoder is found.
+        (["--text-encoder", sameEncoder, "--karras"],
+         "Error: --karras: the model's scheduler (DDIMScheduler) has no Karras sigmas (--scheduler euler, dpm, dpm-sde have)"),
+        (["--text-encoder", sameEncoder, "--scheduler", "dpm", "--scheduler", "trainer", "--karras"],
+         "Error: --karras: trainer (DDIM) has no Karras sigmas (--scheduler euler, dpm, dpm-sde have)"),
+        (["--text-encoder", sameEncoder, "--scheduler", "lms"],
+         "Error: --scheduler \"lms\" is not supported (supported: ddim, euler, euler-ancestral, dpm, dpm-sde, pndm)"),
     ])
     func badInputsFailInOneLine(flags: [String], message: String) throws {
         let out = temporaryOutput()

@@ -54,6 +54,33 @@ import Torch
         try check(.sd15, "pipeline_euler", try pipeline.generate(request(steps: 10), scheduler: try pipeline.makeScheduler("euler")))
     }
 
+    /// The samplers `--scheduler` and `--karras` add, switched from the folder's PNDM config as a user switches them
+    /// in diffusers (scripts/parity/make_sampler_fixtures.py): the same seed gives the same latents (within 1e-4
+    /// relative L2: the UNet's float32 sums differ in order) and images. Euler ancestral and DPM++ 2M SDE draw noise
+    /// at every step from the pipeline's generator, after the initial latents, in diffusers' order; a wrong draw would
+    /// differ by the size of the noise.
+    @Test(arguments: [
+        ("euler_karras", "euler", true, 10, 1), ("dpm_karras", "dpm", true, 10, 1),
+        ("euler_ancestral", "euler-ancestral", false, 10, 1), ("euler_ancestral_2x", "euler-ancestral", false, 4, 2),
+        ("dpm_sde", "dpm-sde", false, 10, 1), ("dpm_sde_karras", "dpm-sde", true, 12, 1),
+    ])
+    func samplersMatchDiffusers(prefix: String, name: String, karras: Bool, steps: Int, imagesPerPrompt: Int) throws {
+        let expected = try SafeTensorsFile(url: fixturesURL.appendingPathComponent("sd/outputs_samplers.safetensors"))
+        let pipeline = try StableDiffusionPipeline.load(folder: TinySD.sd15.folder)
+        let scheduler = try pipeline.makeScheduler(name, karras: karras)
+        let result = try pipeline.generate(request(steps: steps, imagesPerPrompt: imagesPerPrompt), scheduler: scheduler)
+        let timesteps = try expected.tensor("\(prefix).timesteps").toArray(Double.self)
+        // Euler's Karras timesteps: within 1e-4 (SchedulerTests' sameKarrasTimesteps says why); the others exactly.
+        #expect(scheduler.timesteps.count == timesteps.count
+            && zip(scheduler.timesteps, timesteps).allSatisfy { abs($0 - $1) <= (name == "euler" ? 1e-4 : 0) })
+        #expect(maxAbsDifference(result.initLatents, try expected.tensor("\(prefix).init_latents")) == 0, "initial noise")
+        let reference = try expected.tensor("\(prefix).latents").to(.float64)
+        let relative = (result.latents.to(.float64) - reference).pow(2).sum().sqrt().item() / reference.pow(2).sum().sqrt().item()
+        #expect(relative <= 1e-4, "\(prefix): final latents differ by \(relative) relative L2")
+        let pixels = maxAbsDifference(result.images, try expected.tensor("\(prefix).images"))
+        #expect(pixels <= 1, "\(prefix): 8-bit images differ by \(pixels)")
+    }
+
     @Test func badRequestsAreRefusedBeforeSampling() throws {
         let pipeline = try StableDiffusionPipeline.load(folder: TinySD.sd15.folder)
         var r = request(steps: 0)

@@ -1,9 +1,13 @@
 import Foundation
 import Torch
 
-/// diffusers' `DPMSolverMultistepScheduler` with `algorithm_type: dpmsolver++` (Lu et al., "DPM-Solver++"): a
-/// multistep solver in the data prediction x_0, first order at the start and (by default) at the end, second order
-/// (midpoint or Heun) or third order in between.
+/// diffusers' `DPMSolverMultistepScheduler` (Lu et al., "DPM-Solver++"): a multistep solver in the data prediction
+/// x_0, first order at the start and (by default) at the end, second order (midpoint or Heun) or third order in
+/// between. `algorithm_type` "dpmsolver++" solves the probability-flow ODE ("DPM++ 2M" at order 2);
+/// "sde-dpmsolver++" the reverse SDE ("DPM++ 2M SDE"), which keeps a fraction 1 - exp(-2h) of each step's variance
+/// as fresh noise: one float32 `randn` shaped like the model output per step, the last step's included, drawn from
+/// the pipeline's generator as diffusers draws it. `use_karras_sigmas` replaces the spaced timesteps by Karras'
+/// sigmas over the whole training range and the (rounded) timesteps that have them.
 public final class DPMSolverMultistepScheduler: Scheduler {
     public let config: SchedulerConfig
     public let noiseSchedule: NoiseSchedule
@@ -17,11 +21,17 @@ public final class DPMSolverMultistepScheduler: Scheduler {
     public var initNoiseSigma: Double { 1 }
 
     public enum SolverType: String, Sendable, CaseIterable { case midpoint, heun }
+    /// diffusers' `algorithm_type`: the deterministic solver or its stochastic counterpart.
+    public enum Algorithm: String, Sendable, CaseIterable {
+        case dpmSolverPlusPlus = "dpmsolver++"
+        case sdeDPMSolverPlusPlus = "sde-dpmsolver++"
+    }
 
     let predictionType: PredictionType
     let spacing: TimestepSpacing
     let solverOrder: Int
     let solverType: SolverType
+    let algorithm: Algorithm
     let finalSigmaIsZero: Bool
     /// The data predictions of the last `solverOrder` steps, oldest first.
     private var modelOutputs: [Tensor?]
@@ -34,10 +44,8 @@ public final class DPMSolverMultistepScheduler: Scheduler {
         predictionType = try config.checked(.predictionType, config.predictionType, among: PredictionType.allCases)
         spacing = try config.checked(.timestepSpacing, config.timestepSpacing ?? "linspace", among: TimestepSpacing.allCases)
         // diffusers reads "deis" as dpmsolver++ (configs converted from DEISMultistepScheduler).
-        enum Algorithm: String { case dpmSolverPlusPlus = "dpmsolver++" }
-        _ = try config.checked(
-            .algorithmType, config.algorithmType == "deis" ? "dpmsolver++" : config.algorithmType,
-            among: [Algorithm.dpmSolverPlusPlus])
+        algorithm = try config.checked(
+            .algorithmType, config.algorithmType == "deis" ? "dpmsolver++" : config.algorithmType, among: Algorithm.allCases)
         enum Order: String { case one = "1", two = "2", three = "3" }
         solverOrder = Int(try config.checked(.solverOrder, String(config.solverOrder), among: [Order.one, .two, .three]).rawValue)!
         // ... and UniPC's and DEIS's solver types as midpoint.
@@ -46,7 +54,6 @@ public final class DPMSolverMultistepScheduler: Scheduler {
         enum FinalSigmas: String { case zero, sigmaMin = "sigma_min" }
         finalSigmaIsZero = try config.checked(.finalSigmasType, config.finalSigmasType, among: [FinalSigmas.zero, .sigmaMin]) == .zero
         try config.require(.thresholding, config.thresholding, is: false)
-        try config.require(.useKarrasSigmas, config.useKarrasSigmas, is: false)
         try config.require(.useExponentialSigmas, config.useExponentialSigmas, is: false)
         try config.require(.useBetaSigmas, config.useBetaSigmas, is: false)
         try config.require(.useLuLambdas, config.useLuLambdas, is: false)
@@ -60,8 +67,49 @@ public final class DPMSolverMultistepScheduler: Scheduler {
 
     public func setTimesteps(_ count: Int) throws {
         try checkStepCount(count, config)
+        let (steps, chosen) = schedule(count)
+        // A first timestep that occurs twice makes diffusers' index_for_timestep start at the second one, and the
+        // run steps past the last sigma (IndexError in diffusers). Karras sigmas of the cosine schedule do that from
+        // 4 steps on (its largest sigmas all fall on the last training timesteps), "leading" spacing at 1000 steps.
+        if steps.count > 1, steps[0] == steps[1] {
+            let repeats = steps.prefix { $0 == steps[0] }.count
+            let problem = "\(count) steps start at timestep \(steps[0]) \(repeats) times"
+            let consequence = "which DPMSolverMultistepScheduler cannot step through (nor can diffusers')"
+            guard !config.useKarrasSigmas else {
+                throw StableDiffusionError.invalidConfig(
+                    file: config.file,
+                    message: "key \"use_karras_sigmas\" (--karras): \(problem) on this noise schedule, \(consequence); use fewer steps or no Karras sigmas")
+            }
+            throw StableDiffusionError.invalidArgument(
+                "--steps: \(problem) with timestep_spacing \(spacing.rawValue), \(consequence); use fewer steps")
+        }
+        let finalSigma: Float = finalSigmaIsZero ? 0 : noiseSchedule.sigmas[0]
+        sigmas = chosen.map { Float($0) } + [finalSigma]
+        timesteps = steps.map(Double.init)
+        modelOutputs = Array(repeating: nil, count: solverOrder)
+        lowerOrderCount = 0
+        stepIndex = nil
+        predOriginalSample = nil
+    }
+
+    /// The timesteps of `count` steps and their sigmas (float64, before diffusers rounds them to float32; without
+    /// the final one).
+    func schedule(_ count: Int) -> (timesteps: [Int], sigmas: [Double]) {
         let trainSteps = config.numTrainTimesteps
         let lastTimestep = trainSteps - clippedIndex()
+        let table = noiseSchedule.sigmas
+        if config.useKarrasSigmas {
+            // Over the whole training range, whatever the spacing; diffusers rounds the timesteps (truncates them,
+            // through int64, for the cosine schedule).
+            let sigmas = SigmaSchedule.karras(sigmaMax: Double(table[table.count - 1]), sigmaMin: Double(table[0]), count: count)
+            let logSigmas = SigmaSchedule.logSigmas(table)
+            let truncate = config.betaSchedule == "squaredcos_cap_v2"
+            let steps = sigmas.map { sigma in
+                let t = SigmaSchedule.timestep(ofSigma: sigma, logSigmas: logSigmas)
+                return Int(truncate ? t : NumPy.round(t))
+            }
+            return (steps, sigmas)
+        }
         let steps: [Int]
         switch spacing {
         case .linspace:
@@ -72,14 +120,7 @@ public final class DPMSolverMultistepScheduler: Scheduler {
         case .trailing:
             steps = NumPy.arange(Double(lastTimestep), 0, -(Double(trainSteps) / Double(count))).map { Int(NumPy.round($0)) - 1 }
         }
-        let table = noiseSchedule.sigmas
-        let finalSigma: Float = finalSigmaIsZero ? 0 : table[0]
-        sigmas = steps.map { Float(NumPy.interp(Double($0), table)) } + [finalSigma]
-        timesteps = steps.map(Double.init)
-        modelOutputs = Array(repeating: nil, count: solverOrder)
-        lowerOrderCount = 0
-        stepIndex = nil
-        predOriginalSample = nil
+        return (steps, SigmaSchedule.interpolated(steps.map(Double.init), table: table))
     }
 
     /// `searchsorted(flip(lambda_t), lambda_min_clipped)`: how many of the highest timesteps are cut off.
@@ -105,15 +146,19 @@ public final class DPMSolverMultistepScheduler: Scheduler {
         modelOutputs.removeFirst()
         modelOutputs.append(x0)
         let sample = sample.dtype == .float32 ? sample : sample.to(.float32)
+        // The SDE's noise, drawn at every step (the last one's is scaled by 0), in float32 whatever the model's dtype.
+        let stepNoise = algorithm == .sdeDPMSolverPlusPlus
+            ? noise(like: modelOutput, dtype: .float32, generator: generator) : nil
 
-        var prevSample: Tensor
+        let order: Int
         if solverOrder == 1 || lowerOrderCount < 1 || lowerOrderFinal {
-            prevSample = firstOrderUpdate(x0, sample: sample, step: i)
+            order = 1
         } else if solverOrder == 2 || lowerOrderCount < 2 || lowerOrderSecond {
-            prevSample = secondOrderUpdate(sample: sample, step: i)
+            order = 2
         } else {
-            prevSample = thirdOrderUpdate(sample: sample, step: i)
+            order = 3
         }
+        var prevSample = update(order: order, sample: sample, noise: stepNoise, step: i)
         if lowerOrderCount < solverOrder { lowerOrderCount += 1 }
         if prevSample.dtype != modelOutput.dtype { prevSample = prevSample.to(modelOutput.dtype) }
         stepIndex = i + 1
@@ -140,38 +185,54 @@ public final class DPMSolverMultistepScheduler: Scheduler {
         }
     }
 
-    private func firstOrderUpdate(_ x0: Tensor, sample: Tensor, step i: Int) -> Tensor {
-        let t = alphaSigma(Double(sigmas[i + 1])), s = alphaSigma(Double(sigmas[i]))
-        let h = lambda(t) - lambda(s)
-        return (t.sigma / s.sigma) * sample - (t.alpha * (exp(-h) - 1)) * x0
-    }
-
-    private func secondOrderUpdate(sample: Tensor, step i: Int) -> Tensor {
-        let t = alphaSigma(Double(sigmas[i + 1])), s0 = alphaSigma(Double(sigmas[i])), s1 = alphaSigma(Double(sigmas[i - 1]))
-        let m0 = modelOutputs[solverOrder - 1]!, m1 = modelOutputs[solverOrder - 2]!
-        let h = lambda(t) - lambda(s0), h0 = lambda(s0) - lambda(s1)
-        let r0 = h0 / h
-        let d0 = m0, d1 = (1 / r0) * (m0 - m1)
-        switch solverType {
-        case .midpoint:
-            return (t.sigma / s0.sigma) * sample - (t.alpha * (exp(-h) - 1)) * d0 - (0.5 * (t.alpha * (exp(-h) - 1))) * d1
-        case .heun:
-            return (t.sigma / s0.sigma) * sample - (t.alpha * (exp(-h) - 1)) * d0 + (t.alpha * ((exp(-h) - 1) / h + 1)) * d1
+    /// One multistep update from sigmas[i] to sigmas[i + 1] on the last `order` data predictions, as diffusers'
+    /// `dpm_solver_first_order_update`, `multistep_dpm_solver_second_order_update` and `..._third_order_update`:
+    ///
+    ///     x_t = a x + b0 D0 + b1 D1 + b2 D2 (+ c ε for the SDE)
+    ///
+    /// with D0 the newest prediction and D1, D2 the divided differences of the predictions in lambda (D1 only from
+    /// order 2, D2 only at order 3). The ODE's coefficients are exponential integrals in h, the step in lambda; the
+    /// SDE's have exp(-2h) where those have exp(-h), its sample coefficient an extra exp(-h), and c the noise that
+    /// refills the variance. D1's coefficient is the midpoint one only at order 2 with solver_type midpoint, Heun's
+    /// otherwise. The SDE's D2 coefficient ends in -0.5 where the ODE's has +0.5 after the sign is taken out: that is
+    /// diffusers' formula, kept for parity.
+    private func update(order: Int, sample: Tensor, noise: Tensor?, step i: Int) -> Tensor {
+        let t = alphaSigma(Double(sigmas[i + 1]))
+        let s = (0..<order).map { alphaSigma(Double(sigmas[i - $0])) }
+        let m = (0..<order).map { modelOutputs[solverOrder - 1 - $0]! }
+        let h = lambda(t) - lambda(s[0])
+        var d1: Tensor? = nil, d2: Tensor? = nil
+        if order == 2 {
+            let r0 = (lambda(s[0]) - lambda(s[1])) / h
+            d1 = (1 / r0) * (m[0] - m[1])
+        } else if order == 3 {
+            let r0 = (lambda(s[0]) - lambda(s[1])) / h, r1 = (lambda(s[1]) - lambda(s[2])) / h
+            let d10 = (1 / r0) * (m[0] - m[1]), d11 = (1 / r1) * (m[1] - m[2])
+            d1 = d10 + (r0 / (r0 + r1)) * (d10 - d11)
+            d2 = (1 / (r0 + r1)) * (d10 - d11)
         }
-    }
-
-    private func thirdOrderUpdate(sample: Tensor, step i: Int) -> Tensor {
-        let t = alphaSigma(Double(sigmas[i + 1])), s0 = alphaSigma(Double(sigmas[i]))
-        let s1 = alphaSigma(Double(sigmas[i - 1])), s2 = alphaSigma(Double(sigmas[i - 2]))
-        let m0 = modelOutputs[solverOrder - 1]!, m1 = modelOutputs[solverOrder - 2]!, m2 = modelOutputs[solverOrder - 3]!
-        let h = lambda(t) - lambda(s0), h0 = lambda(s0) - lambda(s1), h1 = lambda(s1) - lambda(s2)
-        let r0 = h0 / h, r1 = h1 / h
-        let d0 = m0
-        let d10 = (1 / r0) * (m0 - m1), d11 = (1 / r1) * (m1 - m2)
-        let d1 = d10 + (r0 / (r0 + r1)) * (d10 - d11)
-        let d2 = (1 / (r0 + r1)) * (d10 - d11)
-        return (t.sigma / s0.sigma) * sample - (t.alpha * (exp(-h) - 1)) * d0 + (t.alpha * ((exp(-h) - 1) / h + 1)) * d1
-            - (t.alpha * ((exp(-h) - 1 + h) / (h * h) - 0.5)) * d2
+        let midpoint = order == 2 && solverType == .midpoint
+        // The coefficients a, b0, b1, b2, c (a difference in diffusers' formula is a negated coefficient here).
+        let a: Double, b0: Double, b1: Double, b2: Double, c: Double
+        switch algorithm {
+        case .dpmSolverPlusPlus:
+            let phi = exp(-h) - 1
+            (a, b0) = (t.sigma / s[0].sigma, -(t.alpha * phi))
+            b1 = midpoint ? -(0.5 * (t.alpha * phi)) : t.alpha * (phi / h + 1)
+            b2 = -(t.alpha * ((phi + h) / (h * h) - 0.5))
+            c = 0
+        case .sdeDPMSolverPlusPlus:
+            let psi = 1 - exp(-2 * h)
+            (a, b0) = (t.sigma / s[0].sigma * exp(-h), t.alpha * psi)
+            b1 = midpoint ? 0.5 * (t.alpha * psi) : t.alpha * (psi / (-2 * h) + 1)
+            b2 = t.alpha * ((psi - 2 * h) / ((2 * h) * (2 * h)) - 0.5)
+            c = t.sigma * psi.squareRoot()
+        }
+        var x = a * sample + b0 * m[0]
+        if let d1 { x = x + b1 * d1 }
+        if let d2 { x = x + b2 * d2 }
+        if let noise { x = x + c * noise }
+        return x
     }
 
     /// alpha_t x + sigma_t ε at the sigma of each timestep, which should be one of `timesteps` (else diffusers takes
@@ -182,11 +243,8 @@ public final class DPMSolverMultistepScheduler: Scheduler {
             + perItem(coefficients.map { Float($0.sigma) }, like: original) * noise
     }
 
-    /// diffusers' `index_for_timestep`: the position in `timesteps`, the second one when it occurs twice, the last
-    /// step when it does not occur.
+    /// diffusers' `index_for_timestep`, which takes the last step for a timestep that does not occur.
     func index(of timestep: Double) -> Int {
-        let matches = timesteps.indices.filter { timesteps[$0] == timestep }
-        if matches.isEmpty { return timesteps.count - 1 }
-        return matches.count > 1 ? matches[1] : matches[0]
+        SigmaSchedule.index(of: timestep, in: timesteps) ?? timesteps.count - 1
     }
 }

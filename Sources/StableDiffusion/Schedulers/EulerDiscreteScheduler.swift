@@ -2,8 +2,9 @@ import Foundation
 import Torch
 
 /// diffusers' `EulerDiscreteScheduler` (Karras et al. 2022, Algorithm 2): Euler steps of the probability-flow ODE
-/// in sigma = sqrt((1 - ᾱ) / ᾱ), with sigmas interpolated linearly at the chosen timesteps. The sample lives at
-/// scale sigma (the model sees it divided by sqrt(sigma² + 1)).
+/// in sigma = sqrt((1 - ᾱ) / ᾱ), with sigmas interpolated linearly at the chosen timesteps, or with
+/// `use_karras_sigmas` Karras' schedule between the first and last of those and the timesteps that have them. The
+/// sample lives at scale sigma (the model sees it divided by sqrt(sigma² + 1)).
 public final class EulerDiscreteScheduler: Scheduler {
     public let config: SchedulerConfig
     public let noiseSchedule: NoiseSchedule
@@ -41,42 +42,31 @@ public final class EulerDiscreteScheduler: Scheduler {
             && predictionType == .vPrediction
         enum FinalSigmas: String { case zero, sigmaMin = "sigma_min" }
         finalSigmaIsZero = try config.checked(.finalSigmasType, config.finalSigmasType, among: [FinalSigmas.zero, .sigmaMin]) == .zero
-        try config.require(.useKarrasSigmas, config.useKarrasSigmas, is: false)
         try config.require(.useExponentialSigmas, config.useExponentialSigmas, is: false)
         try config.require(.useBetaSigmas, config.useBetaSigmas, is: false)
         sigmas = noiseSchedule.sigmas.reversed() + [0]
     }
 
-    /// The largest sigma (after `setTimesteps`, of the chosen steps); sqrt(sigma² + 1) for "leading" spacing, whose
-    /// first step is not the last training timestep.
-    public var initNoiseSigma: Double {
-        let largest = sigmas.max() ?? 0
-        switch spacing {
-        case .linspace, .trailing: return Double(largest)
-        case .leading: return Double((largest * largest + 1).squareRoot())
-        }
-    }
+    public var initNoiseSigma: Double { SigmaSchedule.initNoiseSigma(sigmas, spacing: spacing) }
 
     public func setTimesteps(_ count: Int) throws {
         try checkStepCount(count, config)
-        let trainSteps = config.numTrainTimesteps
-        let steps: [Float]
-        switch spacing {
-        case .linspace:
-            steps = NumPy.linspace(0, Double(trainSteps - 1), count).reversed().map { Float($0) }
-        case .leading:
-            let ratio = trainSteps / count
-            steps = (0..<count).reversed().map { Float($0 * ratio) + Float(config.stepsOffset) }
-        case .trailing:
-            steps = NumPy.arange(Double(trainSteps), 0, -(Double(trainSteps) / Double(count))).map { Float(NumPy.round($0)) - 1 }
-        }
+        let steps = SigmaSchedule.eulerTimesteps(spacing, count: count, config: config)
         let table = noiseSchedule.sigmas
+        var chosen = SigmaSchedule.interpolated(steps.map(Double.init), table: table)
+        var fractionalSteps = steps.map(Double.init)
+        if config.useKarrasSigmas {
+            // Between the sigmas of the spacing's first and last timesteps, each at the timestep that has it.
+            chosen = SigmaSchedule.karras(sigmaMax: chosen[0], sigmaMin: chosen[chosen.count - 1], count: count)
+            let logSigmas = SigmaSchedule.logSigmas(table)
+            fractionalSteps = chosen.map { SigmaSchedule.timestep(ofSigma: $0, logSigmas: logSigmas) }
+        }
         let finalSigma: Float = finalSigmaIsZero ? 0 : table[0]
-        sigmas = steps.map { Float(NumPy.interp(Double($0), table)) } + [finalSigma]
+        sigmas = chosen.map { Float($0) } + [finalSigma]
         if continuousTimesteps {
             timesteps = sigmas.dropLast().map { Double(Float(0.25) * log($0)) }
         } else {
-            timesteps = steps.map(Double.init)
+            timesteps = fractionalSteps.map { Double(Float($0)) }
         }
         stepIndex = nil
         predOriginalSample = nil
@@ -84,8 +74,7 @@ public final class EulerDiscreteScheduler: Scheduler {
 
     public func scaleModelInput(_ sample: Tensor, timestep: Double) -> Tensor {
         if stepIndex == nil { stepIndex = index(of: timestep) }
-        let sigma = Double(sigmas[stepIndex!])
-        return sample / (sigma * sigma + 1).squareRoot()
+        return SigmaSchedule.modelInput(sample, sigma: sigmas[stepIndex!])
     }
 
     public func step(modelOutput: Tensor, timestep: Double, sample: Tensor, generator: Generator?, eta: Double) -> Tensor {
@@ -118,16 +107,8 @@ public final class EulerDiscreteScheduler: Scheduler {
 
     /// Noise at the sigma of each timestep, which must be one of `timesteps` (diffusers' rule).
     public func addNoise(original: Tensor, noise: Tensor, timesteps: [Double]) -> Tensor {
-        let scales = timesteps.map { sigmas[index(of: $0)] }
-        return original + noise * perItem(scales, like: original)
+        original + noise * perItem(timesteps.map { sigmas[index(of: $0)] }, like: original)
     }
 
-    /// diffusers' `index_for_timestep`: the position in `timesteps`, the second one when it occurs twice.
-    func index(of timestep: Double) -> Int {
-        let matches = timesteps.indices.filter { timesteps[$0] == timestep }
-        guard let first = matches.first else {
-            preconditionFailure("EulerDiscreteScheduler: timestep \(timestep) is not one of the scheduler's timesteps")
-        }
-        return matches.count > 1 ? matches[1] : first
-    }
+    func index(of timestep: Double) -> Int { SigmaSchedule.index(of: timestep, in: timesteps, of: self) }
 }

@@ -32,7 +32,8 @@ public protocol Scheduler: AnyObject {
     func scaleModelInput(_ sample: Tensor, timestep: Double) -> Tensor
     /// One denoising step: the sample at the previous (lower) timestep. `eta` is DDIM's weight of DDPM noise (0:
     /// deterministic), which the others ignore, as diffusers' pipeline passes it only to DDIM. `generator` feeds the
-    /// schedulers that add noise (DDIM with eta > 0, Euler with s_churn > 0); nil uses the default generator.
+    /// schedulers that add noise (DDIM with eta > 0, Euler with s_churn > 0, Euler ancestral, DPM-Solver's SDE); nil
+    /// uses the default generator.
     func step(modelOutput: Tensor, timestep: Double, sample: Tensor, generator: Generator?, eta: Double) -> Tensor
     /// The forward process: `original` noised to each of `timesteps` (one per batch item, or one for all).
     func addNoise(original: Tensor, noise: Tensor, timesteps: [Double]) -> Tensor
@@ -66,60 +67,96 @@ extension Scheduler {
 public enum SchedulerKind: String, Sendable, CaseIterable {
     case ddim = "DDIMScheduler"
     case euler = "EulerDiscreteScheduler"
+    case eulerAncestral = "EulerAncestralDiscreteScheduler"
     case dpmSolver = "DPMSolverMultistepScheduler"
     case pndm = "PNDMScheduler"
 
-    /// The name a command line uses: ddim, euler, dpm, pndm.
-    public var shortName: String {
+    /// Whether diffusers' class has `use_karras_sigmas` (Euler and DPM-Solver; Euler ancestral has not, in 0.39).
+    public var hasKarrasSigmas: Bool { self == .euler || self == .dpmSolver }
+}
+
+/// The samplers a command line names (`--scheduler`), each a diffusers class on the model's noise schedule, and
+/// for DPM-Solver the algorithm, which the name fixes: `dpm` is DPM++ 2M (the ODE solver) and `dpm-sde` DPM++ 2M
+/// SDE whatever the model's config says. The config's other keys are kept (its solver_order, say).
+public enum SchedulerName: String, Sendable, CaseIterable {
+    case ddim
+    case euler
+    /// "Euler a".
+    case eulerAncestral = "euler-ancestral"
+    /// DPM++ 2M.
+    case dpm
+    /// DPM++ 2M SDE.
+    case dpmSDE = "dpm-sde"
+    case pndm
+
+    public var kind: SchedulerKind {
         switch self {
-        case .ddim: "ddim"
-        case .euler: "euler"
-        case .dpmSolver: "dpm"
-        case .pndm: "pndm"
+        case .ddim: .ddim
+        case .euler: .euler
+        case .eulerAncestral: .eulerAncestral
+        case .dpm, .dpmSDE: .dpmSolver
+        case .pndm: .pndm
         }
     }
 
-    /// A short name (any case) or a diffusers class name.
-    public init?(name: String) {
-        if let kind = SchedulerKind(rawValue: name) {
-            self = kind
-        } else if let kind = SchedulerKind.allCases.first(where: { $0.shortName == name.lowercased() }) {
-            self = kind
-        } else {
-            return nil
+    /// A name in any case.
+    public init?(name: String) { self.init(rawValue: name.lowercased()) }
+
+    /// The names, comma-separated, for messages and help.
+    public static var list: String { allCases.map(\.rawValue).joined(separator: ", ") }
+
+    /// The error for `--karras` with a scheduler, described by `named`, that has no Karras sigmas.
+    public static func noKarrasSigmas(_ named: String) -> StableDiffusionError {
+        let names = allCases.filter(\.kind.hasKarrasSigmas).map(\.rawValue).joined(separator: ", ")
+        return .invalidArgument("--karras: \(named) has no Karras sigmas (--scheduler \(names) have)")
+    }
+
+    /// The config the name runs with: the class switched as diffusers' `from_config` switches it, and the keys the
+    /// name fixes.
+    func configure(_ config: SchedulerConfig) -> SchedulerConfig {
+        var converted = config.converted(to: kind.rawValue)
+        switch self {
+        case .dpm: converted.algorithmType = DPMSolverMultistepScheduler.Algorithm.dpmSolverPlusPlus.rawValue
+        case .dpmSDE: converted.algorithmType = DPMSolverMultistepScheduler.Algorithm.sdeDPMSolverPlusPlus.rawValue
+        default: break
         }
+        return converted
     }
 }
 
-/// The scheduler the config names, or `overrideClass` (ddim | euler | dpm | pndm, or a diffusers class name) made
-/// from the same config, as `XScheduler.from_config(pipe.scheduler.config)` makes it.
+/// The scheduler the config names, or `overrideClass` (a `SchedulerName` or a diffusers class name) made from the
+/// same config, as `XScheduler.from_config(pipe.scheduler.config)` makes it. `karras` turns on `use_karras_sigmas`
+/// (false leaves the config's value); a scheduler without Karras sigmas is then an error naming `--karras`.
 /// `configFile`, when given, is the path errors name (else `config.file`).
-public func makeScheduler(config: SchedulerConfig, overrideClass: String? = nil, configFile: String? = nil) throws
-    -> any Scheduler
-{
+public func makeScheduler(
+    config: SchedulerConfig, overrideClass: String? = nil, karras: Bool = false, configFile: String? = nil
+) throws -> any Scheduler {
     var config = config
     if let configFile { config.file = configFile }
-    let kind: SchedulerKind
     if let overrideClass {
-        guard let chosen = SchedulerKind(name: overrideClass) else {
-            let names = SchedulerKind.allCases.map(\.shortName).joined(separator: ", ")
-            throw StableDiffusionError.invalidArgument("--scheduler \"\(overrideClass)\" is not supported (supported: \(names))")
+        if let name = SchedulerName(name: overrideClass) {
+            config = name.configure(config)
+        } else if let kind = SchedulerKind(rawValue: overrideClass) {
+            config = config.converted(to: kind.rawValue)
+        } else {
+            throw StableDiffusionError.invalidArgument("--scheduler \"\(overrideClass)\" is not supported (supported: \(SchedulerName.list))")
         }
-        kind = chosen
-    } else {
-        guard let named = SchedulerKind(rawValue: config.className) else {
-            throw StableDiffusionError.unsupported(
-                file: config.file, key: SchedulerConfig.CodingKeys.className.rawValue, value: config.className,
-                supported: SchedulerKind.allCases.map(\.rawValue))
-        }
-        kind = named
     }
-    let converted = config.converted(to: kind.rawValue)
+    guard let kind = SchedulerKind(rawValue: config.className) else {
+        throw StableDiffusionError.unsupported(
+            file: config.file, key: SchedulerConfig.CodingKeys.className.rawValue, value: config.className,
+            supported: SchedulerKind.allCases.map(\.rawValue))
+    }
+    if karras {
+        guard kind.hasKarrasSigmas else { throw SchedulerName.noKarrasSigmas(overrideClass ?? "the model's scheduler (\(kind.rawValue))") }
+        config.useKarrasSigmas = true
+    }
     switch kind {
-    case .ddim: return try DDIMScheduler(config: converted)
-    case .euler: return try EulerDiscreteScheduler(config: converted)
-    case .dpmSolver: return try DPMSolverMultistepScheduler(config: converted)
-    case .pndm: return try PNDMScheduler(config: converted)
+    case .ddim: return try DDIMScheduler(config: config)
+    case .euler: return try EulerDiscreteScheduler(config: config)
+    case .eulerAncestral: return try EulerAncestralDiscreteScheduler(config: config)
+    case .dpmSolver: return try DPMSolverMultistepScheduler(config: config)
+    case .pndm: return try PNDMScheduler(config: config)
     }
 }
 
@@ -208,8 +245,14 @@ public struct NoiseSchedule: Sendable {
         Double(alphasCumprod[timestep < 0 ? timestep + alphasCumprod.count : timestep])
     }
 
-    /// sqrt((1 - ᾱ) / ᾱ) per training timestep, in float32 as diffusers computes it.
-    var sigmas: [Float] { alphasCumprod.map { ((1 - $0) / $0).squareRoot() } }
+    /// sqrt((1 - ᾱ) / ᾱ) per training timestep, in float32 with libtorch's sqrt as diffusers computes it: its
+    /// vector sqrt is not always the correctly rounded one (6 of SD's 1,000 sigmas differ from Swift's in the last
+    /// bit on an Intel Xeon, among them t = 969, the first of 45 "leading" steps), and the sigmas a spacing picks
+    /// from the table must be diffusers' own.
+    var sigmas: [Float] {
+        let alphas = Tensor(alphasCumprod)
+        return ((1 - alphas) / alphas).sqrt().toArray(Float.self)
+    }
 
     /// The DDPM forward process: sqrt(ᾱ_t) x + sqrt(1 - ᾱ_t) ε, with ᾱ looked up per timestep.
     func addNoise(original: Tensor, noise: Tensor, timesteps: [Double]) -> Tensor {
@@ -231,14 +274,16 @@ func perItem(_ values: [Float], like tensor: Tensor) -> Tensor {
     return Tensor(values, shape: shape).to(dtype: tensor.dtype, device: tensor.device)
 }
 
-/// Standard normal noise shaped like `tensor`, as diffusers' `randn_tensor` draws it: a CPU generator draws on the
-/// CPU and the noise moves to the tensor's device (so CUDA runs seeded on the CPU repeat CPU runs).
-func noise(like tensor: Tensor, generator: Generator?) -> Tensor {
+/// Standard normal noise shaped like `tensor`, in its dtype or `dtype`, as diffusers' `randn_tensor` draws it: a CPU
+/// generator draws on the CPU and the noise moves to the tensor's device (so CUDA runs seeded on the CPU repeat CPU
+/// runs).
+func noise(like tensor: Tensor, dtype: DType? = nil, generator: Generator?) -> Tensor {
+    let dtype = dtype ?? tensor.dtype
     guard let generator, generator.device != tensor.device else {
-        return Tensor.randn(tensor.shape, dtype: tensor.dtype, generator: generator, device: tensor.device)
+        return Tensor.randn(tensor.shape, dtype: dtype, generator: generator, device: tensor.device)
     }
     precondition(generator.device == .cpu, "a \(generator.device) generator cannot make noise for a \(tensor.device) tensor")
-    return Tensor.randn(tensor.shape, dtype: tensor.dtype, generator: generator, device: .cpu).to(tensor.device)
+    return Tensor.randn(tensor.shape, dtype: dtype, generator: generator, device: .cpu).to(tensor.device)
 }
 
 /// The `--steps` check shared by every scheduler.

@@ -35,6 +35,8 @@ public struct EvalConfig: InferenceConfiguration {
     public var mix: [String] = []
     /// Schedulers: every variant per scheduler (named VARIANT+SCHEDULER). Empty: the model's own.
     public var scheduler: [String] = []
+    /// Karras sigmas for every scheduler (each must have them: euler, dpm, dpm-sde).
+    public var karras = false
     /// Fine-tuned embeddings for the last N UNet calls only (nil: all).
     public var finetunedSteps: Int?
 
@@ -76,6 +78,7 @@ public struct EvalConfig: InferenceConfiguration {
         .strings("blend", \.blend),
         .strings("mix", \.mix),
         .strings("scheduler", \.scheduler),
+        .flag("karras", \.karras),
         .integer("finetuned_steps", \.finetunedSteps, .positive),
         .integer("steps", \.steps, .between(1, 10_000)),
         .number("guidance", \.guidance, .nonNegative),

@@ -185,7 +185,9 @@ public final class Evaluator {
         var variants: [EvalVariant] = []
         for name in schedulers {
             let made: any Scheduler
-            do { made = try makeScheduler(name, pipeline: pipeline, steps: steps) } catch {
+            do { made = try makeScheduler(name, karras: config.karras, pipeline: pipeline, steps: steps) } catch {
+                // An argument error names its flag (--scheduler, --karras); a config error its file, here wrapped.
+                if case StableDiffusionError.invalidArgument = error { throw error }
                 throw TextCraftorError.invalidSetting(key: "scheduler", message: "\(name ?? ""): \(error)")
             }
             try made.prepareSampling(steps: steps)
@@ -195,7 +197,7 @@ public final class Evaluator {
                     do { try pipeline.validate(mix, unetCalls: calls) } catch { throw TextCraftorError.invalidArgument("\(b.name): \(error)") }
                 }
                 let suffix = schedulers.count > 1 ? "+\(name!)" : ""
-                let description = b.description + (name.map { ", scheduler \($0)" } ?? "")
+                let description = b.description + (name.map { ", scheduler \($0)" } ?? "") + (config.karras ? ", Karras sigmas" : "")
                 variants.append(EvalVariant(name: b.name + suffix, description: description, mix: b.mix, schedulerName: name))
             }
         }
@@ -231,13 +233,15 @@ public final class Evaluator {
         return scorers
     }
 
-    /// A scheduler by name: the model's own (nil), ddim, euler, dpm, pndm, or `trainer`: the sampler training uses
-    /// (DDIM, trailing timesteps, no clipping), to measure an encoder where it was trained.
-    static func makeScheduler(_ name: String?, pipeline: StableDiffusionPipeline, steps: Int) throws -> any Scheduler {
+    /// A scheduler by name: the model's own (nil), a `SchedulerName`, or `trainer`: the sampler training uses (DDIM,
+    /// trailing timesteps, no clipping), to measure an encoder where it was trained. `karras`: with Karras sigmas,
+    /// which `trainer` has not.
+    static func makeScheduler(_ name: String?, karras: Bool, pipeline: StableDiffusionPipeline, steps: Int) throws -> any Scheduler {
         if name == "trainer" {
+            if karras { throw SchedulerName.noKarrasSigmas("trainer (DDIM)") }
             return try SamplingSettings(samplingSteps: steps, gradientWindow: 1, guidanceScale: 0).makeScheduler(pipeline)
         }
-        return try pipeline.makeScheduler(name)
+        return try pipeline.makeScheduler(name, karras: karras)
     }
 
     // MARK: - Generating and scoring
@@ -265,7 +269,7 @@ public final class Evaluator {
         for (k, (v, p)) in todo.enumerated() {
             let variant = variants[v]
             let key = variant.schedulerName ?? ""
-            let scheduler = try schedulers[key] ?? Self.makeScheduler(variant.schedulerName, pipeline: pipeline, steps: sampling.steps)
+            let scheduler = try schedulers[key] ?? Self.makeScheduler(variant.schedulerName, karras: config.karras, pipeline: pipeline, steps: sampling.steps)
             schedulers[key] = scheduler
             let request = sampling.request(prompts.prompts[p].text, index: p)
             let result = try pipeline.generate(request, mix: variant.mix, scheduler: scheduler)
