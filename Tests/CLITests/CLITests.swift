@@ -218,6 +218,12 @@ func temporaryOutput() -> URL {
         (["--grad-window", "3"], "Error: --grad-window: 3 is more than sampling_steps (2)"),
         (["--reward", "vibes=/tmp"], "Error: unknown reward \"vibes\" (known: aesthetic, pickscore, hpsv2, clip)"),
         (["--batch-size", "0"], "Error: --batch-size: expected an integer >= 1, found 0"),
+        (["--train", "text_encoder"],
+         "Error: The value 'text_encoder' is invalid for '--train <train>'. Please provide one of 'text-encoder', 'text-encoder-2', 'text-encoders' or 'unet'."),
+        (["--train", "text-encoder-2"],
+         "Error: --train: text-encoder-2 needs a second text encoder (SDXL), and \(tinySD15) is a Stable Diffusion 1.x/2.x model: use text-encoder or unet"),
+        (["--train", "text-encoders"],
+         "Error: --train: text-encoders needs a second text encoder (SDXL), and \(tinySD15) is a Stable Diffusion 1.x/2.x model: use text-encoder or unet"),
     ])
     func badFlagsFailInOneLineAndWriteNothing(flags: [String], message: String) throws {
         let out = temporaryOutput()

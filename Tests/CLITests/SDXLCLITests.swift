@@ -5,7 +5,7 @@ import Torch
 let tinySDXL = repository.appendingPathComponent("Tests/StableDiffusionTests/Fixtures/sdxl/tiny-sdxl").path
 
 /// Every command that takes a model takes an SDXL folder (scripts/parity/make_sdxl_fixtures.py's tiny one); what is
-/// not supported on it yet (training, encoder mixes, refiners) says so in one line.
+/// not supported on it (encoder mixes, refiners) says so in one line.
 @Suite struct SDXLCLITests {
     /// The script's "clip_skip" setting through the command line: the same latents as diffusers.
     @Test func generateMatchesDiffusersAndRecordsTheSDXLSettings() throws {
@@ -68,18 +68,8 @@ let tinySDXL = repository.appendingPathComponent("Tests/StableDiffusionTests/Fix
         #expect(!FileManager.default.fileExists(atPath: out.path), "the output folder was created")
     }
 
-    @Test func trainingAndRefinersAreRefusedInOneLine() throws {
-        let prompts = temporaryOutput().appendingPathExtension("txt")
-        try Data("a red circle\n".utf8).write(to: prompts)
-        defer { try? FileManager.default.removeItem(at: prompts) }
-        let rewards = repository.appendingPathComponent("Tests/RewardsTests/Fixtures/hf").path
+    @Test func refinersAreRefusedInOneLine() throws {
         let out = temporaryOutput()
-        let train = try textcraftor(["train", "--model", tinySDXL, "--prompts", prompts.path, "--reward", "clip=\(rewards)/clip",
-                                     "--out", out.path, "--max-steps", "1"])
-        #expect(train.status == 1)
-        #expect(train.err == "Error: --model: \(tinySDXL): SDXL models cannot be trained yet (generate, eval, tokenize, inspect and bench take them)\n")
-        #expect(!FileManager.default.fileExists(atPath: out.path))
-
         let refiner = temporaryOutput()
         try FileManager.default.createDirectory(at: refiner, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: refiner) }

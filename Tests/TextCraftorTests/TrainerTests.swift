@@ -18,7 +18,7 @@ func makeTrainer(_ out: URL, maxSteps: Int, saveEvery: Int = 1, lr: Double = 1e-
     config.samplingSteps = 3
     config.gradientWindow = 2
     let prompts = try SampledBatches(fixturePrompts + ["a green triangle"], batchSize: 2, shuffle: true, seed: 3)
-    return try Trainer(pipeline: pipeline, original: original, modelFolder: tinySD15, rewards: rewards,
+    return try Trainer(pipeline: pipeline, original: TextEncoders(original), modelFolder: tinySD15, rewards: rewards,
                        data: .prompts(prompts), config: config, run: RunFolder(out))
 }
 
@@ -41,7 +41,7 @@ func makeTrainer(_ out: URL, maxSteps: Int, saveEvery: Int = 1, lr: Double = 1e-
         try second.resume()
         #expect(second.step == 3)
         try second.train()
-        for ((name, x), (_, y)) in zip(a.trainable.namedParameters, second.trainable.namedParameters) {
+        for ((name, x), (_, y)) in zip(a.trainedModules[0].namedParameters, second.trainedModules[0].namedParameters) {
             #expect(x.toArray(Float.self) == y.toArray(Float.self), "\(name) differs after resume")
         }
         let (stateA, metaA) = a.optimizerState(), (stateB, metaB) = second.optimizerState()
