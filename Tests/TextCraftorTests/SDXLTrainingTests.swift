@@ -128,3 +128,184 @@ func clearGradients(_ pipeline: StableDiffusionPipeline) {
         #expect((pipeline.textEncoder.parameters + pipeline.textEncoder2!.parameters).allSatisfy { $0.grad == nil })
     }
 }
+
+/// A trainer on the tiny SDXL for `target`, its originals copies of the encoders that train, as `TrainingSession`
+/// builds them.
+func makeSDXLTrainer(_ out: URL, target: TrainedNetwork, maxSteps: Int, saveEvery: Int = 1) throws -> Trainer {
+    let (pipeline, copies, rewards) = try tinySDXLSetup()
+    let original = TextEncoders(target.trainsFirstEncoder ? copies.first : pipeline.textEncoder,
+                                target.trainsSecondEncoder ? copies.second : pipeline.textEncoder2)
+    var config = TrainingConfig()
+    config.train = target
+    config.learningRate = 1e-3
+    config.maxSteps = maxSteps
+    config.saveEvery = saveEvery
+    config.batchSize = 2
+    config.seed = 7
+    config.samplingSteps = 3
+    config.gradientWindow = 2
+    let prompts = try SampledBatches(fixturePrompts + ["a green triangle"], batchSize: 2, shuffle: true, seed: 3)
+    return try Trainer(pipeline: pipeline, original: original, modelFolder: tinySDXLFolder, rewards: rewards,
+                       data: .prompts(prompts), config: config, run: RunFolder(out))
+}
+
+@Suite(.serialized) struct SDXLTrainerTests {
+    /// Both encoders in one optimizer: stopped and resumed, the run ends with the bits of a run never stopped (both
+    /// encoders' weights, every AdamW moment).
+    @Test func stoppedAndResumedRunEndsBitIdentical() throws {
+        let straight = temporaryRun(), resumed = temporaryRun()
+        defer { [straight, resumed].forEach { try? FileManager.default.removeItem(at: $0) } }
+        let a = try makeSDXLTrainer(straight, target: .textEncoders, maxSteps: 4)
+        try a.train()
+        let first = try makeSDXLTrainer(resumed, target: .textEncoders, maxSteps: 4)
+        let stopAt = StopFlag(after: 2)
+        first.stopRequested = { stopAt.shouldStop() }
+        try first.train { _ in stopAt.count() }
+        #expect(first.step == 2)
+        let second = try makeSDXLTrainer(resumed, target: .textEncoders, maxSteps: 4)
+        try second.resume()
+        #expect(second.step == 2)
+        try second.train()
+        #expect(a.trainedModules.count == 2)
+        for (x, y) in zip(a.trainedModules, second.trainedModules) {
+            for ((name, p), (_, q)) in zip(x.namedParameters, y.namedParameters) {
+                #expect(p.toArray(Float.self) == q.toArray(Float.self), "\(name) differs after resume")
+            }
+        }
+        let (stateA, metaA) = a.optimizerState(), (stateB, metaB) = second.optimizerState()
+        #expect(metaA == metaB)
+        // Moments for every parameter that had a gradient: all of both encoders but text_encoder's last layer (16
+        // tensors) and final layer norm (2), which SDXL's penultimate states never pass through, so AdamW skips them
+        // as torch does (no moments, no weight decay).
+        let count = a.trainedModules[0].parameters.count + a.trainedModules[1].parameters.count
+        #expect(stateA.count == 2 * (count - 18))
+        let unused = a.trainedModules[0].namedParameters.filter { $0.name.hasPrefix("text_model.encoder.layers.2.") || $0.name.hasPrefix("text_model.final_layer_norm.") }
+        #expect(unused.count == 18)
+        let model = try Tensor.load(safetensors: tinySDXLFolder.appendingPathComponent("text_encoder/model.safetensors"))
+        for (name, p) in unused { #expect(p.toArray(Float.self) == model[name]!.toArray(Float.self), "\(name) moved") }
+        for (key, t) in stateA { #expect(t.toArray(Float.self) == stateB[key]!.toArray(Float.self), "\(key)") }
+    }
+
+    /// Each choice writes the encoders it trains, in diffusers' layout: the model's config.json and transformers'
+    /// key names (`text_projection.weight` for the second encoder), loadable as the model's own; the one that did not
+    /// train is not written and keeps its weights.
+    @Test(arguments: [TrainedNetwork.textEncoder, .textEncoder2, .textEncoders])
+    func writesTheTrainedEncodersInDiffusersLayout(target: TrainedNetwork) throws {
+        let out = temporaryRun()
+        defer { try? FileManager.default.removeItem(at: out) }
+        let trainer = try makeSDXLTrainer(out, target: target, maxSteps: 1)
+        try trainer.train()
+        let run = RunFolder(out)
+        let expected = [target.trainsFirstEncoder ? "text_encoder" : nil, target.trainsSecondEncoder ? "text_encoder_2" : nil].compactMap { $0 }
+        #expect(trainer.weightsFolders.map(\.lastPathComponent) == expected)
+        #expect(FileManager.default.fileExists(atPath: run.textEncoder.path) == target.trainsFirstEncoder)
+        #expect(FileManager.default.fileExists(atPath: run.textEncoder2.path) == target.trainsSecondEncoder)
+        for name in expected {
+            let folder = out.appendingPathComponent(name)
+            #expect(try Data(contentsOf: folder.appendingPathComponent("config.json"))
+                    == Data(contentsOf: tinySDXLFolder.appendingPathComponent("\(name)/config.json")))
+            let saved = try Tensor.load(safetensors: folder.appendingPathComponent("model.safetensors"))
+            let model = try Tensor.load(safetensors: tinySDXLFolder.appendingPathComponent("\(name)/model.safetensors"))
+            #expect(Set(saved.keys) == Set(model.keys), "\(name): the keys of the model's own file")
+            #expect(saved.keys.contains { (saved[$0]! - model[$0]!).abs().max().item() > 0 }, "\(name) did not move")
+            #expect(FileManager.default.fileExists(atPath: run.completeCheckpoints().last!.appendingPathComponent("\(name)/model.safetensors").path))
+        }
+        if target.trainsSecondEncoder {
+            let encoder = try CLIPTextModelWithProjection.load(
+                try Weights.open(run.textEncoder2.appendingPathComponent("model.safetensors")),
+                configFile: run.textEncoder2.appendingPathComponent("config.json"))
+            #expect(encoder.namedParameters.contains { $0.name == "text_projection.weight" })
+        }
+        // An encoder that does not train stays the model's.
+        let frozen = target.trainsFirstEncoder ? trainer.pipeline.textEncoder2! as any Module : trainer.pipeline.textEncoder
+        let frozenName = target.trainsFirstEncoder ? "text_encoder_2" : "text_encoder"
+        if target != .textEncoders {
+            let model = try Tensor.load(safetensors: tinySDXLFolder.appendingPathComponent("\(frozenName)/model.safetensors"))
+            for (name, p) in frozen.namedParameters { #expect(p.toArray(Float.self) == model[name]!.toArray(Float.self), "\(name)") }
+        }
+    }
+
+    /// The UNet stage on SDXL writes unet/ and leaves both encoders untouched.
+    @Test func unetStageWritesTheUNet() throws {
+        let out = temporaryRun()
+        defer { try? FileManager.default.removeItem(at: out) }
+        let trainer = try makeSDXLTrainer(out, target: .unet, maxSteps: 1)
+        try trainer.train()
+        #expect(trainer.weightsFolders.map(\.lastPathComponent) == ["unet"])
+        #expect(FileManager.default.fileExists(atPath: out.appendingPathComponent("unet/diffusion_pytorch_model.safetensors").path))
+        #expect(!FileManager.default.fileExists(atPath: RunFolder(out).textEncoder.path))
+    }
+
+    /// The second encoder on an SD 1.x model is refused naming the key.
+    @Test func theSecondEncoderNeedsSDXL() throws {
+        let (pipeline, _, original, rewards) = try tinySetup()
+        var config = TrainingConfig()
+        config.train = .textEncoder2
+        #expect(throws: TextCraftorError.invalidSetting(
+            key: "train", message: "text-encoder-2 needs a second text encoder (SDXL), and \(tinySD15.path) is a Stable Diffusion 1.x/2.x model: use text-encoder or unet")) {
+            try Trainer(pipeline: pipeline, original: TextEncoders(original), modelFolder: tinySD15, rewards: rewards,
+                        data: .prompts(try SampledBatches(fixturePrompts, batchSize: 1, shuffle: false, seed: 0)),
+                        config: config, run: RunFolder(temporaryRun()))
+        }
+    }
+}
+
+@Suite struct EncoderFoldersTests {
+    let sd15Encoder = tinySD15.appendingPathComponent("text_encoder")
+
+    /// A run folder gives the encoders it holds; an encoder folder goes where its config's architectures say; SD
+    /// 1.x/2.x takes text_encoder only; anything else is one line naming the key.
+    @Test func foldersResolveByWhatTheyHold() throws {
+        let both = try EncoderFolders.resolve(tinySDXLFolder.path, key: "text_encoder", architecture: .sdxl)
+        #expect(both == EncoderFolders(first: tinySDXLFolder.appendingPathComponent("text_encoder"),
+                                      second: tinySDXLFolder.appendingPathComponent("text_encoder_2")))
+        let second = tinySDXLFolder.appendingPathComponent("text_encoder_2")
+        #expect(try EncoderFolders.resolve(second.path, key: "k", architecture: .sdxl) == EncoderFolders(second: second))
+        // A fine-tuned SD 1.x encoder (CLIP ViT-L) stands in for SDXL's first.
+        #expect(try EncoderFolders.resolve(sd15Encoder.path, key: "k", architecture: .sdxl) == EncoderFolders(first: sd15Encoder))
+        #expect(try EncoderFolders.resolve(tinySDXLFolder.path, key: "k", architecture: .sd)
+                == EncoderFolders(first: tinySDXLFolder.appendingPathComponent("text_encoder")))
+
+        let run = temporaryRun()
+        defer { try? FileManager.default.removeItem(at: run) }
+        try FileManager.default.createDirectory(at: run, withIntermediateDirectories: true)
+        #expect(throws: TextCraftorError.invalidSetting(
+            key: "text_encoder", message: "\(run.path): neither a text encoder folder (config.json) nor a folder holding text_encoder/ or text_encoder_2/")) {
+            try EncoderFolders.resolve(run.path, key: "text_encoder", architecture: .sdxl)
+        }
+        try FileManager.default.copyItem(at: second, to: run.appendingPathComponent("text_encoder_2"))
+        #expect(try EncoderFolders.resolve(run.path, key: "k", architecture: .sdxl) == EncoderFolders(second: run.appendingPathComponent("text_encoder_2")))
+        #expect(throws: TextCraftorError.invalidSetting(
+            key: "mix", message: "\(run.path): holds only text_encoder_2/, and a Stable Diffusion 1.x/2.x model has one text encoder (text_encoder/)")) {
+            try EncoderFolders.resolve(run.path, key: "mix", architecture: .sd)
+        }
+        #expect(throws: TextCraftorError.invalidSetting(key: "k", message: "/nonexistent/run: no such folder")) {
+            try EncoderFolders.resolve("/nonexistent/run", key: "k", architecture: .sdxl)
+        }
+    }
+
+    /// The UNet stage's session conditions on the run's encoders: their weights replace the pipeline's.
+    @Test func theUNetStageLoadsTheRunsEncoders() throws {
+        let first = temporaryRun(), second = temporaryRun()
+        defer { [first, second].forEach { try? FileManager.default.removeItem(at: $0) } }
+        let trainer = try makeSDXLTrainer(first, target: .textEncoder2, maxSteps: 1)
+        try trainer.train()
+        let prompts = first.appendingPathComponent("prompts.txt")
+        try "a red circle\n".write(to: prompts, atomically: true, encoding: .utf8)
+        var config = TrainingConfig()
+        config.model = tinySDXLFolder.path
+        config.train = .unet
+        config.textEncoder = first.path
+        config.prompts = prompts.path
+        config.rewards = [RewardOption(name: "clip", paths: [tinyRewards.appendingPathComponent("clip").path])]
+        config.out = second.path
+        config.samplingSteps = 2
+        config.gradientWindow = 1
+        let session = try TrainingSession(config: config)
+        let saved = try Tensor.load(safetensors: first.appendingPathComponent("text_encoder_2/model.safetensors"))
+        for (name, p) in session.trainer.pipeline.textEncoder2!.namedParameters {
+            #expect(p.toArray(Float.self) == saved[name]!.toArray(Float.self), "\(name)")
+        }
+        #expect(session.trainer.pipeline.textEncoder2!.parameters.allSatisfy { !$0.requiresGrad })
+    }
+}
