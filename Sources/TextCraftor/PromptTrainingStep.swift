@@ -276,7 +276,9 @@ public func directTrainingStep(
     let steps = Tensor.randint(timestepRange.lowerBound, timestepRange.upperBound + 1, [b], generator: generator).toArray(Int64.self)
     let timesteps = steps.map(Double.init)
     let z0 = withNoGrad { pipeline.vae.encode(images * 2 - 1).sample(generator: generator) * factor }
-    let zt = scheduler.addNoise(original: z0, noise: noise, timesteps: timesteps)
+    // DDPM's noising (diffusers' training scripts use DDPMScheduler.add_noise), which the x̂0 estimate below inverts,
+    // whatever sampler the folder names: SDXL's Euler noises by σ, and only at its sampling timesteps.
+    let zt = scheduler.noiseSchedule.addNoise(original: z0, noise: noise, timesteps: timesteps)
     let alphaBar = Tensor(steps.map { Float(scheduler.noiseSchedule.alphasCumprod[Int($0)]) }, shape: [b, 1, 1, 1]).to(device)
     let conditioning = StepConditioning(pipeline: pipeline, prompts: captions, guided: false, height: images.size(2), width: images.size(3))
     let context = trainsTextEncoder ? conditioning.encode(textEncoders) : withNoGrad { conditioning.encode(textEncoders) }

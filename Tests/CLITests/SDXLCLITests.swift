@@ -187,6 +187,30 @@ let tinySDXL = repository.appendingPathComponent("Tests/StableDiffusionTests/Fix
         #expect(!FileManager.default.fileExists(atPath: stage2.appendingPathComponent("text_encoder").path))
     }
 
+    /// Direct fine-tuning (images and captions) on SDXL trains both encoders.
+    @Test func directModeTrainsBothEncoders() throws {
+        let folder = temporaryOutput()
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let images = repository.appendingPathComponent("Tests/RewardsTests/Fixtures/images")
+        for name in ["rgb.png", "rgb.jpg"] {
+            try FileManager.default.copyItem(at: images.appendingPathComponent(name), to: folder.appendingPathComponent(name))
+        }
+        try """
+            {"file_name": "rgb.png", "text": "noise in colour"}
+            {"file_name": "rgb.jpg", "text": "the same, compressed"}
+            """.write(to: folder.appendingPathComponent("metadata.jsonl"), atomically: true, encoding: .utf8)
+        let out = folder.appendingPathComponent("out")
+        let run = try textcraftor(["train", "--mode", "direct", "--data", folder.path, "--model", tinySDXL, "--train", "text-encoders",
+                                   "--reward", "aesthetic=\(rewards)/clip,\(rewards)/aesthetic.pth", "--out", out.path,
+                                   "--max-steps", "2", "--batch-size", "2", "--t-range", "100,600", "--lr", "1e-3"])
+        #expect(run.status == 0, "\(run.err)")
+        for component in ["text_encoder", "text_encoder_2"] {
+            let model = try Tensor.load(safetensors: URL(fileURLWithPath: tinySDXL).appendingPathComponent("\(component)/model.safetensors"))
+            #expect(maxDifference(try weights(out, component), model) > 1e-4, "\(component) did not train")
+        }
+    }
+
     /// Two ranks take the steps of one process with the whole batch, for both encoders.
     @Test(.enabled(if: ProcessGroup.isAvailable, "built without Gloo's headers (libgloo-dev)"))
     func twoRanksStepAsOneProcess() throws {

@@ -309,3 +309,31 @@ func makeSDXLTrainer(_ out: URL, target: TrainedNetwork, maxSteps: Int, saveEver
         #expect(session.trainer.pipeline.textEncoder2!.parameters.allSatisfy { !$0.requiresGrad })
     }
 }
+
+@Suite(.serialized) struct SDXLDirectTrainingTests {
+    /// Direct fine-tuning on SDXL conditions the UNet on the captions through both encoders (hidden states and pooled
+    /// embeddings, so the projection of text_encoder_2 gets gradient too); the UNet stage's direct step leaves them
+    /// without gradient. The draws are the SD step's: same generator state, same images.
+    @Test func bothEncodersTakeTheGradient() throws {
+        let (pipeline, _, rewards) = try tinySDXLSetup()
+        let images = Tensor.rand([2, 3, 64, 64], generator: Generator(seed: 4))
+        func step(trainsTextEncoder: Bool) throws -> StepOutcome {
+            clearGradients(pipeline)
+            return try directTrainingStep(
+                pipeline: pipeline, textEncoders: TextEncoders(of: pipeline), rewards: rewards, images: images,
+                captions: fixturePrompts, timestepRange: 100...600, generator: Generator(seed: 11), trainsTextEncoder: trainsTextEncoder)
+        }
+        let outcome = try step(trainsTextEncoder: true)
+        #expect(outcome.loss.isFinite && outcome.images.shape == [2, 3, 64, 64])
+        let grads = sdxlGradients(pipeline)
+        for prefix in ["text_encoder.", "text_encoder_2."] {
+            #expect(grads.filter { $0.key.hasPrefix(prefix) }.values.map { $0.abs().sum().item() }.reduce(0, +) > 0, "\(prefix)")
+        }
+        #expect(grads["text_encoder_2.text_projection.weight"]!.abs().sum().item() > 0)
+        pipeline.unet.setTrainable(true)  // the UNet stage: the UNet takes the gradient
+        let frozen = try step(trainsTextEncoder: false)
+        #expect(pipeline.unet.parameters.contains { $0.grad != nil })
+        #expect(abs(frozen.loss - outcome.loss) <= 1e-6 * abs(outcome.loss))  // the same draws; kernels may differ with a graph
+        #expect((pipeline.textEncoder.parameters + pipeline.textEncoder2!.parameters).allSatisfy { $0.grad == nil })
+    }
+}
