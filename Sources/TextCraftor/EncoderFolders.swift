@@ -56,14 +56,14 @@ public struct EncoderFolders: Equatable, Sendable {
         return architectures.contains("CLIPTextModelWithProjection")
     }
 
-    /// Copies the weights of each folder into the pipeline's encoder of that place (strictly: every key and shape must
-    /// match, as the model's own encoder).
-    public func load(into pipeline: StableDiffusionPipeline) throws {
+    /// Copies the weights of each folder into the pipeline's encoder of that place, in its type (strictly: every key
+    /// and shape must match, as the model's own encoder). `variant`: a weights variant (`model.fp16.safetensors`).
+    public func load(into pipeline: StableDiffusionPipeline, variant: String? = nil) throws {
         if let first {
-            try pipeline.textEncoder.load(try componentWeights(in: first, baseName: "model", binBaseName: "pytorch_model"))
+            try pipeline.textEncoder.load(try componentWeights(in: first, baseName: "model", binBaseName: "pytorch_model", variant: variant))
         }
         if let second, let encoder = pipeline.textEncoder2 {
-            try encoder.load(try componentWeights(in: second, baseName: "model", binBaseName: "pytorch_model"))
+            try encoder.load(try componentWeights(in: second, baseName: "model", binBaseName: "pytorch_model", variant: variant))
         }
     }
 }

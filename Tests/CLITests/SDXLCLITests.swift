@@ -56,9 +56,14 @@ let tinySDXL = repository.appendingPathComponent("Tests/StableDiffusionTests/Fix
         ([tinySDXL, "--crop", "8,9000"], "Error: --crop: expected two pixel offsets TOP,LEFT, each between 0 and 8192, found 8,9000"),
         ([tinySDXL, "--clip-skip", "3"],
          "Error: --clip-skip must be between 0 and 2 (the text encoders' layers less the penultimate one); got 3"),
-        ([tinySDXL, "--text-encoder", tinySD15 + "/text_encoder"],
-         "Error: --text-encoder: SDXL models are not supported with it yet (SD 1.x/2.x only)"),
-        ([tinySDXL, "--mix", "original=1"], "Error: --mix: SDXL models are not supported with it yet (SD 1.x/2.x only)"),
+        ([tinySDXL, "--text-encoder", tinySD15 + "/text_encoder", "--blend", "0.5"],
+         "Error: --blend: SDXL models take --text-encoder alone (fine-tuned encoders for every step); this is for SD 1.x/2.x models"),
+        ([tinySDXL, "--text-encoder", tinySD15 + "/text_encoder", "--finetuned-steps", "1"],
+         "Error: --finetuned-steps: SDXL models take --text-encoder alone (fine-tuned encoders for every step); this is for SD 1.x/2.x models"),
+        ([tinySDXL, "--mix", "original=1"],
+         "Error: --mix: SDXL models take --text-encoder alone (fine-tuned encoders for every step); this is for SD 1.x/2.x models"),
+        ([tinySDXL, "--text-encoder", tinySD15 + "/tokenizer"],
+         "Error: --text-encoder: \(tinySD15)/tokenizer: neither a text encoder folder (config.json) nor a folder holding text_encoder/ or text_encoder_2/"),
     ])
     func whatAModelCannotTakeFailsInOneLineAndWritesNothing(model: [String], message: String) throws {
         let out = temporaryOutput()
@@ -185,6 +190,33 @@ let tinySDXL = repository.appendingPathComponent("Tests/StableDiffusionTests/Fix
         #expect(unet.status == 0, "\(unet.err)")
         #expect(FileManager.default.fileExists(atPath: stage2.appendingPathComponent("unet/diffusion_pytorch_model.safetensors").path))
         #expect(!FileManager.default.fileExists(atPath: stage2.appendingPathComponent("text_encoder").path))
+
+        // generate --text-encoder RUN gives the latents of the model folder with the run's encoders swapped in, as
+        // diffusers would load it.
+        let swapped = temporaryOutput()
+        defer { try? FileManager.default.removeItem(at: swapped) }
+        try FileManager.default.copyItem(atPath: tinySDXL, toPath: swapped.path)
+        for component in ["text_encoder", "text_encoder_2"] {
+            try FileManager.default.removeItem(at: swapped.appendingPathComponent(component))
+            try FileManager.default.copyItem(at: out.appendingPathComponent(component), to: swapped.appendingPathComponent(component))
+        }
+        func generate(_ model: String, _ extra: [String], _ folder: URL) throws -> Tensor {
+            let run = try textcraftor(["generate", "--model", model, "--prompt", "a red circle", "--steps", "3", "--seed", "3",
+                                       "--out", folder.path, "--save-latents"] + extra)
+            #expect(run.status == 0, "\(run.err)")
+            return try Tensor.load(safetensors: folder.appendingPathComponent("latents.safetensors"))["latents"]!
+        }
+        let fineTuned = try generate(tinySDXL, ["--text-encoder", out.path], images)
+        let reference = try generate(swapped.path, [], images.appendingPathComponent("swapped"))
+        #expect(fineTuned.toArray(Float.self) == reference.toArray(Float.self))
+        let own = try generate(tinySDXL, [], images.appendingPathComponent("own"))
+        #expect((own - fineTuned).abs().max().item() > 0, "the run's encoders changed nothing")
+        let metadata = try JSONSerialization.jsonObject(with: Data(contentsOf: images.appendingPathComponent("metadata.json"))) as! [String: Any]
+        #expect(metadata["text_encoder"] as? String == out.path)
+        // One encoder's folder goes to its place: text_encoder_2/ alone, or an SD 1.x encoder (CLIP ViT-L) as the first.
+        #expect(try generate(tinySDXL, ["--text-encoder", out.appendingPathComponent("text_encoder_2").path],
+                             images.appendingPathComponent("second")).shape == own.shape)
+        #expect(try generate(tinySDXL, ["--text-encoder", tinySD15 + "/text_encoder"], images.appendingPathComponent("sd15")).shape == own.shape)
     }
 
     /// Direct fine-tuning (images and captions) on SDXL trains both encoders.
