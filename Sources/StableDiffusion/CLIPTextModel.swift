@@ -162,11 +162,19 @@ public final class CLIPTextModel: Module {
     public static func load(_ weights: any WeightSource, configFile: URL, dtype: DType? = nil, device: Device = .cpu) throws
         -> CLIPTextModel
     {
-        let config = try decodeConfig(CLIPTextConfig.self, from: configFile)
-        return try VarBuilder.load(weights, dtype: dtype, device: device) {
-            try CLIPTextModel($0, config: config, configFile: configFile.path)
+        try loadTextTower(weights, configFile: configFile, dtype: dtype, device: device) {
+            try CLIPTextModel($0, config: $1, configFile: $2)
         }
     }
+}
+
+/// A text encoder folder's model: its `config.json` decoded, then built strictly from `weights`.
+func loadTextTower<M>(
+    _ weights: any WeightSource, configFile: URL, dtype: DType?, device: Device,
+    _ make: (VarBuilder, CLIPTextConfig, String) throws -> M
+) throws -> M {
+    let config = try decodeConfig(CLIPTextConfig.self, from: configFile)
+    return try VarBuilder.load(weights, dtype: dtype, device: device) { try make($0, config, configFile.path) }
 }
 
 /// What `CLIPTextModelWithProjection` returns, as transformers' `CLIPTextModelOutput`.
@@ -211,9 +219,8 @@ public final class CLIPTextModelWithProjection: Module {
     public static func load(_ weights: any WeightSource, configFile: URL, dtype: DType? = nil, device: Device = .cpu) throws
         -> CLIPTextModelWithProjection
     {
-        let config = try decodeConfig(CLIPTextConfig.self, from: configFile)
-        return try VarBuilder.load(weights, dtype: dtype, device: device) {
-            try CLIPTextModelWithProjection($0, config: config, configFile: configFile.path)
+        try loadTextTower(weights, configFile: configFile, dtype: dtype, device: device) {
+            try CLIPTextModelWithProjection($0, config: $1, configFile: $2)
         }
     }
 }

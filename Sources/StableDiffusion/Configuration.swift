@@ -74,35 +74,10 @@ public enum PerBlock<Value: Codable & Sendable & Equatable>: Codable, Sendable, 
 
 /// The transformer depth of one UNet block's attentions: one for all its layers, or one per layer (an entry of
 /// diffusers' `transformer_layers_per_block` in asymmetric UNets, and of `reverse_transformer_layers_per_block`).
-public enum LayerDepths: Codable, Sendable, Equatable {
-    case same(Int)
-    case each([Int])
+/// The same shape as a per-block value, one level down.
+public typealias LayerDepths = PerBlock<Int>
 
-    public init(from decoder: Decoder) throws {
-        let container = try decoder.singleValueContainer()
-        if let depth = try? container.decode(Int.self) {
-            self = .same(depth)
-        } else {
-            self = .each(try container.decode([Int].self))
-        }
-    }
-
-    public func encode(to encoder: Encoder) throws {
-        var container = encoder.singleValueContainer()
-        switch self {
-        case .same(let depth): try container.encode(depth)
-        case .each(let depths): try container.encode(depths)
-        }
-    }
-
-    /// The depth of each of a block's `count` layers (a list's first `count`, as diffusers reads it).
-    public func values(count: Int) -> [Int] {
-        switch self {
-        case .same(let depth): Array(repeating: depth, count: count)
-        case .each(let depths): Array(depths.prefix(count))
-        }
-    }
-
+extension PerBlock where Value == Int {
     /// The largest depth, for size estimates.
     var deepest: Int {
         switch self {
@@ -111,7 +86,8 @@ public enum LayerDepths: Codable, Sendable, Equatable {
         }
     }
 
-    /// A per-layer list must name every layer of its block (diffusers would fail on a short one with an IndexError).
+    /// A per-layer list must name every layer of its block (diffusers reads the first ones, and fails on a short list
+    /// with an IndexError).
     func check(layers: Int, key: String, file: String) throws {
         if case .each(let depths) = self, depths.count < layers {
             throw StableDiffusionError.invalidConfig(

@@ -55,12 +55,16 @@ public enum ModelWriter {
 
     /// A text tower as Stable Diffusion's `text_encoder/` (transformers' `CLIPTextModel`: `text_model.*` keys).
     /// `weights`: the tower's own (a `CLIPTextModel`'s), or a whole `CLIPModel`'s, whose other keys are left out.
-    public static func writeTextEncoder(config: CLIPTextConfig, weights: [String: Tensor], dtype: DType, to folder: URL) throws {
+    /// `withProjection`: SDXL's `text_encoder_2/` (`CLIPTextModelWithProjection`), which keeps `text_projection.weight`.
+    public static func writeTextEncoder(
+        config: CLIPTextConfig, weights: [String: Tensor], dtype: DType, to folder: URL, withProjection: Bool = false
+    ) throws {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        try writeTransformersConfig(config, architecture: "CLIPTextModel", modelType: "clip_text_model", dtype: dtype,
-                                    to: folder.appendingPathComponent("config.json"))
-        try saveWeights(weights.filter { $0.key.hasPrefix("text_model.") }, dtype: dtype,
-                        to: folder.appendingPathComponent("model.safetensors"))
+        try writeTransformersConfig(
+            config, architecture: withProjection ? "CLIPTextModelWithProjection" : "CLIPTextModel",
+            modelType: "clip_text_model", dtype: dtype, to: folder.appendingPathComponent("config.json"))
+        let kept = weights.filter { $0.key.hasPrefix("text_model.") || (withProjection && $0.key == "text_projection.weight") }
+        try saveWeights(kept, dtype: dtype, to: folder.appendingPathComponent("model.safetensors"))
     }
 
     /// `scheduler/scheduler_config.json`.
@@ -71,9 +75,11 @@ public enum ModelWriter {
         try encoder.encode(config).write(to: folder.appendingPathComponent("scheduler_config.json"), options: .atomic)
     }
 
-    /// `model_index.json` of a `StableDiffusionPipeline` without safety checker or feature extractor.
-    public static func writeModelIndex(scheduler: String, to folder: URL) throws {
-        let index: [String: Any] = [
+    /// `model_index.json` of a `StableDiffusionPipeline` without safety checker or feature extractor, or with
+    /// `architecture` `.sdxl` of a `StableDiffusionXLPipeline` (its second tokenizer and text encoder, and
+    /// `force_zeros_for_empty_prompt` as the published base model sets it).
+    public static func writeModelIndex(scheduler: String, architecture: ModelArchitecture = .sd, to folder: URL) throws {
+        var index: [String: Any] = [
             "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.39.0",
             "feature_extractor": [NSNull(), NSNull()], "safety_checker": [NSNull(), NSNull()],
             "requires_safety_checker": false, "image_encoder": [NSNull(), NSNull()],
@@ -81,6 +87,14 @@ public enum ModelWriter {
             "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
             "vae": ["diffusers", "AutoencoderKL"],
         ]
+        if architecture == .sdxl {
+            index["_class_name"] = "StableDiffusionXLPipeline"
+            index["safety_checker"] = nil
+            index["requires_safety_checker"] = nil
+            index["force_zeros_for_empty_prompt"] = true
+            index["text_encoder_2"] = ["transformers", "CLIPTextModelWithProjection"]
+            index["tokenizer_2"] = ["transformers", "CLIPTokenizer"]
+        }
         let data = try JSONSerialization.data(withJSONObject: index, options: [.prettyPrinted, .sortedKeys])
         try data.write(to: folder.appendingPathComponent("model_index.json"), options: .atomic)
     }

@@ -145,10 +145,16 @@ public final class StableDiffusionPipeline {
             text2: isXL ? try decodeConfig(CLIPTextConfig.self, from: textFolder2.appendingPathComponent("config.json")) : nil)
         let vaeFolder = folder.appendingPathComponent("vae")
         var vaeType = vaeDType ?? dtype
-        if isXL, vaeDType == nil, dtype == .float16,
-            try decodeConfig(AutoencoderKLConfig.self, from: vaeFolder.appendingPathComponent("config.json")).force_upcast
-        {
-            vaeType = .float32
+        if isXL {
+            let file = vaeFolder.appendingPathComponent("config.json")
+            let vae = try decodeConfig(AutoencoderKLConfig.self, from: file)
+            if vaeDType == nil, dtype == .float16, vae.force_upcast { vaeType = .float32 }
+            for (key, values) in [("latents_mean", vae.latents_mean), ("latents_std", vae.latents_std)] {
+                if let values, values.count != vae.latent_channels {
+                    throw StableDiffusionError.invalidConfig(
+                        file: file.path, message: "key \"\(key)\" has \(values.count) entries, latent_channels is \(vae.latent_channels)")
+                }
+            }
         }
         func text<M>(_ folder: URL, _ load: (any WeightSource, URL, DType, Device) throws -> M) throws -> M {
             let weights = try componentWeights(in: folder, baseName: "model", binBaseName: "pytorch_model", variant: variant)
@@ -385,10 +391,18 @@ public final class StableDiffusionPipeline {
 
     /// Latents to images in [-1, 1] through the VAE (`vae.decode(latents / scaling_factor)`). A VAE kept wider than
     /// the latents (SDXL's `force_upcast` under float16) gets them widened first and returns its own type, as diffusers
-    /// upcasts before dividing.
+    /// upcasts before dividing. SDXL's pipeline also reads a VAE config's `latents_mean` and `latents_std` when both
+    /// are set (`latents * std / scaling_factor + mean`, per channel); SD 1.x/2.x's ignores them, as diffusers' does.
     public func decode(_ latents: Tensor) -> Tensor {
         let widened = vae.dtype == .float32 && latents.dtype != .float32 ? latents.to(.float32) : latents
-        return vae.decode(widened / vae.config.scaling_factor)
+        let config = vae.config
+        if architecture == .sdxl, let mean = config.latents_mean, let std = config.latents_std {
+            func channels(_ values: [Double]) -> Tensor {
+                Tensor(values.map(Float.init), shape: [1, values.count, 1, 1]).to(dtype: widened.dtype, device: widened.device)
+            }
+            return vae.decode(widened * channels(std) / config.scaling_factor + channels(mean))
+        }
+        return vae.decode(widened / config.scaling_factor)
     }
 
     /// [N, 3, H, W] in [-1, 1] to [N, H, W, 3] uint8, as diffusers' image processor converts.

@@ -9,12 +9,13 @@ import Torch
 /// `scripts/parity/make_preset_fixtures.py` builds the same models in diffusers, transformers and open_clip on the
 /// meta device; the tests compare every key, every shape and the configs.
 public enum ModelPreset: String, CaseIterable, Sendable {
-    case sd15, sd21, pickscore, hpsv2, aesthetic
+    case sd15, sd21, sdxl, pickscore, hpsv2, aesthetic
 
     public var summary: String {
         switch self {
         case .sd15: "Stable Diffusion 1.5: CLIP ViT-L/14 text tower, 860M UNet, VAE, PNDM (a diffusers folder)"
         case .sd21: "Stable Diffusion 2.1: OpenCLIP ViT-H/14 text tower (23 layers), 865M UNet, VAE, DDIM v-prediction"
+        case .sdxl: "Stable Diffusion XL base 1.0: CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text towers, 2.6B UNet, VAE, Euler"
         case .pickscore: "PickScore_v1: transformers CLIPModel ViT-H/14"
         case .hpsv2: "HPSv2: open_clip ViT-H-14 state dict (safetensors)"
         case .aesthetic: "LAION aesthetic predictor v2: transformers CLIP ViT-L/14 and its MLP head"
@@ -31,7 +32,7 @@ public enum ModelPreset: String, CaseIterable, Sendable {
     /// How to use the written folder, for the last line `synth-model` prints.
     public func usage(_ folder: String) -> String {
         switch self {
-        case .sd15, .sd21: "--model \(folder)"
+        case .sd15, .sd21, .sdxl: "--model \(folder)"
         case .pickscore: "--reward pickscore=\(folder)"
         case .hpsv2: "--reward hpsv2=\(folder)/HPS_v2.safetensors"
         case .aesthetic: "--reward aesthetic=\(folder)/clip,\(folder)/aesthetic.safetensors"
@@ -55,6 +56,34 @@ public enum ModelPreset: String, CaseIterable, Sendable {
         config.attention_head_dim = .each([5, 10, 20, 20])
         config.use_linear_projection = true
         config.upcast_attention = true
+        return config
+    }
+
+    /// stabilityai/stable-diffusion-xl-base-1.0: no attention at the highest level, 2 and 10 transformer blocks below,
+    /// one level fewer, 2048-wide text (768 + 1280), and the pooled text and size conditioning added to the time
+    /// embedding (1280 + 6 x 256 = 2816).
+    static var sdxlUNet: UNet2DConditionConfig {
+        var config = sd15UNet
+        config.sample_size = 128
+        config.block_out_channels = [320, 640, 1280]
+        config.down_block_types = ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
+        config.up_block_types = ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
+        config.attention_head_dim = .each([5, 10, 20])
+        config.cross_attention_dim = .same(2048)
+        config.transformer_layers_per_block = .each([.same(1), .same(2), .same(10)])
+        config.use_linear_projection = true
+        config.addition_embed_type = "text_time"
+        config.addition_time_embed_dim = 256
+        config.projection_class_embeddings_input_dim = 2816
+        return config
+    }
+
+    /// SDXL's VAE: SD's layout, its own latent scale, decoded in float32 under float16 (`force_upcast`).
+    static var sdxlVAE: AutoencoderKLConfig {
+        var config = vae
+        config.sample_size = 1024
+        config.scaling_factor = 0.13025
+        config.force_upcast = true
         return config
     }
 
@@ -91,6 +120,14 @@ public enum ModelPreset: String, CaseIterable, Sendable {
         config.num_hidden_layers = 24
         config.hidden_act = "gelu"
         config.projection_dim = 1024
+        return config
+    }
+
+    /// OpenCLIP ViT-bigG/14's text tower in transformers' layout (SDXL's `text_encoder_2`, with its projection).
+    static var bigGText: CLIPTextConfig {
+        var config = vitH14Text
+        (config.hidden_size, config.intermediate_size, config.projection_dim) = (1280, 5120, 1280)
+        (config.num_attention_heads, config.num_hidden_layers) = (20, 32)
         return config
     }
 
@@ -131,7 +168,9 @@ public enum ModelPreset: String, CaseIterable, Sendable {
     }
 
     static func scheduler(_ preset: ModelPreset) -> SchedulerConfig {
-        var config = SchedulerConfig(className: preset == .sd21 ? "DDIMScheduler" : "PNDMScheduler")
+        let names: [ModelPreset: String] = [.sd21: "DDIMScheduler", .sdxl: "EulerDiscreteScheduler"]
+        var config = SchedulerConfig(className: names[preset] ?? "PNDMScheduler")
+        if preset == .sdxl { config.timestepSpacing = "leading" }
         config.betaStart = 0.00085
         config.betaEnd = 0.012
         config.betaSchedule = "scaled_linear"
@@ -163,6 +202,16 @@ public enum ModelPreset: String, CaseIterable, Sendable {
                                config: try Self.json(unet)))
             try body(Component(name: "vae", module: try builder().build { try AutoencoderKL($0, config: Self.vae) },
                                config: try Self.json(Self.vae)))
+        case .sdxl:
+            try body(Component(name: "text_encoder", module: try builder().build { try CLIPTextModel($0, config: Self.vitL14Text) },
+                               config: try Self.json(Self.vitL14Text)))
+            try body(Component(
+                name: "text_encoder_2", module: try builder().build { try CLIPTextModelWithProjection($0, config: Self.bigGText) },
+                config: try Self.json(Self.bigGText)))
+            try body(Component(name: "unet", module: try builder().build { try UNet2DConditionModel($0, config: Self.sdxlUNet) },
+                               config: try Self.json(Self.sdxlUNet)))
+            try body(Component(name: "vae", module: try builder().build { try AutoencoderKL($0, config: Self.sdxlVAE) },
+                               config: try Self.json(Self.sdxlVAE)))
         case .pickscore:
             try body(Component(
                 name: "clip", module: try builder().build { try CLIPModel($0, config: Self.pickScoreCLIP, tokenizer: tokenizer) },
@@ -181,7 +230,7 @@ public enum ModelPreset: String, CaseIterable, Sendable {
     }
 
     /// Writes the preset with random weights in `dtype` into `folder` (which must not exist): a diffusers folder
-    /// for sd15/sd21, a transformers CLIPModel folder for pickscore, `clip/` + `aesthetic.safetensors` for
+    /// for sd15/sd21/sdxl, a transformers CLIPModel folder for pickscore, `clip/` + `aesthetic.safetensors` for
     /// aesthetic, `HPS_v2.safetensors` for hpsv2. `progress` hears each component's name before it is built.
     public func write(to folder: URL, seed: UInt64, dtype: DType, progress: (String) -> Void = { _ in }) throws {
         let generator = Generator(seed: seed)
@@ -197,21 +246,23 @@ public enum ModelPreset: String, CaseIterable, Sendable {
         try writeSchedulerAndTokenizer(to: folder)
     }
 
-    /// A pipeline's files beside its models: `tokenizer/` (SD 2.1 pads with "!"), `scheduler/` and
-    /// `model_index.json`. Nothing for the reward presets.
+    /// A pipeline's files beside its models: `tokenizer/` (SD 2.1 pads with "!"; SDXL's `tokenizer_2/` too),
+    /// `scheduler/` and `model_index.json`. Nothing for the reward presets.
     public func writeSchedulerAndTokenizer(to folder: URL) throws {
-        guard self == .sd15 || self == .sd21 else { return }
+        guard [.sd15, .sd21, .sdxl].contains(self) else { return }
         try CLIPTokenizer.bundled(padToken: self == .sd21 ? "!" : CLIPTokenizer.endOfText)
             .write(to: folder.appendingPathComponent("tokenizer"))
+        if self == .sdxl { try CLIPTokenizer.bundled(padToken: "!").write(to: folder.appendingPathComponent("tokenizer_2")) }
         let scheduler = Self.scheduler(self)
         try ModelWriter.writeScheduler(scheduler, to: folder.appendingPathComponent("scheduler"))
-        try ModelWriter.writeModelIndex(scheduler: scheduler.className, to: folder)
+        try ModelWriter.writeModelIndex(scheduler: scheduler.className, architecture: self == .sdxl ? .sdxl : .sd, to: folder)
     }
 
     /// The components' names in the order they are built.
     public func componentNames() -> [String] {
         switch self {
         case .sd15, .sd21: ["text_encoder", "unet", "vae"]
+        case .sdxl: ["text_encoder", "text_encoder_2", "unet", "vae"]
         case .pickscore: ["clip"]
         case .aesthetic: ["clip", "head"]
         case .hpsv2: ["open_clip"]
@@ -225,6 +276,10 @@ public enum ModelPreset: String, CaseIterable, Sendable {
             let config = (component.module as! CLIPTextModel).config
             try ModelWriter.writeTextEncoder(config: config, weights: weights, dtype: dtype,
                                              to: folder.appendingPathComponent("text_encoder"))
+        case (_, "text_encoder_2"):
+            let config = (component.module as! CLIPTextModelWithProjection).config
+            try ModelWriter.writeTextEncoder(config: config, weights: weights, dtype: dtype,
+                                             to: folder.appendingPathComponent("text_encoder_2"), withProjection: true)
         case (_, "unet"):
             try ModelWriter.writeComponent(
                 config: (component.module as! UNet2DConditionModel).config, className: "UNet2DConditionModel",

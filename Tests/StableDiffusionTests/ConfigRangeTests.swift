@@ -136,7 +136,7 @@ import Torch
             == "key \"reverse_transformer_layers_per_block.1\" has 2 entries, the block has 3 layers")
         #expect(try unetMessage(#"{"addition_embed_type": "text_time", "addition_time_embed_dim": 256}"#)
             == "key \"projection_class_embeddings_input_dim\" is needed with addition_embed_type \"text_time\"")
-        #expect(try unetMessage(#"{"transformer_layers_per_block": [1, [2, 2], [3, 3], [4]], "reverse_transformer_layers_per_block": [[4, 4, 4], [3, 3, 3], [2, 2, 2], [1, 1, 1]]}"#) == nil)
+        #expect(try unetMessage(#"{"transformer_layers_per_block": [1, [2, 2], [3, 3], [4, 4]], "reverse_transformer_layers_per_block": [[4, 4, 4], [3, 3, 3], [2, 2, 2], [1, 1, 1]]}"#) == nil)
     }
 
     @Test func vaeValuesAreChecked() throws {

@@ -189,6 +189,23 @@ struct SDXLSetting: CustomStringConvertible, Sendable {
         }
     }
 
+    /// Under float16 the SDXL VAE (force_upcast) stays float32 and decodes widened latents, as diffusers upcasts it;
+    /// SD 1.x/2.x's pipeline keeps its VAE in float16, as diffusers' does.
+    @Test func halfPrecisionKeepsAnUpcastVAEInFloat32() throws {
+        let half = try StableDiffusionPipeline.load(folder: TinySDXL.folder, dtype: .float16)
+        #expect(half.unet.dtype == .float16 && half.vae.dtype == .float32)
+        #expect(half.textEncoder2!.parameters.allSatisfy { $0.dtype == .float16 })
+        #expect(try StableDiffusionPipeline.load(folder: TinySD.sd15.folder, dtype: .float16).vae.dtype == .float16)
+        var request = SDXLSetting.all[0].request
+        request.steps = 3
+        let result = try half.generate(request)
+        #expect(result.latents.dtype == .float16)
+        let reference = try pipeline().generate(request)
+        let pixels = maxAbsDifference(result.images, reference.images)
+        #expect(pixels <= 8, "float16 images differ from float32 ones by \(pixels) of 255")
+        #expect(half.decode(result.latents).dtype == .float32)
+    }
+
     /// What only SDXL takes is refused on SD 1.x/2.x, and clip_skip beyond the encoders' layers everywhere.
     @Test func requestsAreCheckedAgainstTheArchitecture() throws {
         let sd = try StableDiffusionPipeline.load(folder: TinySD.sd15.folder)
@@ -270,12 +287,28 @@ struct SDXLSetting: CustomStringConvertible, Sendable {
         return folder
     }
 
+    /// What loading `folder` throws (nil when it loads); the folder is removed.
+    func loadError(_ folder: URL) -> StableDiffusionError? {
+        defer { try? FileManager.default.removeItem(at: folder) }
+        do {
+            _ = try StableDiffusionPipeline.load(folder: folder)
+            return nil
+        } catch {
+            return error as? StableDiffusionError
+        }
+    }
+
+    /// The message of an invalidConfig error about `file` in `folder`.
+    func configMessage(_ folder: URL, _ file: String) -> String? {
+        guard case .invalidConfig(let path, let message)? = loadError(folder) else { return nil }
+        return path == folder.appendingPathComponent(file).path ? message : "(another file: \(path))"
+    }
+
     @Test func aMissingTextEncoder2IsNamed() throws {
         let folder = try copy(leaving: ["text_encoder_2"])
-        defer { try? FileManager.default.removeItem(at: folder) }
-        let error = StableDiffusionError.missingFile(folder.appendingPathComponent("text_encoder_2").path)
-        #expect(throws: error) { try StableDiffusionPipeline.load(folder: folder) }
-        #expect(error.description == "\(folder.path)/text_encoder_2: no such file or folder")
+        let error = loadError(folder)
+        #expect(error == .missingFile(folder.appendingPathComponent("text_encoder_2").path))
+        #expect(error?.description == "\(folder.path)/text_encoder_2: no such file or folder")
     }
 
     /// A refiner's model_index.json lists text_encoder as [null, null] and ships no text_encoder/.
@@ -286,54 +319,47 @@ struct SDXLSetting: CustomStringConvertible, Sendable {
             $0["tokenizer"] = [NSNull(), NSNull()]
             $0["requires_aesthetics_score"] = true
         }])
-        defer { try? FileManager.default.removeItem(at: folder) }
-        #expect(throws: StableDiffusionError.invalidConfig(
-            file: folder.appendingPathComponent("model_index.json").path,
-            message: "an SDXL refiner (text_encoder_2 without text_encoder): refiners are not supported, use an SDXL base model")) {
-            try StableDiffusionPipeline.load(folder: folder)
-        }
+        #expect(configMessage(folder, "model_index.json")
+            == "an SDXL refiner (text_encoder_2 without text_encoder): refiners are not supported, use an SDXL base model")
     }
 
-    @Test func aUNetWhoseAddedEmbeddingDoesNotFitTheEncodersIsNamed() throws {
-        let folder = try copy(edit: ["unet/config.json": { $0["projection_class_embeddings_input_dim"] = 2816 }])
-        defer { try? FileManager.default.removeItem(at: folder) }
-        #expect(throws: StableDiffusionError.invalidConfig(
-            file: folder.appendingPathComponent("unet/config.json").path,
-            message: "projection_class_embeddings_input_dim 2816 does not match text_encoder_2's projection_dim (40) + 6 x addition_time_embed_dim (8) = 88")) {
-            try StableDiffusionPipeline.load(folder: folder)
-        }
+    @Test func aUNetThatDoesNotFitTheEncodersIsNamed() throws {
+        let added = try copy(edit: ["unet/config.json": { $0["projection_class_embeddings_input_dim"] = 2816 }])
+        #expect(configMessage(added, "unet/config.json")
+            == "projection_class_embeddings_input_dim 2816 does not match text_encoder_2's projection_dim (40) + 6 x addition_time_embed_dim (8) = 88")
+        let width = try copy(edit: ["unet/config.json": { $0["cross_attention_dim"] = 2048 }])
+        #expect(configMessage(width, "unet/config.json")
+            == "cross_attention_dim 2048 does not match the text encoders' hidden sizes (32 + 48 = 80)")
+        let plain = try copy(edit: ["unet/config.json": { $0["addition_embed_type"] = NSNull() }])
+        #expect(configMessage(plain, "unet/config.json")
+            == "addition_embed_type \"null\" is not SDXL's \"text_time\", which an SDXL folder needs")
     }
 
-    @Test func aUNetWhoseCrossAttentionDoesNotFitTheEncodersIsNamed() throws {
-        let folder = try copy(edit: ["unet/config.json": { $0["cross_attention_dim"] = 2048 }])
+    /// A VAE config's latents_mean and latents_std (both set) shift and scale the latents before decoding, per
+    /// channel, as diffusers' SDXL pipeline does; one per latent channel.
+    @Test func latentStatisticsOfTheVAEAreApplied() throws {
+        let mean = [0.1, -0.2, 0.3, 0.05], std = [1.1, 0.9, 1.2, 0.8]
+        let folder = try copy(edit: ["vae/config.json": { $0["latents_mean"] = mean; $0["latents_std"] = std }])
         defer { try? FileManager.default.removeItem(at: folder) }
-        #expect(throws: StableDiffusionError.invalidConfig(
-            file: folder.appendingPathComponent("unet/config.json").path,
-            message: "cross_attention_dim 2048 does not match the text encoders' hidden sizes (32 + 48 = 80)")) {
-            try StableDiffusionPipeline.load(folder: folder)
-        }
+        let pipeline = try StableDiffusionPipeline.load(folder: folder)
+        let latents = Tensor.randn([1, 4, 8, 8], generator: Generator(seed: 3))
+        func channels(_ values: [Double]) -> Tensor { Tensor(values.map(Float.init), shape: [1, 4, 1, 1]) }
+        let expected = pipeline.vae.decode(latents * channels(std) / 0.13025 + channels(mean))
+        #expect(maxAbsDifference(withNoGrad { pipeline.decode(latents) }, withNoGrad { expected }) < 1e-6)
+        let short = try copy(edit: ["vae/config.json": { $0["latents_mean"] = [0.1, 0.2] }])
+        #expect(configMessage(short, "vae/config.json") == "key \"latents_mean\" has 2 entries, latent_channels is 4")
     }
 
-    @Test func anSDXLFolderWithoutTextTimeOrAnSDFolderWithItIsNamed() throws {
-        let folder = try copy(edit: ["unet/config.json": { $0["addition_embed_type"] = NSNull() }])
-        defer { try? FileManager.default.removeItem(at: folder) }
-        #expect(throws: StableDiffusionError.invalidConfig(
-            file: folder.appendingPathComponent("unet/config.json").path,
-            message: "addition_embed_type \"null\" is not SDXL's \"text_time\", which an SDXL folder needs")) {
-            try StableDiffusionPipeline.load(folder: folder)
-        }
-        let unet = try JSONSerialization.jsonObject(with: Data(contentsOf: TinySDXL.folder.appendingPathComponent("unet/config.json")))
+    @Test func anSDFolderWithAnSDXLUNetIsNamed() throws {
         let sd = try temporaryFolder("sd")
-        defer { try? FileManager.default.removeItem(at: sd) }
         for item in try FileManager.default.contentsOfDirectory(atPath: TinySD.sd15.folder.path) {
             try FileManager.default.copyItem(at: TinySD.sd15.folder.appendingPathComponent(item), to: sd.appendingPathComponent(item))
         }
-        try JSONSerialization.data(withJSONObject: unet).write(to: sd.appendingPathComponent("unet/config.json"))
-        #expect(throws: StableDiffusionError.invalidConfig(
-            file: sd.appendingPathComponent("unet/config.json").path,
-            message: "addition_embed_type \"text_time\" is SDXL's, but the folder has one text encoder (no text_encoder_2 in model_index.json)")) {
-            try StableDiffusionPipeline.load(folder: sd)
-        }
+        try FileManager.default.removeItem(at: sd.appendingPathComponent("unet/config.json"))
+        try FileManager.default.copyItem(
+            at: TinySDXL.folder.appendingPathComponent("unet/config.json"), to: sd.appendingPathComponent("unet/config.json"))
+        #expect(configMessage(sd, "unet/config.json")
+            == "addition_embed_type \"text_time\" is SDXL's, but the folder has one text encoder (no text_encoder_2 in model_index.json)")
     }
 
     @Test func textTimeNeedsItsSizesAndPerLayerDepthsTheirLayers() throws {

@@ -1,9 +1,10 @@
 import Foundation
 import NN
-import StableDiffusion
 import Testing
-import TextCraftor
 import Torch
+
+@testable import StableDiffusion
+@testable import TextCraftor
 
 /// `synth-model`'s presets against diffusers, transformers and open_clip (scripts/parity/make_preset_fixtures.py):
 /// the same models built on the meta device, so a 1-billion-parameter model costs nothing here.
@@ -58,14 +59,27 @@ import Torch
         let expected: Double = switch preset {
         case .sd15: 1066.2  // 123.1M text + 859.5M UNet + 83.7M VAE
         case .sd21: 1290.0
+        case .sdxl: 3468.8  // 123.1M + 694.7M text + 2567.5M UNet + 83.7M VAE
         case .pickscore, .hpsv2: 986.1
         case .aesthetic: 428.5
         }
         #expect(abs(millions - expected) < 0.1, "\(preset): \(millions)M parameters")
     }
 
-    /// The pipelines' scheduler configs are the released ones; SD 2.1's tokenizer pads with "!".
-    @Test(arguments: [ModelPreset.sd15, .sd21])
+    /// The SD presets' UNets fit their text encoders as the loader checks it (SDXL: 768 + 1280 = 2048 wide text,
+    /// 1280 + 6 x 256 = 2816 into add_embedding).
+    @Test func presetUNetsFitTheirTextEncoders() throws {
+        try StableDiffusionPipeline.checkComponents(
+            unet: ModelPreset.sdxlUNet, unetConfigFile: "unet/config.json", text: ModelPreset.vitL14Text, text2: ModelPreset.bigGText)
+        try StableDiffusionPipeline.checkComponents(
+            unet: ModelPreset.sd15UNet, unetConfigFile: "unet/config.json", text: ModelPreset.vitL14Text, text2: nil)
+        try StableDiffusionPipeline.checkComponents(
+            unet: ModelPreset.sd21UNet, unetConfigFile: "unet/config.json", text: ModelPreset.sd21Text, text2: nil)
+    }
+
+    /// The pipelines' scheduler configs are the released ones; SD 2.1's tokenizer pads with "!", and so does
+    /// SDXL's second.
+    @Test(arguments: [ModelPreset.sd15, .sd21, .sdxl])
     func schedulerAndTokenizerAreTheReleasedOnes(preset: ModelPreset) throws {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("preset-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -77,7 +91,13 @@ import Torch
         let tokenizer = try CLIPTokenizer(directory: folder.appendingPathComponent("tokenizer"))
         #expect(tokenizer.padTokenId == (preset == .sd21 ? 0 : 49407))
         let index = try JSONSerialization.jsonObject(with: Data(contentsOf: folder.appendingPathComponent("model_index.json"))) as! [String: Any]
-        #expect((index["scheduler"] as? [String])?.last == (preset == .sd21 ? "DDIMScheduler" : "PNDMScheduler"))
+        let schedulers: [ModelPreset: String] = [.sd15: "PNDMScheduler", .sd21: "DDIMScheduler", .sdxl: "EulerDiscreteScheduler"]
+        #expect((index["scheduler"] as? [String])?.last == schedulers[preset])
+        if preset == .sdxl {
+            #expect(try CLIPTokenizer(directory: folder.appendingPathComponent("tokenizer_2")).padTokenId == 0)
+            #expect(index["_class_name"] as? String == "StableDiffusionXLPipeline")
+            #expect((index["text_encoder_2"] as? [String])?.last == "CLIPTextModelWithProjection")
+        }
     }
 }
 

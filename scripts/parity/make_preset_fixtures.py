@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fixtures for `textcraftor synth-model`: the real models' configs and every weight's name and shape.
 
-Each preset's models are built by the reference libraries (diffusers, transformers, open_clip) on the meta device,
+Each preset's models (SD 1.5, SD 2.1, SDXL base 1.0, the reward models) are built by the reference libraries (diffusers, transformers, open_clip) on the meta device,
 from the configs the published checkpoints ship (written out below, as their config.json files hold them), so nothing
 is downloaded and nothing is allocated. For each component the fixture holds the config and {key: shape} of its
 state dict; the Swift test builds the same models from its presets on the meta device and compares both.
@@ -59,6 +59,18 @@ VIT_H14_VISION = {
     "hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 16, "num_hidden_layers": 32,
     "image_size": 224, "patch_size": 14, "hidden_act": "gelu", "layer_norm_eps": 1e-05,
 }
+# stabilityai/stable-diffusion-xl-base-1.0: unet/config.json (2816 = text_encoder_2's 1280 + 6 x 256).
+SDXL_UNET = dict(
+    SD15_UNET, attention_head_dim=[5, 10, 20], block_out_channels=[320, 640, 1280], cross_attention_dim=2048,
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], sample_size=128,
+    transformer_layers_per_block=[1, 2, 10], use_linear_projection=True, addition_embed_type="text_time",
+    addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+# Its vae/config.json (the SDXL VAE: same layout as SD's, another latent scale, decoded in float32 under fp16).
+SDXL_VAE = dict(VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+# Its text_encoder_2/config.json: OpenCLIP ViT-bigG/14's text tower as transformers' CLIPTextModelWithProjection.
+SDXL_TEXT_2 = dict(VIT_L14_TEXT, hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
+                   hidden_act="gelu", projection_dim=1280)
 # SD 1.5 / 2.1: scheduler/scheduler_config.json.
 SD15_SCHEDULER = {
     "_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
@@ -66,6 +78,9 @@ SD15_SCHEDULER = {
     "clip_sample": False, "prediction_type": "epsilon",
 }
 SD21_SCHEDULER = dict(SD15_SCHEDULER, _class_name="DDIMScheduler", prediction_type="v_prediction")
+# SDXL base: Euler with "leading" spacing (its file's sample_max_value 1.0 and trained_betas null are diffusers' defaults).
+SDXL_SCHEDULER = dict(SD15_SCHEDULER, _class_name="EulerDiscreteScheduler", interpolation_type="linear",
+                      timestep_spacing="leading", use_karras_sigmas=False)
 
 
 def shapes(module):
@@ -78,10 +93,10 @@ def diffusers_component(cls, config):
     return {"config": config, "shapes": shapes(model)}
 
 
-def text_encoder(config):
-    from transformers import CLIPTextConfig, CLIPTextModel
+def text_encoder(config, with_projection=False):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
     with torch.device("meta"):
-        model = CLIPTextModel(CLIPTextConfig(**config))
+        model = (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(CLIPTextConfig(**config))
     return {"config": config, "shapes": shapes(model)}
 
 
@@ -93,14 +108,17 @@ def clip_model(text, vision, projection_dim):
             "shapes": shapes(model)}
 
 
-def pipeline(unet, text, scheduler):
+def pipeline(unet, text, scheduler, vae=VAE, text_2=None):
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    return {
+    components = {
         "unet": diffusers_component(UNet2DConditionModel, unet),
-        "vae": diffusers_component(AutoencoderKL, VAE),
+        "vae": diffusers_component(AutoencoderKL, vae),
         "text_encoder": text_encoder(text),
         "scheduler": {"config": scheduler, "shapes": {}},
     }
+    if text_2:
+        components["text_encoder_2"] = text_encoder(text_2, with_projection=True)
+    return components
 
 
 def aesthetic_head():
@@ -152,6 +170,7 @@ def main():
     presets = {
         "sd15": pipeline(SD15_UNET, VIT_L14_TEXT, SD15_SCHEDULER),
         "sd21": pipeline(SD21_UNET, SD21_TEXT, SD21_SCHEDULER),
+        "sdxl": pipeline(SDXL_UNET, VIT_L14_TEXT, SDXL_SCHEDULER, vae=SDXL_VAE, text_2=SDXL_TEXT_2),
         "pickscore": {"clip": clip_model(VIT_H14_TEXT, VIT_H14_VISION, 1024)},
         "aesthetic": {"clip": clip_model(VIT_L14_TEXT, VIT_L14_VISION, 768), "head": aesthetic_head()},
         "hpsv2": {"open_clip": hpsv2()},

@@ -23,6 +23,7 @@ import torch
 from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
                        UNet2DConditionModel)
 from clip_vocabulary import write_tokenizer
+from tiny_weights import perturb
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -30,18 +31,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 OUT = os.path.join(ROOT, "Tests", "StableDiffusionTests", "Fixtures", "sd")
 VOCAB_SIZE = 1000
-
-
-def perturb(model, seed, cross_attention_scale=None):
-    """Non-trivial biases and norm affines (the defaults 0/1 hide a dropped bias); small cross-attention outputs
-    so that classifier-free guidance does not blow up in a random UNet."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-            if cross_attention_scale and "attn2.to_out" in name:
-                p.mul_(cross_attention_scale)
-    return model
 
 
 def text_encoder(act, eos_token_id, seed):

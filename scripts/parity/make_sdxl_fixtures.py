@@ -25,6 +25,7 @@ import shutil
 import numpy as np
 import torch
 from clip_vocabulary import write_tokenizer
+from tiny_weights import perturb
 from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline,
                        UNet2DConditionModel)
 from safetensors.torch import save_file
@@ -35,18 +36,6 @@ ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 FIXTURES = os.path.join(ROOT, "Tests", "StableDiffusionTests", "Fixtures")
 OUT = os.path.join(FIXTURES, "sdxl")
 VOCAB_SIZE = 1000
-
-
-def perturb(model, seed, cross_attention_scale=None):
-    """Non-trivial biases and norm affines (the defaults 0/1 hide a dropped bias); small cross-attention outputs
-    so that classifier-free guidance does not blow up in a random UNet."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-            if cross_attention_scale and "attn2.to_out" in name:
-                p.mul_(cross_attention_scale)
-    return model
 
 
 def text_config(hidden, intermediate, heads, act, projection):
