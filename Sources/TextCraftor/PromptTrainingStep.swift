@@ -183,12 +183,16 @@ public func promptTrainingStep(
         var latentGradient: Tensor
         let outcome: StepOutcome
         if settings.checkpointsVAE {
-            let factor = pipeline.vae.config.scaling_factor
+            // The map from latents to the decoder's input (unscaling; SDXL's per-channel latents_mean/std) is
+            // differentiated with autograd, the decoder piece by piece.
+            let final = z.detach().requiringGrad()
+            let input = pipeline.decoderInput(final)
             var decoder = CheckpointedChain(pipeline.vae.decodeStages(latentType: z.dtype))
-            let decoded = withNoGrad { decoder.forward(z / factor) }.requiringGrad()
+            let decoded = withNoGrad { decoder.forward(input.detach()) }.requiringGrad()
             let (loss, scored) = try scoreDecoded(decoded)
             outcome = scored
-            latentGradient = decoder.backward(Autograd.grad(outputs: [loss], inputs: [decoded])[0]!) / factor
+            latentGradient = Autograd.grad(
+                outputs: [input], inputs: [final], gradOutputs: [decoder.backward(Autograd.grad(outputs: [loss], inputs: [decoded])[0]!)])[0]!
         } else {
             let final = z.detach().requiringGrad()
             let (loss, scored) = try lossOf(final)

@@ -80,6 +80,38 @@ func clearGradients(_ pipeline: StableDiffusionPipeline) {
         #expect(pipeline.unet.parameters.allSatisfy { $0.grad == nil })
     }
 
+    /// A VAE whose config sets latents_mean and latents_std (decoded as `latents * std / scaling + mean`): the
+    /// piecewise-recomputed decoder starts from the same input as `pipeline.decode`, so the windowed gradient still
+    /// equals plain backpropagation.
+    @Test func latentStatisticsOfTheVAEKeepTheGradientExact() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("sdxl-stats-\(UUID().uuidString)")
+        try FileManager.default.copyItem(at: tinySDXLFolder, to: folder)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let configFile = folder.appendingPathComponent("vae/config.json")
+        var config = try JSONSerialization.jsonObject(with: Data(contentsOf: configFile)) as! [String: Any]
+        config["latents_mean"] = [0.1, -0.2, 0.3, 0.05]
+        config["latents_std"] = [1.1, 0.9, 1.2, 0.8]
+        try JSONSerialization.data(withJSONObject: config).write(to: configFile)
+        let (base, original, rewards) = try tinySDXLSetup()
+        let pipeline = try StableDiffusionPipeline.load(folder: folder)
+        pipeline.textEncoder.setTrainable(true)
+        pipeline.textEncoder2!.setTrainable(true)
+        let noise = Tensor.randn([2, 4, 8, 8], generator: Generator(seed: 1234))
+        let settings = SamplingSettings(samplingSteps: 3, gradientWindow: 2, guidanceScale: 7.5)
+        func step(_ pipeline: StableDiffusionPipeline, _ mode: GradientMode) throws -> (Double, [String: Tensor]) {
+            clearGradients(pipeline)
+            let outcome = try promptTrainingStep(
+                pipeline: pipeline, trainable: TextEncoders(of: pipeline), original: original, rewards: rewards,
+                prompts: fixturePrompts, initialNoise: noise, settings: settings, mode: mode)
+            return (outcome.loss, sdxlGradients(pipeline))
+        }
+        let (fullLoss, expected) = try step(pipeline, .fullBackprop)
+        let (windowedLoss, found) = try step(pipeline, .windowed)
+        #expect(windowedLoss == fullLoss)
+        #expect(relativeError(found, expected) <= 1e-4)
+        #expect(try step(base, .windowed).0 != fullLoss, "the statistics changed nothing")
+    }
+
     /// Freezing one encoder trains the other alone; its gradient is the one it gets when both train.
     @Test func oneEncoderTrainsAlone() throws {
         let (pipeline, original, rewards) = try tinySDXLSetup()
