@@ -25,6 +25,21 @@ func textcraftor(_ arguments: [String]) throws -> (status: Int32, out: String, e
 let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 let tinySD15 = repository.appendingPathComponent("Tests/StableDiffusionTests/Fixtures/sd/tiny-sd15").path
 
+/// A folder for direct fine-tuning: two fixture images (PNG and JPEG) with captions in metadata.jsonl.
+func captionedImagesFolder() throws -> URL {
+    let folder = temporaryOutput()
+    try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    let images = repository.appendingPathComponent("Tests/RewardsTests/Fixtures/images")
+    for name in ["rgb.png", "rgb.jpg"] {
+        try FileManager.default.copyItem(at: images.appendingPathComponent(name), to: folder.appendingPathComponent(name))
+    }
+    try """
+        {"file_name": "rgb.png", "text": "noise in colour"}
+        {"file_name": "rgb.jpg", "text": "the same, compressed"}
+        """.write(to: folder.appendingPathComponent("metadata.jsonl"), atomically: true, encoding: .utf8)
+    return folder
+}
+
 func temporaryOutput() -> URL {
     FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID().uuidString)")
 }
@@ -374,17 +389,8 @@ func temporaryOutput() -> URL {
     }
 
     @Test func directModeTrainsOnCaptionedImages() throws {
-        let folder = temporaryOutput()
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let folder = try captionedImagesFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
-        let images = repository.appendingPathComponent("Tests/RewardsTests/Fixtures/images")
-        for name in ["rgb.png", "rgb.jpg"] {
-            try FileManager.default.copyItem(at: images.appendingPathComponent(name), to: folder.appendingPathComponent(name))
-        }
-        try """
-            {"file_name": "rgb.png", "text": "noise in colour"}
-            {"file_name": "rgb.jpg", "text": "the same, compressed"}
-            """.write(to: folder.appendingPathComponent("metadata.jsonl"), atomically: true, encoding: .utf8)
         let out = folder.appendingPathComponent("out")
         let run = try textcraftor(["train", "--mode", "direct", "--data", folder.path, "--model", tinySD15,
                                    "--reward", "aesthetic=\(rewards)/clip,\(rewards)/aesthetic.pth", "--out", out.path,

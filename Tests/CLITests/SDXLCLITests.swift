@@ -221,17 +221,8 @@ let tinySDXL = repository.appendingPathComponent("Tests/StableDiffusionTests/Fix
 
     /// Direct fine-tuning (images and captions) on SDXL trains both encoders.
     @Test func directModeTrainsBothEncoders() throws {
-        let folder = temporaryOutput()
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let folder = try captionedImagesFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
-        let images = repository.appendingPathComponent("Tests/RewardsTests/Fixtures/images")
-        for name in ["rgb.png", "rgb.jpg"] {
-            try FileManager.default.copyItem(at: images.appendingPathComponent(name), to: folder.appendingPathComponent(name))
-        }
-        try """
-            {"file_name": "rgb.png", "text": "noise in colour"}
-            {"file_name": "rgb.jpg", "text": "the same, compressed"}
-            """.write(to: folder.appendingPathComponent("metadata.jsonl"), atomically: true, encoding: .utf8)
         let out = folder.appendingPathComponent("out")
         let run = try textcraftor(["train", "--mode", "direct", "--data", folder.path, "--model", tinySDXL, "--train", "text-encoders",
                                    "--reward", "aesthetic=\(rewards)/clip,\(rewards)/aesthetic.pth", "--out", out.path,

@@ -167,18 +167,10 @@ func makeSDXLTrainer(_ out: URL, target: TrainedNetwork, maxSteps: Int, saveEver
     let (pipeline, copies, rewards) = try tinySDXLSetup()
     let original = TextEncoders(target.trainsFirstEncoder ? copies.first : pipeline.textEncoder,
                                 target.trainsSecondEncoder ? copies.second : pipeline.textEncoder2)
-    var config = TrainingConfig()
+    var config = smallRunConfig(maxSteps: maxSteps, saveEvery: saveEvery, lr: 1e-3)
     config.train = target
-    config.learningRate = 1e-3
-    config.maxSteps = maxSteps
-    config.saveEvery = saveEvery
-    config.batchSize = 2
-    config.seed = 7
-    config.samplingSteps = 3
-    config.gradientWindow = 2
-    let prompts = try SampledBatches(fixturePrompts + ["a green triangle"], batchSize: 2, shuffle: true, seed: 3)
     return try Trainer(pipeline: pipeline, original: original, modelFolder: tinySDXLFolder, rewards: rewards,
-                       data: .prompts(prompts), config: config, run: RunFolder(out))
+                       data: .prompts(try smallRunPrompts()), config: config, run: RunFolder(out))
 }
 
 @Suite(.serialized) struct SDXLTrainerTests {

@@ -7,8 +7,8 @@ import Torch
 
 func temporaryRun() -> URL { FileManager.default.temporaryDirectory.appendingPathComponent("run-\(UUID().uuidString)") }
 
-func makeTrainer(_ out: URL, maxSteps: Int, saveEvery: Int = 1, lr: Double = 1e-3) throws -> Trainer {
-    let (pipeline, _, original, rewards) = try tinySetup()
+/// The trainer tests' run: batch 2 of 3 shuffled prompts, 3 sampling steps with a window of 2, seed 7.
+func smallRunConfig(maxSteps: Int, saveEvery: Int, lr: Double) -> TrainingConfig {
     var config = TrainingConfig()
     config.learningRate = lr
     config.maxSteps = maxSteps
@@ -17,7 +17,17 @@ func makeTrainer(_ out: URL, maxSteps: Int, saveEvery: Int = 1, lr: Double = 1e-
     config.seed = 7
     config.samplingSteps = 3
     config.gradientWindow = 2
-    let prompts = try SampledBatches(fixturePrompts + ["a green triangle"], batchSize: 2, shuffle: true, seed: 3)
+    return config
+}
+
+func smallRunPrompts() throws -> SampledBatches<String> {
+    try SampledBatches(fixturePrompts + ["a green triangle"], batchSize: 2, shuffle: true, seed: 3)
+}
+
+func makeTrainer(_ out: URL, maxSteps: Int, saveEvery: Int = 1, lr: Double = 1e-3) throws -> Trainer {
+    let (pipeline, _, original, rewards) = try tinySetup()
+    let config = smallRunConfig(maxSteps: maxSteps, saveEvery: saveEvery, lr: lr)
+    let prompts = try smallRunPrompts()
     return try Trainer(pipeline: pipeline, original: TextEncoders(original), modelFolder: tinySD15, rewards: rewards,
                        data: .prompts(prompts), config: config, run: RunFolder(out))
 }
