@@ -219,6 +219,13 @@ let tinySDXL = repository.appendingPathComponent("Tests/StableDiffusionTests/Fix
         #expect(try generate(tinySDXL, ["--text-encoder", tinySD15 + "/text_encoder"], images.appendingPathComponent("sd15")).shape == own.shape)
     }
 
+    /// bench train times against an SD 1.x/2.x PyTorch step: an SDXL folder is refused in one line, before loading.
+    @Test func benchTrainRefusesSDXLInOneLine() throws {
+        let run = try textcraftor(["bench", "train", "--model", tinySDXL, "--clip", "\(rewards)/clip", "--aesthetic", "\(rewards)/aesthetic.pth"])
+        #expect(run.status == 1)
+        #expect(run.err == "Error: --model: \(tinySDXL): bench train's PyTorch reference step is SD 1.x/2.x's; SDXL models train with `textcraftor train`\n")
+    }
+
     /// Direct fine-tuning (images and captions) on SDXL trains both encoders.
     @Test func directModeTrainsBothEncoders() throws {
         let folder = try captionedImagesFolder()
