@@ -659,6 +659,14 @@ int ct_backward(ct_tensor t, ct_tensor gradient, int retain_graph, int create_gr
   STATUS(T(t).backward(gradient ? T(gradient) : at::Tensor(),
                        retain_graph < 0 ? std::nullopt : std::optional<bool>(retain_graph != 0), create_graph != 0))
 }
+int ct_autograd_backward(const ct_tensor *tensors_in, int n, const ct_tensor *grads, int retain_graph, int create_graph) {
+  STATUS(
+      std::vector<at::Tensor> gs;
+      if (grads) for (int i = 0; i < n; i++) gs.push_back(grads[i] ? T(grads[i]) : at::Tensor());
+      torch::autograd::backward(tensors(tensors_in, n), gs,
+                                retain_graph < 0 ? std::nullopt : std::optional<bool>(retain_graph != 0),
+                                create_graph != 0);)
+}
 int ct_autograd_grad(const ct_tensor *outputs, int n_out, const ct_tensor *inputs, int n_in,
                      const ct_tensor *grad_outputs, int retain_graph, int create_graph, int allow_unused,
                      ct_tensor *results) {

@@ -91,15 +91,17 @@ public struct Conditioning {
     }
 
     /// Backpropagates `gradient` (d(loss)/d(each text-dependent tensor)) from this conditioning's tensors into what
-    /// produced them, the text encoders. One tensor takes `backward(gradient:)` as it is; with the pooled embeddings
-    /// too, the gradients enter as Σ⟨tensor, gradient⟩, whose derivative with respect to each tensor is exactly its
-    /// gradient, in one backward pass.
+    /// produced them, the text encoders, in one backward pass from both outputs (`torch.autograd.backward` with two
+    /// tensors and two gradients): SDXL's hidden states and pooled embeddings share `text_encoder_2`'s graph, which is
+    /// then walked once.
+    /// A tensor without a graph (the pooled embeddings when only `text_encoder` is trained) is left out, as it leads
+    /// to no parameter; with none left there is nothing to do.
     public func backward(gradient: Conditioning) {
-        guard let textEmbeds, let pooledGradient = gradient.textEmbeds else {
-            hiddenStates.backward(gradient: gradient.hiddenStates)
-            return
-        }
-        ((hiddenStates * gradient.hiddenStates).sum() + (textEmbeds * pooledGradient).sum()).backward()
+        var pairs = [(hiddenStates, gradient.hiddenStates)]
+        if let textEmbeds, let pooledGradient = gradient.textEmbeds { pairs.append((textEmbeds, pooledGradient)) }
+        pairs = pairs.filter { $0.0.requiresGrad }
+        guard !pairs.isEmpty else { return }
+        Autograd.backward(pairs.map(\.0), gradients: pairs.map(\.1))
     }
 
     func map(_ transform: (Tensor) -> Tensor) -> Conditioning {

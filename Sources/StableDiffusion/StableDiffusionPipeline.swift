@@ -394,15 +394,22 @@ public final class StableDiffusionPipeline {
     /// upcasts before dividing. SDXL's pipeline also reads a VAE config's `latents_mean` and `latents_std` when both
     /// are set (`latents * std / scaling_factor + mean`, per channel); SD 1.x/2.x's ignores them, as diffusers' does.
     public func decode(_ latents: Tensor) -> Tensor {
+        vae.decode(decoderInput(latents))
+    }
+
+    /// What `decode` hands the VAE's decoder for `latents`: widened where the VAE is, then unscaled (and for SDXL with
+    /// `latents_mean`/`latents_std`, de-normalised per channel). Differentiable, and separate so that the trainer's
+    /// piecewise-recomputed decoder starts from the same input.
+    public func decoderInput(_ latents: Tensor) -> Tensor {
         let widened = vae.dtype == .float32 && latents.dtype != .float32 ? latents.to(.float32) : latents
         let config = vae.config
         if architecture == .sdxl, let mean = config.latents_mean, let std = config.latents_std {
             func channels(_ values: [Double]) -> Tensor {
                 Tensor(values.map(Float.init), shape: [1, values.count, 1, 1]).to(dtype: widened.dtype, device: widened.device)
             }
-            return vae.decode(widened * channels(std) / config.scaling_factor + channels(mean))
+            return widened * channels(std) / config.scaling_factor + channels(mean)
         }
-        return vae.decode(widened / config.scaling_factor)
+        return widened / config.scaling_factor
     }
 
     /// [N, 3, H, W] in [-1, 1] to [N, H, W, 3] uint8, as diffusers' image processor converts.

@@ -20,24 +20,36 @@ public struct TrainingState: Codable, Equatable, Sendable {
     }
 }
 
-/// A training run's folder: `OUT/text_encoder/` (or `OUT/unet/`: the latest weights, loadable by diffusers),
-/// `OUT/metrics.jsonl`, and `OUT/checkpoints/step-NNNNNNNN/` each holding that folder, `optimizer.safetensors`,
-/// `generator.safetensors` and `state.json`. Every folder is written under a temporary name, its files fsynced, then
+/// A training run's folder: one folder per trained component, as diffusers lays it out (`OUT/text_encoder/`,
+/// SDXL's `OUT/text_encoder_2/` too when both encoders train, or `OUT/unet/`: the latest weights, loadable by
+/// diffusers), `OUT/metrics.jsonl`, and `OUT/checkpoints/step-NNNNNNNN/` each holding those folders, `optimizer.safetensors`
+/// (one AdamW over all their parameters), `generator.safetensors` and `state.json`. Every folder is written under a temporary name, its files fsynced, then
 /// renamed, so a crash (or SIGKILL) leaves either the previous checkpoint or the new one, never half of one.
 public struct RunFolder: Sendable {
     public let url: URL
     public var checkpoints: URL { url.appendingPathComponent("checkpoints") }
     public var metrics: URL { url.appendingPathComponent("metrics.jsonl") }
     public var textEncoder: URL { url.appendingPathComponent("text_encoder") }
+    public var textEncoder2: URL { url.appendingPathComponent("text_encoder_2") }
 
     public init(_ url: URL) { self.url = url }
 
-    /// The trained component as diffusers lays it out: its folder name, weights file and config.
+    /// A trained component as diffusers lays it out: its folder name, weights file and config (copied from the model
+    /// folder, so diffusers and transformers load the folder unchanged).
     public struct Component: Sendable {
         public let name: String
         public let weights: String
         public let config: URL
+
+        public init(name: String, weights: String, config: URL) {
+            self.name = name
+            self.weights = weights
+            self.config = config
+        }
     }
+
+    /// A module being trained and the component it is written as.
+    public typealias Trained = (component: Component, module: any Module)
 
     /// Creates the folder, failing early (before any training) when it cannot be written.
     public func prepare() throws {
@@ -58,22 +70,25 @@ public struct RunFolder: Sendable {
             .sorted { $0.lastPathComponent < $1.lastPathComponent }
     }
 
-    /// Writes a checkpoint and refreshes `OUT/text_encoder/`, then keeps only the newest `keep` checkpoints.
+    /// Writes a checkpoint and refreshes each trained component's folder (`OUT/text_encoder/`, ...), then keeps only
+    /// the newest `keep` checkpoints.
     public func save(
-        component: Component, model: any Module, optimizer: AdamW, generator: Generator, state: TrainingState, keep: Int
+        _ trained: [Trained], optimizer: AdamW, generator: Generator, state: TrainingState, keep: Int
     ) throws {
         let name = String(format: "step-%08d", state.step)
         let final = checkpoints.appendingPathComponent(name)
         let temporary = checkpoints.appendingPathComponent(".tmp-\(name)")
         try? FileManager.default.removeItem(at: temporary)
         try FileManager.default.createDirectory(at: temporary, withIntermediateDirectories: true)
-        try writeModel(model, component, to: temporary.appendingPathComponent(component.name))
+        for (component, model) in trained { try writeModel(model, component, to: temporary.appendingPathComponent(component.name)) }
         try optimizer.save(to: temporary.appendingPathComponent("optimizer.safetensors"))
         try Tensor.save(["state": generator.state], to: temporary.appendingPathComponent("generator.safetensors"))
         try writeSynced(try JSONEncoder().encode(state), to: temporary.appendingPathComponent("state.json"))
         try? FileManager.default.removeItem(at: final)
         try FileManager.default.moveItem(at: temporary, to: final)
-        try replaceFolder(url.appendingPathComponent(component.name)) { try writeModel(model, component, to: $0) }
+        for (component, model) in trained {
+            try replaceFolder(url.appendingPathComponent(component.name)) { try writeModel(model, component, to: $0) }
+        }
         for old in completeCheckpoints().dropLast(max(keep, 1)) { try? FileManager.default.removeItem(at: old) }
     }
 
@@ -90,14 +105,17 @@ public struct RunFolder: Sendable {
         return latest
     }
 
-    /// Restores weights, optimizer and generator from a checkpoint folder; returns its state.
+    /// Restores the weights of every trained component, the optimizer and the generator from a checkpoint folder;
+    /// returns its state.
     public func restore(
-        _ checkpoint: URL, component: Component, model: any Module, optimizer: AdamW, generator: Generator
+        _ checkpoint: URL, _ trained: [Trained], optimizer: AdamW, generator: Generator
     ) throws -> TrainingState {
         do {
             let stateData = try Data(contentsOf: checkpoint.appendingPathComponent("state.json"))
             let state = try JSONDecoder().decode(TrainingState.self, from: stateData)
-            try model.load(try Weights.open(checkpoint.appendingPathComponent("\(component.name)/\(component.weights)")))
+            for (component, model) in trained {
+                try model.load(try Weights.open(checkpoint.appendingPathComponent("\(component.name)/\(component.weights)")))
+            }
             try optimizer.load(from: checkpoint.appendingPathComponent("optimizer.safetensors"))
             let saved = try Tensor.load(safetensors: checkpoint.appendingPathComponent("generator.safetensors"))
             guard let generatorState = saved["state"] else {

@@ -66,14 +66,32 @@ public struct EncoderRecipe {
     /// Fine-tuned, blended and mixed encoders need one encoder per term; SDXL has two and is not supported yet.
     static let sdxlMessage = "SDXL models are not supported with it yet (SD 1.x/2.x only)"
 
+    /// On SDXL `text_encoder` alone replaces the encoders for every UNet call; weighing encoders against each other or
+    /// switching them mid-sampling is SD 1.x/2.x's (`EncoderMix` conditions through one hidden-state tensor).
+    static let sdxlReplaceOnlyMessage =
+        "SDXL models take --text-encoder alone (fine-tuned encoders for every step); this is for SD 1.x/2.x models"
+
     static func fail(_ key: String, _ message: String) -> TextCraftorError { .invalidSetting(key: key, message: message) }
 
     /// Loads each folder once (checking its config's hidden size before its weights) and checks the mix against
     /// the scheduler's UNet calls. `warn(key, message)` hears of weights that do not sum to 1.
+    ///
+    /// On SDXL, `text_encoder` names an encoder folder or a run folder holding `text_encoder/` and/or
+    /// `text_encoder_2/` (`EncoderFolders`; an SD 1.x encoder, CLIP ViT-L, stands in for the first): their weights
+    /// replace the pipeline's own, in place, as diffusers would load a folder with those components swapped, and no
+    /// mix is returned. Blends, mixes and `finetuned_steps` are refused there in one line naming the key.
     public func load(into pipeline: StableDiffusionPipeline, variant: String?, unetCalls: Int, warn: (String, String) -> Void = { _, _ in })
-        throws -> EncoderMix
+        throws -> EncoderMix?
     {
-        guard pipeline.architecture == .sd else { throw Self.fail(isMix ? "mix" : "text_encoder", Self.sdxlMessage) }
+        if pipeline.architecture == .sdxl {
+            if isMix { throw Self.fail("mix", Self.sdxlReplaceOnlyMessage) }
+            if blend != nil { throw Self.fail("blend", Self.sdxlReplaceOnlyMessage) }
+            if finetunedSteps != nil { throw Self.fail("finetuned_steps", Self.sdxlReplaceOnlyMessage) }
+            guard let textEncoder else { return nil }
+            let folders = try EncoderFolders.resolve(textEncoder, key: "text_encoder", architecture: .sdxl)
+            try folders.load(into: pipeline, variant: variant)
+            return nil
+        }
         var loaded: [String: CLIPTextModel] = [:]
         var components: [EncoderMix.Component] = []
         for (folder, weight) in terms {

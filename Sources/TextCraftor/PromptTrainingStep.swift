@@ -66,34 +66,84 @@ public struct StepOutcome {
     public let images: Tensor
 }
 
-/// One prompt-based TextCraftor forward and backward: samples images for `prompts` from `initialNoise`, scores them,
-/// and accumulates d(loss)/d(parameters) into the trainable text encoder's `.grad` (loss = −mean Σ γ·scale·R).
+/// The text encoders that condition a pipeline's UNet: SD 1.x/2.x's one, SDXL's two (`second`: `text_encoder_2`,
+/// whose projected pooled output is the UNet's `text_embeds`). A step is given two such sets, the trainable one and
+/// the frozen originals; an encoder that is not trained is simply the same object in both.
+public struct TextEncoders {
+    public let first: CLIPTextModel
+    /// SDXL's second encoder; nil: the pipeline's own (so an SD set is an SDXL set whose second encoder is frozen).
+    public let second: CLIPTextModelWithProjection?
+
+    public init(_ first: CLIPTextModel, _ second: CLIPTextModelWithProjection? = nil) {
+        self.first = first
+        self.second = second
+    }
+
+    /// The pipeline's own encoders.
+    public init(of pipeline: StableDiffusionPipeline) { self.init(pipeline.textEncoder, pipeline.textEncoder2) }
+}
+
+/// The conditioning of one training step's guidance batch, built as the pipeline builds it at inference
+/// (`StableDiffusionPipeline.generate` with no negative prompt), so that training optimises what generation uses:
 ///
-/// `trainsTextEncoder` false is the UNet stage: `trainable` is then a frozen encoder (the fine-tuned one) whose
-/// embeddings condition the window, and the gradient accumulates into the UNet's parameters instead.
+/// - the unconditional rows first: SD 1.x/2.x's encoder of "" (trainable, it gets gradient too, as the authors');
+///   SDXL's zeros where the model sets `force_zeros_for_empty_prompt` (constant: no gradient), else both encoders
+///   of "";
+/// - SDXL's time ids are constant: original size = target size = the training resolution, crop (0, 0), diffusers'
+///   defaults, for every row.
+struct StepConditioning {
+    let pipeline: StableDiffusionPipeline
+    let tokens: PromptTokens
+    let sizes: SizeConditioning?
+    /// SDXL with `force_zeros_for_empty_prompt` under guidance: the unconditional rows are zeros, not encoded.
+    let zeroUnconditional: Bool
+
+    /// `guided`: classifier-free guidance (scale above 1) adds the unconditional rows. `height`, `width`: the image's
+    /// size in pixels (SDXL's time ids).
+    init(pipeline: StableDiffusionPipeline, prompts: [String], guided: Bool, height: Int, width: Int) {
+        self.pipeline = pipeline
+        let isXL = pipeline.architecture == .sdxl
+        zeroUnconditional = guided && isXL && pipeline.forceZerosForEmptyPrompt
+        let encodesEmpty = guided && !zeroUnconditional
+        tokens = pipeline.promptTokens(encodesEmpty ? Array(repeating: "", count: prompts.count) + prompts : prompts)
+        sizes = isXL ? SizeConditioning(height: height, width: width) : nil
+    }
+
+    /// The batch's conditioning through `encoders` (differentiable: `pipeline.encode`).
+    func encode(_ encoders: TextEncoders) -> Conditioning {
+        let encoded = pipeline.encode(tokens, textEncoder: encoders.first, textEncoder2: encoders.second, sizes: sizes)
+        return zeroUnconditional ? Conditioning.cat([encoded.zeroingText(), encoded]) : encoded
+    }
+}
+
+/// One prompt-based TextCraftor forward and backward: samples images for `prompts` from `initialNoise`, scores them,
+/// and accumulates d(loss)/d(parameters) into the trainable text encoders' `.grad` (loss = −mean Σ γ·scale·R). Only
+/// parameters that require grad receive one: on SDXL, freezing one of `trainable`'s encoders trains the other alone.
+///
+/// `trainsTextEncoder` false is the UNet stage: `trainable` are then frozen encoders (the fine-tuned ones) whose
+/// conditioning is used in the window, and the gradient accumulates into the UNet's parameters instead.
 public func promptTrainingStep(
-    pipeline: StableDiffusionPipeline, trainable: CLIPTextModel, original: CLIPTextModel, rewards: WeightedReward,
+    pipeline: StableDiffusionPipeline, trainable: TextEncoders, original: TextEncoders, rewards: WeightedReward,
     prompts: [String], initialNoise: Tensor, settings: SamplingSettings, mode: GradientMode = .windowed,
     lossScale: Double = 1, trainsTextEncoder: Bool = true
 ) throws -> StepOutcome {
     try settings.validate()
-    try requireTrainable(pipeline)
     let scheduler = try settings.makeScheduler(pipeline)
     let timesteps = scheduler.timesteps
     let windowStart = timesteps.count - min(settings.gradientWindow, timesteps.count)
-    // Guidance above 1 conditions on the empty prompt too (first, as diffusers' CFG batch); at 1 or less the pipeline
-    // runs the prompts alone, and so does the step.
-    let guided = settings.guidanceScale > 1
-    let tokens = pipeline.promptTokens(guided ? Array(repeating: "", count: prompts.count) + prompts : prompts)
-    /// The conditioning an encoder gives the step's prompts (differentiable: `pipeline.encode`).
-    func encode(_ encoder: CLIPTextModel) -> Conditioning { pipeline.encode(tokens, textEncoder: encoder) }
+    // Guidance above 1 conditions on the unconditional rows too (first, as diffusers' CFG batch); at 1 or less the
+    // pipeline runs the prompts alone, and so does the step.
+    let conditioning = StepConditioning(
+        pipeline: pipeline, prompts: prompts, guided: settings.guidanceScale > 1,
+        height: initialNoise.size(2) * pipeline.vaeScaleFactor, width: initialNoise.size(3) * pipeline.vaeScaleFactor)
+    func encode(_ encoders: TextEncoders) -> Conditioning { conditioning.encode(encoders) }
 
     func denoise(_ z: Tensor, _ i: Int, _ conditioning: Conditioning) -> Tensor {
         pipeline.denoise(z, timestep: timesteps[i], conditioning: conditioning, guidanceScale: settings.guidanceScale,
                          scheduler: scheduler, generator: nil)
     }
 
-    // Outside the window: the frozen original encoder, no graph.
+    // Outside the window: the frozen original encoders, no graph.
     var z = withNoGrad { (initialNoise * scheduler.initNoiseSigma).to(dtype: initialNoise.dtype, device: pipeline.device) }
     let originalContext = withNoGrad { encode(original) }
     for i in 0..<windowStart { z = withNoGrad { denoise(z, i, originalContext) } }
@@ -133,12 +183,16 @@ public func promptTrainingStep(
         var latentGradient: Tensor
         let outcome: StepOutcome
         if settings.checkpointsVAE {
-            let factor = pipeline.vae.config.scaling_factor
+            // The map from latents to the decoder's input (unscaling; SDXL's per-channel latents_mean/std) is
+            // differentiated with autograd, the decoder piece by piece.
+            let final = z.detach().requiringGrad()
+            let input = pipeline.decoderInput(final)
             var decoder = CheckpointedChain(pipeline.vae.decodeStages(latentType: z.dtype))
-            let decoded = withNoGrad { decoder.forward(z / factor) }.requiringGrad()
+            let decoded = withNoGrad { decoder.forward(input.detach()) }.requiringGrad()
             let (loss, scored) = try scoreDecoded(decoded)
             outcome = scored
-            latentGradient = decoder.backward(Autograd.grad(outputs: [loss], inputs: [decoded])[0]!) / factor
+            latentGradient = Autograd.grad(
+                outputs: [input], inputs: [final], gradOutputs: [decoder.backward(Autograd.grad(outputs: [loss], inputs: [decoded])[0]!)])[0]!
         } else {
             let final = z.detach().requiringGrad()
             let (loss, scored) = try lossOf(final)
@@ -147,7 +201,8 @@ public func promptTrainingStep(
         }
         // 3. Back through the window one step at a time: recompute the step with a graph and backpropagate the
         //    incoming gradient through it (a vector-Jacobian product). The latent's part goes on to the step before;
-        //    the conditioning's part is summed (text encoder), or the UNet's parameters accumulate theirs (UNet stage).
+        //    the conditioning's part (hidden states, and SDXL's pooled embeddings) is summed (text-encoder stage), or the
+        //    UNet's parameters accumulate theirs (UNet stage).
         let contextGradient = context.zeroGradients()
         for (k, i) in (windowStart..<timesteps.count).enumerated().reversed() {
             let zIn = entering[k].detach().requiringGrad()
@@ -156,10 +211,22 @@ public func promptTrainingStep(
             latentGradient = zIn.grad!
             if trainsTextEncoder { contextGradient.accumulate(c.gradients) }
         }
-        // 4. The summed conditioning gradient through the text encoder, once.
+        // 4. The summed conditioning gradient through the text encoders, once, from both tensors at once.
         if trainsTextEncoder { encode(trainable).backward(gradient: contextGradient) }
         return outcome
     }
+}
+
+/// `promptTrainingStep` with one text encoder (SD 1.x/2.x's; on SDXL the first, the second staying the pipeline's).
+public func promptTrainingStep(
+    pipeline: StableDiffusionPipeline, trainable: CLIPTextModel, original: CLIPTextModel, rewards: WeightedReward,
+    prompts: [String], initialNoise: Tensor, settings: SamplingSettings, mode: GradientMode = .windowed,
+    lossScale: Double = 1, trainsTextEncoder: Bool = true
+) throws -> StepOutcome {
+    try promptTrainingStep(
+        pipeline: pipeline, trainable: TextEncoders(trainable), original: TextEncoders(original), rewards: rewards,
+        prompts: prompts, initialNoise: initialNoise, settings: settings, mode: mode, lossScale: lossScale,
+        trainsTextEncoder: trainsTextEncoder)
 }
 
 /// Gradient checkpointing of a chain of pieces: `forward` runs them (without a graph, under `withNoGrad`) keeping
@@ -194,12 +261,16 @@ struct CheckpointedChain {
 /// One direct fine-tuning step (METHOD.md's baseline): encode the images, noise them at t ~ U[tRange], predict the
 /// noise conditioned on the captions (no guidance), take the one-step estimate x̂0 = (z_t − √(1−ᾱ)·ε̂)/√ᾱ, decode
 /// and score it against the captions. Random draws, in order: the noise, the timesteps, the VAE's latent sample.
+///
+/// The captions condition the UNet through `textEncoders` as at inference (`pipeline.encode`): on SDXL both encoders'
+/// penultimate states, the pooled embeddings of the second, and constant time ids (original = target = the images'
+/// size, crop (0, 0)). Gradient reaches the encoder parameters that require it; none when `trainsTextEncoder` is false
+/// (the UNet stage, where the UNet's parameters take it).
 public func directTrainingStep(
-    pipeline: StableDiffusionPipeline, textEncoder: CLIPTextModel, rewards: WeightedReward, images: Tensor,
+    pipeline: StableDiffusionPipeline, textEncoders: TextEncoders, rewards: WeightedReward, images: Tensor,
     captions: [String], timestepRange: ClosedRange<Int>, generator: Generator, lossScale: Double = 1,
     trainsTextEncoder: Bool = true
 ) throws -> StepOutcome {
-    try requireTrainable(pipeline)
     let scheduler = try StableDiffusion.makeScheduler(config: pipeline.schedulerConfig, configFile: pipeline.schedulerConfigFile)
     let factor = pipeline.vae.config.scaling_factor
     let b = images.size(0)
@@ -209,31 +280,26 @@ public func directTrainingStep(
     let steps = Tensor.randint(timestepRange.lowerBound, timestepRange.upperBound + 1, [b], generator: generator).toArray(Int64.self)
     let timesteps = steps.map(Double.init)
     let z0 = withNoGrad { pipeline.vae.encode(images * 2 - 1).sample(generator: generator) * factor }
-    let zt = scheduler.addNoise(original: z0, noise: noise, timesteps: timesteps)
+    // DDPM's noising (diffusers' training scripts use DDPMScheduler.add_noise), which the x̂0 estimate below inverts,
+    // whatever sampler the folder names: SDXL's Euler noises by σ, and only at its sampling timesteps.
+    let zt = scheduler.noiseSchedule.addNoise(original: z0, noise: noise, timesteps: timesteps)
     let alphaBar = Tensor(steps.map { Float(scheduler.noiseSchedule.alphasCumprod[Int($0)]) }, shape: [b, 1, 1, 1]).to(device)
-    let (ids, _) = pipeline.tokenize(captions)
-    let context = trainsTextEncoder ? textEncoder(ids).lastHiddenState : withNoGrad { textEncoder(ids).lastHiddenState }
-    let epsilon = pipeline.unet(zt, timestep: Tensor(timesteps.map(Float.init)).to(device), encoderHiddenStates: context)
+    let conditioning = StepConditioning(pipeline: pipeline, prompts: captions, guided: false, height: images.size(2), width: images.size(3))
+    let context = trainsTextEncoder ? conditioning.encode(textEncoders) : withNoGrad { conditioning.encode(textEncoders) }
+    let epsilon = pipeline.unet(zt, timestep: Tensor(timesteps.map(Float.init)).to(device), conditioning: context)
     let x0 = (zt - (1 - alphaBar).sqrt() * epsilon) / alphaBar.sqrt()
-    let decoded = (pipeline.vae.decode(x0 / factor) / 2 + 0.5).clamp(min: 0, max: 1)
+    let decoded = (pipeline.decode(x0).to(.float32) / 2 + 0.5).clamp(min: 0, max: 1)
     let (total, terms) = try rewards.evaluate(decoded, prompts: captions)
     let loss = -total.mean() * lossScale
     loss.backward()
     return StepOutcome(loss: loss.item() / lossScale, rewards: terms.map { ($0.name, $0.scores.mean().item()) }, images: decoded.detach())
 }
 
-/// Training conditions SD 1.x/2.x's one text encoder; SDXL's two (and its pooled embeddings and size conditioning)
-/// are still to come, on top of `StableDiffusionPipeline.encode(_:textEncoder:textEncoder2:clipSkip:sizes:)`.
-func requireTrainable(_ pipeline: StableDiffusionPipeline) throws {
-    guard pipeline.architecture == .sd else { throw TextCraftorError.invalidSetting(key: "model", message: sdxlTrainingMessage) }
-}
-
-/// The same refusal for a model folder, from its model_index.json, before anything is loaded (`train`, `bench train`).
-public func requireTrainableModel(_ folder: URL) throws {
+/// `bench train` times a step against an SD 1.x/2.x PyTorch reference; an SDXL folder is refused from its
+/// model_index.json, before anything is loaded (`train` itself takes SDXL).
+public func requireBenchTrainableModel(_ folder: URL) throws {
     if try StableDiffusionPipeline.architecture(of: folder) == .sdxl {
-        throw TextCraftorError.invalidSetting(key: "model", message: "\(folder.path): \(sdxlTrainingMessage)")
+        throw TextCraftorError.invalidSetting(
+            key: "model", message: "\(folder.path): bench train's PyTorch reference step is SD 1.x/2.x's; SDXL models train with `textcraftor train`")
     }
 }
-
-/// Why training refuses an SDXL folder, the same words wherever it is found.
-let sdxlTrainingMessage = "SDXL models cannot be trained yet (generate, eval, tokenize, inspect and bench take them)"

@@ -50,17 +50,21 @@ public struct StepReport: Sendable {
     public let seconds: Double
 }
 
-/// TextCraftor's trainer: the text encoder (or, in the second stage, the UNet) is trained so that images sampled
-/// from the model score higher on the rewards.
+/// TextCraftor's trainer: the text encoder(s) (or, in the second stage, the UNet) are trained so that images sampled
+/// from the model score higher on the rewards. On SDXL either encoder or both train (`TrainedNetwork`), with one
+/// AdamW over the union of their parameters.
 public final class Trainer {
     public let pipeline: StableDiffusionPipeline
-    public let original: CLIPTextModel
+    /// The frozen originals that condition the sampling steps before the window (prompt mode, text stage): copies of
+    /// the trained encoders taken before any update, and an encoder that is not trained as itself.
+    public let original: TextEncoders
     public let rewards: WeightedReward
     public let data: TrainingData
     public let config: TrainingConfig
     public var target: TrainedNetwork { config.train }
     public let run: RunFolder
-    let component: RunFolder.Component
+    /// The trained modules, each with the diffusers component it is written as.
+    let trained: [RunFolder.Trained]
     let optimizer: AdamW
     /// The run's CPU generator: the latent noise is each step's first draw from it.
     let noise: Generator
@@ -76,36 +80,50 @@ public final class Trainer {
     /// Whether this process writes checkpoints and metrics (rank 0, or the only process).
     public var isWriter: Bool { (parallel?.rank ?? 0) == 0 }
 
-    /// The module being trained.
-    public var trainable: any Module { target == .text ? pipeline.textEncoder : pipeline.unet }
+    /// The modules being trained: one encoder, SDXL's two, or the UNet.
+    public var trainedModules: [any Module] { trained.map(\.module) }
 
-    /// `original`: the frozen encoder for the sampling steps before the window (prompt mode, text stage).
-    /// `modelFolder`: the diffusers folder, whose component config is copied next to the trained weights.
+    /// The folders the trained weights are written to in the run folder (`text_encoder/`, `text_encoder_2/`, `unet/`).
+    public var weightsFolders: [URL] { trained.map { run.url.appendingPathComponent($0.component.name) } }
+
+    /// `original`: the frozen encoders for the sampling steps before the window (prompt mode, text stage); each
+    /// encoder `config.train` trains must be a copy there, not the pipeline's own. `modelFolder`: the diffusers folder,
+    /// whose component configs are copied next to the trained weights.
     public init(
-        pipeline: StableDiffusionPipeline, original: CLIPTextModel, modelFolder: URL, rewards: WeightedReward,
+        pipeline: StableDiffusionPipeline, original: TextEncoders, modelFolder: URL, rewards: WeightedReward,
         data: TrainingData, config: TrainingConfig, run: RunFolder
     ) throws {
         try config.validate()
-        try requireTrainable(pipeline)
         let target = config.train
+        try target.requireSupported(by: pipeline.architecture, model: modelFolder.path)
+        precondition(!(target.trainsFirstEncoder && original.first === pipeline.textEncoder)
+                     && !(target.trainsSecondEncoder && original.second === pipeline.textEncoder2),
+                     "Trainer: the original of a trained encoder must be a frozen copy")
         self.pipeline = pipeline
         self.original = original
         self.rewards = rewards
         self.data = data
         self.config = config
         self.run = run
-        component = target == .text
-            ? RunFolder.Component(name: "text_encoder", weights: "model.safetensors",
-                                  config: modelFolder.appendingPathComponent("text_encoder/config.json"))
-            : RunFolder.Component(name: "unet", weights: "diffusion_pytorch_model.safetensors",
-                                  config: modelFolder.appendingPathComponent("unet/config.json"))
+        func component(_ name: String, weights: String) -> RunFolder.Component {
+            RunFolder.Component(name: name, weights: weights, config: modelFolder.appendingPathComponent("\(name)/config.json"))
+        }
+        var trained: [RunFolder.Trained] = []
+        if target.trainsFirstEncoder { trained.append((component("text_encoder", weights: "model.safetensors"), pipeline.textEncoder)) }
+        if target.trainsSecondEncoder, let second = pipeline.textEncoder2 {
+            trained.append((component("text_encoder_2", weights: "model.safetensors"), second))
+        }
+        if target == .unet { trained.append((component("unet", weights: "diffusion_pytorch_model.safetensors"), pipeline.unet)) }
+        self.trained = trained
         rewards.setPreprocessing(.training)
-        original.setTrainable(false)
+        original.first.setTrainable(false)
+        original.second?.setTrainable(false)
         pipeline.vae.setTrainable(false)
-        pipeline.textEncoder.setTrainable(target == .text)
+        pipeline.textEncoder.setTrainable(target.trainsFirstEncoder)
+        pipeline.textEncoder2?.setTrainable(target.trainsSecondEncoder)
         pipeline.unet.setTrainable(target == .unet)
         optimizer = AdamW(
-            parameters: (target == .text ? pipeline.textEncoder as any Module : pipeline.unet).trainableParameters,
+            parameters: trained.flatMap { $0.module.trainableParameters },
             learningRate: config.learningRate, betas: config.betas.pair, eps: config.eps, weightDecay: config.weightDecay)
         noise = Generator(seed: config.seed)
         lossScaler = config.mixedPrecision == .fp16 ? LossScaler() : nil
@@ -114,7 +132,7 @@ public final class Trainer {
     /// Continues from the newest complete checkpoint of the run folder.
     public func resume() throws {
         let checkpoint = try run.latestCheckpoint()
-        let state = try run.restore(checkpoint, component: component, model: trainable, optimizer: optimizer, generator: noise)
+        let state = try run.restore(checkpoint, trained, optimizer: optimizer, generator: noise)
         try data.restore(cursor: state.promptCursor)
         step = state.step
         if lossScaler != nil { lossScaler = state.lossScaler ?? LossScaler() }
@@ -136,6 +154,7 @@ public final class Trainer {
         let size = config.resolution ?? pipeline.defaultSize
         let latentShape = [config.batchSize, pipeline.unet.config.in_channels, size / pipeline.vaeScaleFactor, size / pipeline.vaeScaleFactor]
         var stopAgreed = false  // data-parallel: every rank stops after the same step, once any rank was asked to
+        let encoders = TextEncoders(of: pipeline)  // trainable where `target` says, frozen elsewhere
         while step < config.maxSteps {
             if parallel == nil ? stopRequested() : stopAgreed { break }
             let start = Date()
@@ -153,18 +172,18 @@ public final class Trainer {
                         noiseTensor = noiseTensor.narrow(dim: 0, start: shard.lowerBound, length: shard.count)
                         prompts = Array(prompts[shard])
                     }
-                    // The UNet stage samples with the (fine-tuned) encoder throughout: it is frozen there.
+                    // The UNet stage samples with the (fine-tuned) encoders throughout: they are frozen there.
                     outcome = try promptTrainingStep(
-                        pipeline: pipeline, trainable: pipeline.textEncoder, original: target == .text ? original : pipeline.textEncoder,
+                        pipeline: pipeline, trainable: encoders, original: target.trainsTextEncoder ? original : encoders,
                         rewards: rewards, prompts: prompts, initialNoise: noiseTensor, settings: config.sampling,
-                        lossScale: scale, trainsTextEncoder: target == .text)
+                        lossScale: scale, trainsTextEncoder: target.trainsTextEncoder)
                 case .pairs(let batches):
                     let batch = batches.next()
                     let images = try Tensor.stack(batch.map { try Self.loadImage($0.image, size: size) }).to(pipeline.device)
                     outcome = try directTrainingStep(
-                        pipeline: pipeline, textEncoder: pipeline.textEncoder, rewards: rewards, images: images,
+                        pipeline: pipeline, textEncoders: encoders, rewards: rewards, images: images,
                         captions: batch.map(\.caption), timestepRange: config.timestepRange.range, generator: noise,
-                        lossScale: scale, trainsTextEncoder: target == .text)
+                        lossScale: scale, trainsTextEncoder: target.trainsTextEncoder)
                 }
                 loss += outcome.loss / Double(config.gradientAccumulation)
                 for (name, mean) in outcome.rewards { rewardSums[name, default: 0] += mean / Double(config.gradientAccumulation) }
@@ -210,7 +229,7 @@ public final class Trainer {
 
     public func save() throws {
         guard isWriter else { return }
-        try run.save(component: component, model: trainable, optimizer: optimizer, generator: noise,
+        try run.save(trained, optimizer: optimizer, generator: noise,
                      state: try state(),
                      keep: config.keepCheckpoints)
     }

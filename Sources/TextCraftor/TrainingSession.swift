@@ -70,21 +70,34 @@ public final class TrainingSession {
         let data = try Self.trainingData(config)
         let precision = config.mixedPrecision
         let modelURL = URL(fileURLWithPath: model)
-        try requireTrainableModel(modelURL)
+        let architecture = try StableDiffusionPipeline.architecture(of: modelURL)
+        try config.train.requireSupported(by: architecture, model: model)
+        let fineTuned = try config.textEncoder.map { try EncoderFolders.resolve($0, key: "text_encoder", architecture: architecture) }
         let pipeline = try precision.loadPipeline(folder: modelURL, device: device, training: config.train)
         if let resolution = config.resolution, resolution % pipeline.vaeScaleFactor != 0 {
             throw TextCraftorError.invalidSetting(
                 key: "resolution", message: "expected a positive multiple of \(pipeline.vaeScaleFactor), found \(resolution)")
         }
-        let textFolder = modelURL.appendingPathComponent("text_encoder")
-        let original = try CLIPTextModel.load(
-            try componentWeights(in: textFolder, baseName: "model", binBaseName: "pytorch_model"),
-            configFile: textFolder.appendingPathComponent("config.json"), dtype: precision.frozenDType, device: device)
-        if let textEncoder = config.textEncoder {
-            // The UNet stage on a fine-tuned encoder: its weights replace the pipeline's (same architecture).
-            let folder = URL(fileURLWithPath: textEncoder)
-            try pipeline.textEncoder.load(try componentWeights(in: folder, baseName: "model", binBaseName: "pytorch_model"))
+        // The frozen originals: a copy of each encoder that trains (from the model folder, in the frozen type), the
+        // pipeline's own for one that does not.
+        func weights(_ name: String) throws -> (any WeightSource, URL) {
+            let folder = modelURL.appendingPathComponent(name)
+            return (try componentWeights(in: folder, baseName: "model", binBaseName: "pytorch_model"), folder.appendingPathComponent("config.json"))
         }
+        var original = TextEncoders(of: pipeline)
+        if config.train.trainsFirstEncoder {
+            let (source, configFile) = try weights("text_encoder")
+            original = TextEncoders(
+                try CLIPTextModel.load(source, configFile: configFile, dtype: precision.frozenDType, device: device), original.second)
+        }
+        if config.train.trainsSecondEncoder {
+            let (source, configFile) = try weights("text_encoder_2")
+            original = TextEncoders(
+                original.first,
+                try CLIPTextModelWithProjection.load(source, configFile: configFile, dtype: precision.frozenDType, device: device))
+        }
+        // The UNet stage on fine-tuned encoders: their weights replace the pipeline's (same architecture).
+        try fineTuned?.load(into: pipeline)
         let rewards = WeightedReward()
         for reward in config.rewards {
             rewards.add(try RewardRegistry.load(name: reward.name, paths: reward.paths, dtype: precision.frozenDType, device: device),
@@ -133,8 +146,8 @@ public final class TrainingSession {
         try trainer.train(onStep: onStep)
     }
 
-    /// The folder holding the trained weights (`text_encoder/` or `unet/`).
-    public var weightsFolder: URL { run.url.appendingPathComponent(config.train == .text ? "text_encoder" : "unet") }
+    /// The folders holding the trained weights (`text_encoder/`, `text_encoder_2/` or `unet/`).
+    public var weightsFolders: [URL] { trainer.weightsFolders }
 }
 
 extension Device {

@@ -60,6 +60,18 @@ public enum Autograd {
         return results.map { $0.map { Tensor(handle: $0) } }
     }
 
+    /// `torch.autograd.backward(tensors, grad_tensors)`: backpropagates from several outputs in one pass, each with
+    /// its own incoming gradient (nil for an output of one element), accumulating into the leaves' `.grad`. One pass
+    /// rather than one per output: the graph they share (SDXL's two conditioning tensors come out of the same
+    /// encoder) is walked once, and freed once.
+    public static func backward(_ outputs: [Tensor], gradients: [Tensor?], retainGraph: Bool? = nil, createGraph: Bool = false) {
+        precondition(gradients.count == outputs.count, "Autograd.backward: one gradient per output")
+        let outs: [ct_tensor?] = outputs.map { $0.handle }
+        let grads: [ct_tensor?] = gradients.map { $0?.handle }
+        let retain: Int32 = retainGraph.map { $0 ? 1 : 0 } ?? -1
+        checkStatus(ct_autograd_backward(outs, Int32(outs.count), grads, retain, createGraph ? 1 : 0), "autograd.backward")
+    }
+
     /// Whether operations are recorded for autograd on this thread.
     public static var isGradEnabled: Bool { ct_grad_enabled() == 1 }
 }

@@ -63,9 +63,9 @@ struct BenchTrain: ParsableCommand {
         guard ["fp32", "bf16"].contains(referencePrecision) else {
             throw CommandError("--reference-precision \(referencePrecision): expected fp32 or bf16")
         }
-        try speakingFlags { try requireTrainableModel(URL(fileURLWithPath: model)) }
+        try speakingFlags { try requireBenchTrainableModel(URL(fileURLWithPath: model)) }
         let device = try speakingFlags { try deviceOptions.opened() }
-        let pipeline = try precision.loadPipeline(folder: URL(fileURLWithPath: model), device: device, training: .text)
+        let pipeline = try precision.loadPipeline(folder: URL(fileURLWithPath: model), device: device, training: .textEncoder)
         let folder = URL(fileURLWithPath: model).appendingPathComponent("text_encoder")
         let original = try CLIPTextModel.load(
             try componentWeights(in: folder, baseName: "model", binBaseName: "pytorch_model"),

@@ -24,6 +24,10 @@ struct Generate: ParsableCommand {
             (the authors: 15 of 25). Both the prompts' and the negative (or empty) prompts' embeddings are mixed. With \
             --save-latents and --finetuned-steps below the total, the original encoder's embeddings are saved too \
             (original_prompt_embeds, original_negative_prompt_embeds).
+
+            On SDXL, --text-encoder takes a training run's folder (its text_encoder/ and/or text_encoder_2/ replace \
+            the model's for every step) or one encoder's folder (a fine-tuned SD 1.x encoder stands in for SDXL's \
+            text_encoder); --blend, --mix and --finetuned-steps are for SD 1.x/2.x models.
             """)
 
     @OptionGroup var options: InferenceOptions
@@ -86,7 +90,7 @@ struct GenerateFlags: ParsableArguments {
     @Option(help: "Output folder.", completion: .directory) var out: String?
     @Flag(help: "Also write latents.safetensors.") var saveLatents = false
 
-    @Option(help: "A fine-tuned text encoder folder (config.json + model.safetensors) used instead of the model's.",
+    @Option(help: "A fine-tuned text encoder folder (config.json + model.safetensors) used instead of the model's; on SDXL also a run folder with text_encoder/ and/or text_encoder_2/.",
             completion: .directory)
     var textEncoder: String?
     @Option(help: ArgumentHelp(

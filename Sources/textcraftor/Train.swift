@@ -10,14 +10,16 @@ struct Train: ParsableCommand {
             Each step samples images for a batch of prompts with DDIM (eta 0, trailing timesteps, guidance), the last \
             --grad-window steps with the trainable encoder for both the prompt and the empty prompt, decodes them, \
             scores them and takes an AdamW step on -Σ γ·scale·reward. The gradient through the window is exact and \
-            costs the memory of one UNet step.
+            costs the memory of one UNet step. On SDXL the encoders chosen by --train condition the window (the \
+            unconditional half is zeros where the model forces them, as its pipeline samples).
 
             Settings come from --config (a TOML file whose keys are the flags' names with underscores: grad_window = 3), \
             then the flags, which override it; --resume reads them from the run's run.json, and flags given with it \
             change them for the rest of the run.
 
-            Writes OUT/text_encoder/ (config.json + model.safetensors, loadable by diffusers and by \
-            `textcraftor generate --text-encoder`), OUT/metrics.jsonl, OUT/run.json and OUT/checkpoints/. \
+            Writes OUT/text_encoder/ (and on SDXL OUT/text_encoder_2/ for the encoders trained; config.json + \
+            model.safetensors, loadable by diffusers and by `textcraftor generate --text-encoder OUT`), \
+            OUT/metrics.jsonl, OUT/run.json and OUT/checkpoints/. \
             Ctrl-C saves a checkpoint and exits; `--resume OUT` continues exactly where it stopped.
             """)
 
@@ -70,7 +72,7 @@ struct Train: ParsableCommand {
         if interrupt.requested {
             print("interrupted at step \(session.trainer.step): checkpoint saved; continue with --resume \(session.run.url.path)")
         } else {
-            print("trained \(session.trainer.step) steps; weights in \(session.weightsFolder.path)")
+            print("trained \(session.trainer.step) steps; weights in \(session.weightsFolders.map(\.path).joined(separator: " and "))")
         }
     }
 
@@ -109,12 +111,15 @@ struct ModelFlag: ParsableArguments {
 /// Every key of `TrainingConfig` that has a flag of its own name (`--grad-window` is `grad_window`); nil: not given.
 struct TrainingFlags: ParsableArguments {
     @Option(help: "prompt (TextCraftor, default) or direct (paired images and captions).") var mode: TrainingMode?
-    @Option(help: "text (the text encoder, default) or unet (the second stage).") var train: TrainedNetwork?
+    @Option(help: ArgumentHelp(
+        "text-encoder (default), text-encoder-2, text-encoders or unet (the second stage).",
+        discussion: "SDXL has two text encoders: text-encoder-2 trains text_encoder_2, text-encoders both with one optimizer. SD 1.x/2.x takes text-encoder and unet."))
+    var train: TrainedNetwork?
     @Option(help: "Prompts: a .txt (one per line), Parti .tsv (column Prompt), .csv (--prompt-column) or .json list.",
             completion: .file()) var prompts: String?
     @Option(help: "The CSV column holding the prompts (default prompt).") var promptColumn: String?
     @Option(help: "Direct mode: a folder of images with metadata.jsonl or metadata.csv.", completion: .directory) var data: String?
-    @Option(help: "UNet stage: a fine-tuned text encoder folder to condition on (default: the model's).",
+    @Option(help: "UNet stage: fine-tuned text encoders to condition on: an encoder folder, or a run folder holding text_encoder/ and/or text_encoder_2/ (default: the model's).",
             completion: .directory) var textEncoder: String?
     @Option(help: "NAME=PATH[:GAMMA], repeatable (see `textcraftor score --help`).", transform: RewardOption.init(spec:))
     var reward: [RewardOption] = []

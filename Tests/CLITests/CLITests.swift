@@ -25,6 +25,21 @@ func textcraftor(_ arguments: [String]) throws -> (status: Int32, out: String, e
 let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 let tinySD15 = repository.appendingPathComponent("Tests/StableDiffusionTests/Fixtures/sd/tiny-sd15").path
 
+/// A folder for direct fine-tuning: two fixture images (PNG and JPEG) with captions in metadata.jsonl.
+func captionedImagesFolder() throws -> URL {
+    let folder = temporaryOutput()
+    try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    let images = repository.appendingPathComponent("Tests/RewardsTests/Fixtures/images")
+    for name in ["rgb.png", "rgb.jpg"] {
+        try FileManager.default.copyItem(at: images.appendingPathComponent(name), to: folder.appendingPathComponent(name))
+    }
+    try """
+        {"file_name": "rgb.png", "text": "noise in colour"}
+        {"file_name": "rgb.jpg", "text": "the same, compressed"}
+        """.write(to: folder.appendingPathComponent("metadata.jsonl"), atomically: true, encoding: .utf8)
+    return folder
+}
+
 func temporaryOutput() -> URL {
     FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID().uuidString)")
 }
@@ -218,6 +233,12 @@ func temporaryOutput() -> URL {
         (["--grad-window", "3"], "Error: --grad-window: 3 is more than sampling_steps (2)"),
         (["--reward", "vibes=/tmp"], "Error: unknown reward \"vibes\" (known: aesthetic, pickscore, hpsv2, clip)"),
         (["--batch-size", "0"], "Error: --batch-size: expected an integer >= 1, found 0"),
+        (["--train", "text_encoder"],
+         "Error: The value 'text_encoder' is invalid for '--train <train>'. Please provide one of 'text-encoder', 'text-encoder-2', 'text-encoders' or 'unet'."),
+        (["--train", "text-encoder-2"],
+         "Error: --train: text-encoder-2 needs a second text encoder (SDXL), and \(tinySD15) is a Stable Diffusion 1.x/2.x model: use text-encoder or unet"),
+        (["--train", "text-encoders"],
+         "Error: --train: text-encoders needs a second text encoder (SDXL), and \(tinySD15) is a Stable Diffusion 1.x/2.x model: use text-encoder or unet"),
     ])
     func badFlagsFailInOneLineAndWriteNothing(flags: [String], message: String) throws {
         let out = temporaryOutput()
@@ -368,17 +389,8 @@ func temporaryOutput() -> URL {
     }
 
     @Test func directModeTrainsOnCaptionedImages() throws {
-        let folder = temporaryOutput()
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let folder = try captionedImagesFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
-        let images = repository.appendingPathComponent("Tests/RewardsTests/Fixtures/images")
-        for name in ["rgb.png", "rgb.jpg"] {
-            try FileManager.default.copyItem(at: images.appendingPathComponent(name), to: folder.appendingPathComponent(name))
-        }
-        try """
-            {"file_name": "rgb.png", "text": "noise in colour"}
-            {"file_name": "rgb.jpg", "text": "the same, compressed"}
-            """.write(to: folder.appendingPathComponent("metadata.jsonl"), atomically: true, encoding: .utf8)
         let out = folder.appendingPathComponent("out")
         let run = try textcraftor(["train", "--mode", "direct", "--data", folder.path, "--model", tinySD15,
                                    "--reward", "aesthetic=\(rewards)/clip,\(rewards)/aesthetic.pth", "--out", out.path,

@@ -7,8 +7,8 @@ import Torch
 
 func temporaryRun() -> URL { FileManager.default.temporaryDirectory.appendingPathComponent("run-\(UUID().uuidString)") }
 
-func makeTrainer(_ out: URL, maxSteps: Int, saveEvery: Int = 1, lr: Double = 1e-3) throws -> Trainer {
-    let (pipeline, _, original, rewards) = try tinySetup()
+/// The trainer tests' run: batch 2 of 3 shuffled prompts, 3 sampling steps with a window of 2, seed 7.
+func smallRunConfig(maxSteps: Int, saveEvery: Int, lr: Double) -> TrainingConfig {
     var config = TrainingConfig()
     config.learningRate = lr
     config.maxSteps = maxSteps
@@ -17,8 +17,18 @@ func makeTrainer(_ out: URL, maxSteps: Int, saveEvery: Int = 1, lr: Double = 1e-
     config.seed = 7
     config.samplingSteps = 3
     config.gradientWindow = 2
-    let prompts = try SampledBatches(fixturePrompts + ["a green triangle"], batchSize: 2, shuffle: true, seed: 3)
-    return try Trainer(pipeline: pipeline, original: original, modelFolder: tinySD15, rewards: rewards,
+    return config
+}
+
+func smallRunPrompts() throws -> SampledBatches<String> {
+    try SampledBatches(fixturePrompts + ["a green triangle"], batchSize: 2, shuffle: true, seed: 3)
+}
+
+func makeTrainer(_ out: URL, maxSteps: Int, saveEvery: Int = 1, lr: Double = 1e-3) throws -> Trainer {
+    let (pipeline, _, original, rewards) = try tinySetup()
+    let config = smallRunConfig(maxSteps: maxSteps, saveEvery: saveEvery, lr: lr)
+    let prompts = try smallRunPrompts()
+    return try Trainer(pipeline: pipeline, original: TextEncoders(original), modelFolder: tinySD15, rewards: rewards,
                        data: .prompts(prompts), config: config, run: RunFolder(out))
 }
 
@@ -41,7 +51,7 @@ func makeTrainer(_ out: URL, maxSteps: Int, saveEvery: Int = 1, lr: Double = 1e-
         try second.resume()
         #expect(second.step == 3)
         try second.train()
-        for ((name, x), (_, y)) in zip(a.trainable.namedParameters, second.trainable.namedParameters) {
+        for ((name, x), (_, y)) in zip(a.trainedModules[0].namedParameters, second.trainedModules[0].namedParameters) {
             #expect(x.toArray(Float.self) == y.toArray(Float.self), "\(name) differs after resume")
         }
         let (stateA, metaA) = a.optimizerState(), (stateB, metaB) = second.optimizerState()

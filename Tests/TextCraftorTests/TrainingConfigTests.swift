@@ -140,7 +140,8 @@ import Testing
         #expect(problem("seed = true") == "key \"seed\": expected an integer >= 0, found a boolean")
         #expect(problem("shuffle = 1") == "key \"shuffle\": expected true or false, found an integer")
         #expect(problem("mode = \"promt\"") == "key \"mode\": expected \"prompt\" or \"direct\", found \"promt\"")
-        #expect(problem("train = [\"text\"]") == "key \"train\": expected \"text\" or \"unet\", found a list")
+        #expect(problem("train = [\"text\"]") == "key \"train\": expected \"text-encoder\", \"text-encoder-2\", \"text-encoders\" or \"unet\", found a list")
+        #expect(problem("train = \"text_encoder\"") == "key \"train\": expected \"text-encoder\", \"text-encoder-2\", \"text-encoders\" or \"unet\", found \"text_encoder\"")
         #expect(problem("mixed_precision = \"fp8\"") == "key \"mixed_precision\": expected \"no\", \"bf16\" or \"fp16\", found \"fp8\"")
         #expect(problem("t_range = [5]") == "key \"t_range\": expected a list of 2 integers [LOW, HIGH], found a list of 1")
         #expect(problem("dist_backend = \"mpi\"") == "key \"dist_backend\": expected \"auto\", \"gloo\" or \"nccl\", found \"mpi\"")
@@ -177,7 +178,7 @@ import Testing
         #expect(c.learningRate == 1e-6 && c.betas == AdamBetas(0.9, 0.999) && c.weightDecay == 1e-2 && c.eps == 1e-8)
         #expect(c.warmupSteps == 0 && c.gradientAccumulation == 1 && c.maxGradNorm == nil)
         #expect(c.samplingSteps == 25 && c.gradientWindow == 5 && c.guidanceScale == 7.5)
-        #expect(c.mode == .prompt && c.train == .text && c.batchSize == 1 && c.maxSteps == 1000 && c.saveEvery == 500)
+        #expect(c.mode == .prompt && c.train == .textEncoder && c.batchSize == 1 && c.maxSteps == 1000 && c.saveEvery == 500)
         #expect(c.keepCheckpoints == 3 && c.seed == 0 && !c.shuffle && c.rewards.isEmpty && c.model == nil)
         #expect(c.timestepRange == TimestepRange(low: 0, high: 999) && c.device == "cpu" && c.mixedPrecision == .no)
         #expect(c.vaeCheckpoint && c.sampling.checkpointsVAE)
@@ -241,6 +242,19 @@ import Testing
         let decoded = try JSONDecoder().decode(TrainingConfig.self, from: try JSONEncoder().encode(config))
         #expect(decoded == config)
         #expect(try JSONDecoder().decode(TrainingConfig.self, from: try JSONEncoder().encode(TrainingConfig())) == TrainingConfig())
+    }
+
+    /// `train` before SDXL was "text" or "unet": an older run.json (or TOML file) still reads, as text-encoder, and a
+    /// new record writes the new name.
+    @Test func theOldTrainValueStillReads() throws {
+        var record = try JSONSerialization.jsonObject(with: try JSONEncoder().encode(TrainingConfig())) as! [String: Any]
+        #expect(record["train"] as? String == "text-encoder")
+        record["train"] = "text"
+        let old = try JSONDecoder().decode(TrainingConfig.self, from: try JSONSerialization.data(withJSONObject: record))
+        #expect(old.train == .textEncoder)
+        #expect(try parse("train = \"text\"").train == .textEncoder)
+        for choice in TrainedNetwork.allCases { #expect(try parse("train = \"\(choice.rawValue)\"").train == choice) }
+        #expect(TrainedNetwork.allCases.map(\.rawValue) == ["text-encoder", "text-encoder-2", "text-encoders", "unet"])
     }
 }
 

@@ -113,7 +113,7 @@ import Torch
         config.saveEvery = 1
         config.samplingSteps = 2
         config.gradientWindow = 1
-        let trainer = try Trainer(pipeline: pipeline, original: original, modelFolder: tinySD15, rewards: rewards,
+        let trainer = try Trainer(pipeline: pipeline, original: TextEncoders(original), modelFolder: tinySD15, rewards: rewards,
                                   data: .prompts(try SampledBatches(fixturePrompts, batchSize: 1, shuffle: false, seed: 0)),
                                   config: config, run: RunFolder(out))
         #expect(throws: TextCraftorError.nonFinite(step: 3, what: "loss")) { try trainer.train() }

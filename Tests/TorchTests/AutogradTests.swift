@@ -33,6 +33,20 @@ import Testing
         #expect(a.grad == nil)  // autograd.grad does not accumulate into .grad
     }
 
+    /// torch.autograd.backward([y1, y2], [g1, g2]): one pass from two outputs sharing a graph accumulates
+    /// g1·dy1/dx + g2·dy2/dx (what SDXL's conditioning, hidden states and pooled embeddings, sends to its encoders).
+    @Test func backwardFromSeveralOutputsAtOnce() {
+        let x = Tensor([1.0, -2.0] as [Float]).requiringGrad()
+        let shared = x * x  // [1, 4]
+        let y1 = shared * 3, y2 = shared.sum()
+        Autograd.backward([y1, y2], gradients: [Tensor([1.0, 0.5] as [Float]), Tensor(scalar: Float(2))])
+        // d/dx: (3·g1 + g2)·2x = [(3 + 2)·2, (1.5 + 2)·(−4)]
+        #expect(x.grad!.toArray(Float.self) == [10, -14])
+        let z = Tensor([3.0] as [Float]).requiringGrad()
+        Autograd.backward([(z * z).sum()], gradients: [nil])  // one element: no gradient needed
+        #expect(z.grad!.toArray(Float.self) == [6])
+    }
+
     @Test func secondOrderGradientsWithCreateGraph() {
         let x = Tensor([2.0] as [Float]).requiringGrad()
         let y = x * x * x

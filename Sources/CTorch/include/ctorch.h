@@ -192,6 +192,9 @@ int ct_is_leaf(ct_tensor t);
 int ct_grad(ct_tensor t, ct_tensor *out); // *out = NULL when t has no gradient yet
 int ct_set_grad(ct_tensor t, ct_tensor grad); // grad NULL: drop the gradient
 int ct_backward(ct_tensor t, ct_tensor gradient, int retain_graph, int create_graph);
+// torch.autograd.backward(tensors, grad_tensors): one backward pass from several outputs at once, each with its
+// gradient (grads may be NULL or hold NULL entries, for outputs of one element).
+int ct_autograd_backward(const ct_tensor *tensors, int n, const ct_tensor *grads, int retain_graph, int create_graph);
 // torch.autograd.grad. grad_outputs may be NULL or hold NULL entries; an unused input gives a NULL result
 // when allow_unused.
 int ct_autograd_grad(const ct_tensor *outputs, int n_outputs, const ct_tensor *inputs, int n_inputs,

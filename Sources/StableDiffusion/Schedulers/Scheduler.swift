@@ -254,8 +254,10 @@ public struct NoiseSchedule: Sendable {
         return ((1 - alphas) / alphas).sqrt().toArray(Float.self)
     }
 
-    /// The DDPM forward process: sqrt(ᾱ_t) x + sqrt(1 - ᾱ_t) ε, with ᾱ looked up per timestep.
-    func addNoise(original: Tensor, noise: Tensor, timesteps: [Double]) -> Tensor {
+    /// The DDPM forward process: sqrt(ᾱ_t) x + sqrt(1 - ᾱ_t) ε, with ᾱ looked up per timestep. Public for training,
+    /// which noises with it whatever sampler the model folder names (the Euler schedulers' own `addNoise` scales by σ
+    /// instead, and only at their sampling timesteps).
+    public func addNoise(original: Tensor, noise: Tensor, timesteps: [Double]) -> Tensor {
         let indices = timesteps.map { t -> Int in
             precondition(t == t.rounded() && Int(t) < alphasCumprod.count, "addNoise: timestep \(t) is not a training timestep")
             return Int(t)

@@ -1,5 +1,6 @@
 import Foundation
 import Rewards
+import StableDiffusion
 import Torch
 
 /// Everything a training run is started with, in one place: the defaults are the method's (METHOD.md, the authors'
@@ -10,8 +11,8 @@ public struct TrainingConfig: Configuration {
     // What is trained, on what
     /// prompt (TextCraftor) or direct (paired images and captions, the paper's baseline).
     public var mode = TrainingMode.prompt
-    /// The text encoder, or the UNet in the second stage.
-    public var train = TrainedNetwork.text
+    /// The text encoder(s), or the UNet in the second stage.
+    public var train = TrainedNetwork.textEncoder
     /// A diffusers Stable Diffusion folder.
     public var model: String?
     /// Prompt mode: a .txt, Parti .tsv, .csv or .json prompt file.
@@ -20,7 +21,8 @@ public struct TrainingConfig: Configuration {
     public var promptColumn = "prompt"
     /// Direct mode: a folder of images with metadata.jsonl or metadata.csv.
     public var data: String?
-    /// UNet stage: a fine-tuned text encoder folder to condition on (nil: the model's).
+    /// Fine-tuned text encoders to start from or, in the UNet stage, to condition on (nil: the model's): one
+    /// encoder's folder, or a run folder holding `text_encoder/` and/or `text_encoder_2/` (`EncoderFolders`).
     public var textEncoder: String?
     /// The rewards of the objective, −Σ γ·scale·R.
     public var rewards: [RewardOption] = []
@@ -152,11 +154,55 @@ public enum TrainingMode: String, CaseIterable, Sendable, Codable {
     case direct
 }
 
-/// Which network is fine-tuned: the text encoder (TextCraftor), or afterwards the UNet ("TextCraftor + UNet",
-/// with the fine-tuned encoder frozen). Never both at once: the paper advises against it.
-public enum TrainedNetwork: String, CaseIterable, Sendable, Codable {
-    case text
+/// Which network is fine-tuned: the text encoder(s) (TextCraftor), or afterwards the UNet ("TextCraftor + UNet",
+/// with the fine-tuned encoders frozen). Never an encoder and the UNet at once: the paper advises against it.
+///
+/// SDXL has two encoders, so `text-encoder-2` and `text-encoders` (both, one optimizer over the union of their
+/// parameters) exist there; SD 1.x/2.x has `text-encoder` and `unet` only (`requireSupported(by:)`).
+public enum TrainedNetwork: CaseIterable, Sendable, Codable, RawRepresentable, Equatable {
+    /// `text_encoder` (SD 1.x/2.x's only one; SDXL's CLIP ViT-L).
+    case textEncoder
+    /// SDXL's `text_encoder_2` (OpenCLIP ViT-bigG with its projection, which gives the UNet's pooled embeddings).
+    case textEncoder2
+    /// Both SDXL encoders.
+    case textEncoders
     case unet
+
+    public var rawValue: String {
+        switch self {
+        case .textEncoder: "text-encoder"
+        case .textEncoder2: "text-encoder-2"
+        case .textEncoders: "text-encoders"
+        case .unet: "unet"
+        }
+    }
+
+    /// The names above; also `text`, the name of `text-encoder` before SDXL, so that the run.json of an older run
+    /// still resumes (it is never written, and not listed among the choices).
+    public init?(rawValue: String) {
+        if rawValue == "text" {
+            self = .textEncoder
+            return
+        }
+        guard let match = Self.allCases.first(where: { $0.rawValue == rawValue }) else { return nil }
+        self = match
+    }
+
+    /// Whether a text encoder is trained (the first stage), rather than the UNet.
+    public var trainsTextEncoder: Bool { self != .unet }
+
+    /// Whether `text_encoder` / `text_encoder_2` is trained.
+    public var trainsFirstEncoder: Bool { self == .textEncoder || self == .textEncoders }
+    public var trainsSecondEncoder: Bool { self == .textEncoder2 || self == .textEncoders }
+
+    /// Refuses a choice the model cannot take: the second encoder on a model that has one encoder. `model` names the
+    /// folder in the message; the error names the key `train` (the CLI prints `--train`).
+    public func requireSupported(by architecture: StableDiffusion.ModelArchitecture, model: String) throws {
+        guard trainsSecondEncoder, architecture == .sd else { return }
+        throw TextCraftorError.invalidSetting(
+            key: "train",
+            message: "\(rawValue) needs a second text encoder (SDXL), and \(model) is a \(architecture.name) model: use text-encoder or unet")
+    }
 }
 
 /// The floating-point types a model can be loaded in, by the names torch gives them.

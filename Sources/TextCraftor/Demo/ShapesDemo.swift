@@ -156,7 +156,7 @@ public final class ShapesDemo {
         let runFolder = RunFolder(partial.appendingPathComponent("run"))
         try runFolder.prepare()
         let trainer = try Trainer(
-            pipeline: pipeline, original: original, modelFolder: bundle, rewards: weighted,
+            pipeline: pipeline, original: TextEncoders(original), modelFolder: bundle, rewards: weighted,
             data: .prompts(try SampledBatches(trainPrompts, batchSize: training.batchSize, shuffle: true, seed: training.seed)),
             config: training, run: runFolder)
         trainer.stopRequested = stopRequested

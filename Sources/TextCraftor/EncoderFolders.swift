@@ -1,0 +1,69 @@
+import Foundation
+import StableDiffusion
+import Torch
+
+/// Fine-tuned text encoders on disk, as `text_encoder` (`--text-encoder`) names them: one encoder's folder
+/// (`config.json` and weights, as a run's `OUT/text_encoder/`), or a folder holding `text_encoder/` and/or
+/// `text_encoder_2/` (a training run's, which on SDXL holds whichever encoders it trained, or a diffusers model's).
+/// A folder of one encoder goes where its config's `architectures` says: `CLIPTextModelWithProjection` is SDXL's
+/// `text_encoder_2`, anything else `text_encoder` (so an SD 1.x encoder, CLIP ViT-L as SDXL's first, stands in
+/// there). Whether the weights fit is checked when they are loaded, strictly, naming the file.
+public struct EncoderFolders: Equatable, Sendable {
+    /// The folder for `text_encoder`, or nil to keep the model's.
+    public var first: URL?
+    /// The folder for SDXL's `text_encoder_2`, or nil to keep the model's.
+    public var second: URL?
+
+    public init(first: URL? = nil, second: URL? = nil) {
+        self.first = first
+        self.second = second
+    }
+
+    /// Resolves `path` for a model of `architecture`; errors name `key`.
+    public static func resolve(_ path: String, key: String, architecture: ModelArchitecture) throws -> EncoderFolders {
+        func fail(_ message: String) -> TextCraftorError { .invalidSetting(key: key, message: "\(excerpt(path, limit: 200)): \(message)") }
+        let folder = URL(fileURLWithPath: path)
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: folder.path, isDirectory: &isFolder), isFolder.boolValue else {
+            throw fail("no such folder")
+        }
+        func hasConfig(_ url: URL) -> Bool { FileManager.default.fileExists(atPath: url.appendingPathComponent("config.json").path) }
+        if hasConfig(folder) {
+            return isSecondEncoder(folder) ? EncoderFolders(second: folder) : EncoderFolders(first: folder)
+        }
+        let first = folder.appendingPathComponent("text_encoder"), second = folder.appendingPathComponent("text_encoder_2")
+        var found = EncoderFolders(first: hasConfig(first) ? first : nil, second: hasConfig(second) ? second : nil)
+        if architecture == .sd {
+            guard found.first != nil else {
+                throw fail(found.second == nil
+                    ? "neither a text encoder folder (config.json) nor a folder holding text_encoder/"
+                    : "holds only text_encoder_2/, and a \(architecture.name) model has one text encoder (text_encoder/)")
+            }
+            found.second = nil
+        }
+        guard found != EncoderFolders() else {
+            throw fail("neither a text encoder folder (config.json) nor a folder holding text_encoder/ or text_encoder_2/")
+        }
+        return found
+    }
+
+    /// Whether an encoder folder's config names transformers' `CLIPTextModelWithProjection` (SDXL's second encoder).
+    static func isSecondEncoder(_ folder: URL) -> Bool {
+        guard let data = FileManager.default.contents(atPath: folder.appendingPathComponent("config.json").path),
+            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+            let architectures = object["architectures"] as? [String]
+        else { return false }
+        return architectures.contains("CLIPTextModelWithProjection")
+    }
+
+    /// Copies the weights of each folder into the pipeline's encoder of that place, in its type (strictly: every key
+    /// and shape must match, as the model's own encoder). `variant`: a weights variant (`model.fp16.safetensors`).
+    public func load(into pipeline: StableDiffusionPipeline, variant: String? = nil) throws {
+        if let first {
+            try pipeline.textEncoder.load(try componentWeights(in: first, baseName: "model", binBaseName: "pytorch_model", variant: variant))
+        }
+        if let second, let encoder = pipeline.textEncoder2 {
+            try encoder.load(try componentWeights(in: second, baseName: "model", binBaseName: "pytorch_model", variant: variant))
+        }
+    }
+}
