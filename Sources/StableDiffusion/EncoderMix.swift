@@ -14,14 +14,18 @@ public struct EncoderMix {
     public struct Component {
         /// nil: the pipeline's own (original) text encoder.
         public var encoder: CLIPTextModel?
+        /// SDXL: the `text_encoder_2` of this term; nil: the pipeline's own (a run that trained only the first
+        /// encoder keeps the second). Ignored on SD 1.x/2.x.
+        public var encoder2: CLIPTextModelWithProjection?
         public var weight: Double
         /// How messages name it: `original`, or the folder it was loaded from.
         public var name: String
 
-        public init(encoder: CLIPTextModel?, weight: Double, name: String? = nil) {
+        public init(encoder: CLIPTextModel?, encoder2: CLIPTextModelWithProjection? = nil, weight: Double, name: String? = nil) {
             self.encoder = encoder
+            self.encoder2 = encoder2
             self.weight = weight
-            self.name = name ?? (encoder == nil ? "original" : "fine-tuned")
+            self.name = name ?? (encoder == nil && encoder2 == nil ? "original" : "fine-tuned")
         }
     }
 
@@ -48,6 +52,25 @@ public struct EncoderMix {
     {
         EncoderMix(
             [Component(encoder: nil, weight: 1 - weight), Component(encoder: finetuned, weight: weight, name: name)],
+            finetunedSteps: finetunedSteps)
+    }
+
+    /// SDXL: fine-tuned encoders in place of the original ones (nil keeps the pipeline's own in that place).
+    public static func finetuned(
+        _ encoder: CLIPTextModel?, _ encoder2: CLIPTextModelWithProjection?, name: String? = nil, finetunedSteps: Int? = nil
+    ) -> EncoderMix {
+        EncoderMix([Component(encoder: encoder, encoder2: encoder2, weight: 1, name: name)], finetunedSteps: finetunedSteps)
+    }
+
+    /// SDXL: `weight · c_finetuned + (1 − weight) · c_original` for the hidden states and the pooled embeddings,
+    /// where the fine-tuned conditioning uses `encoder`/`encoder2` in their places (nil: the original one kept).
+    public static func blend(
+        _ encoder: CLIPTextModel?, _ encoder2: CLIPTextModelWithProjection?, weight: Double, name: String? = nil,
+        finetunedSteps: Int? = nil
+    ) -> EncoderMix {
+        EncoderMix(
+            [Component(encoder: nil, weight: 1 - weight),
+             Component(encoder: encoder, encoder2: encoder2, weight: weight, name: name)],
             finetunedSteps: finetunedSteps)
     }
 
@@ -103,7 +126,6 @@ extension StableDiffusionPipeline {
     /// Checks a mix for `unetCalls` UNet calls without running anything: at least one encoder, finite weights, each
     /// encoder's hidden size this pipeline's, `finetunedSteps` within 0...unetCalls.
     public func validate(_ mix: EncoderMix, unetCalls: Int) throws {
-        guard architecture == .sd else { throw Self.mixOnSDXL }
         guard !mix.components.isEmpty else { throw StableDiffusionError.invalidArgument("an encoder mix needs at least one encoder") }
         let expected = textEncoder.config.hidden_size
         for component in mix.components {
@@ -115,6 +137,18 @@ extension StableDiffusionPipeline {
                 throw StableDiffusionError.invalidArgument(
                     "text encoder \(component.name): hidden_size \(encoder.config.hidden_size) does not match the model's text encoder (\(expected))")
             }
+            if let encoder2 = component.encoder2 {
+                guard let own = textEncoder2 else {
+                    throw StableDiffusionError.invalidArgument(
+                        "text encoder \(component.name): a second text encoder (text_encoder_2) is for SDXL models")
+                }
+                guard encoder2.config.hidden_size == own.config.hidden_size,
+                    encoder2.config.projection_dim == own.config.projection_dim
+                else {
+                    throw StableDiffusionError.invalidArgument(
+                        "text encoder \(component.name): text_encoder_2's hidden_size \(encoder2.config.hidden_size) or projection_dim does not match the model's (\(own.config.hidden_size))")
+                }
+            }
         }
         if let n = mix.finetunedSteps, n < 0 || n > unetCalls {
             throw StableDiffusionError.invalidArgument(
@@ -122,9 +156,9 @@ extension StableDiffusionPipeline {
         }
     }
 
-    /// Mixing, blending and fine-tuned encoders for SDXL (two encoders per term) are still to come.
+    /// `loadTextEncoder` reads one SD 1.x/2.x encoder; SDXL's run folders are read by `EncoderFolders` (TextCraftor).
     static let mixOnSDXL = StableDiffusionError.invalidArgument(
-        "--text-encoder, --blend and --mix are not supported on SDXL models yet (only SD 1.x/2.x)")
+        "loadTextEncoder reads SD 1.x/2.x encoders; an SDXL model's encoders are loaded per place (text_encoder/, text_encoder_2/)")
 
     /// The mixed embeddings of prompts, `Σ wᵢ · Tᵢ(prompts)`: [B, 77, D], each encoder run once.
     public func encode(_ prompts: [String], mix: EncoderMix) -> Tensor {
@@ -165,5 +199,24 @@ extension StableDiffusionPipeline {
         }
         // Every weight 0: zero embeddings, shaped as the original encoder's.
         return sum ?? embeds(textEncoder).zerosLike()
+    }
+
+    /// `Σ wᵢ · cᵢ` of conditionings (the hidden states and the pooled embeddings; the time ids, which do not depend on
+    /// the text, taken from the first term), skipping zero weights as `mixed(_:_:)` does, so that a blend of 0 or 1
+    /// gives one term's conditioning exactly.
+    func mixedConditioning(_ mix: EncoderMix, _ embeds: (EncoderMix.Component?) -> Conditioning) -> Conditioning {
+        var sum: Conditioning? = nil
+        for component in mix.components where component.weight != 0 {
+            let c = embeds(component)
+            let hidden = c.hiddenStates * component.weight, pooled = c.textEmbeds.map { $0 * component.weight }
+            if let s = sum {
+                sum = Conditioning(
+                    hiddenStates: s.hiddenStates + hidden,
+                    textEmbeds: s.textEmbeds.flatMap { a in pooled.map { a + $0 } }, timeIds: s.timeIds)
+            } else {
+                sum = Conditioning(hiddenStates: hidden, textEmbeds: pooled, timeIds: c.timeIds)
+            }
+        }
+        return sum ?? embeds(nil).zeroingText()
     }
 }

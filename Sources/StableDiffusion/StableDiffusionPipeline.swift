@@ -278,9 +278,11 @@ public final class StableDiffusionPipeline {
 
     /// Samples images for the request, calling `progress(step, total)` after each UNet call.
     ///
-    /// With a `mix` (SD 1.x/2.x only), the last `mix.finetunedSteps` UNet calls (all by default) are conditioned on
+    /// With a `mix`, the last `mix.finetunedSteps` UNet calls (all by default) are conditioned on
     /// the mixed embeddings of its encoders, and the calls before on this pipeline's own encoder; both halves of the
-    /// guidance context (the negative or empty prompts, and the prompts) are mixed. Without one, the pipeline's
+    /// guidance context (the negative or empty prompts, and the prompts) are mixed; on SDXL the hidden states and the
+    /// pooled embeddings alike, each term encoding with its encoders in their places (the model's own where it has
+    /// none). Without one, the pipeline's
     /// encoders condition every call, step for step as diffusers.
     public func generate(
         _ request: GenerationRequest, mix: EncoderMix? = nil, scheduler: (any Scheduler)? = nil,
@@ -310,24 +312,38 @@ public final class StableDiffusionPipeline {
             }
             // Each encoder's conditioning, computed once for all the steps that use it. diffusers applies clip_skip
             // to the prompts only.
-            var cache: [ObjectIdentifier: GuidancePair] = [:]
-            func embeddings(_ encoder: CLIPTextModel) -> GuidancePair {
-                if let hit = cache[ObjectIdentifier(encoder)] { return hit }
-                let prompt = encode(tokens, textEncoder: encoder, clipSkip: request.clipSkip, sizes: sizes)
+            // Keyed by the encoders of each place (SDXL: a term may replace one and keep the other).
+            var cache: [[ObjectIdentifier]: GuidancePair] = [:]
+            func embeddings(_ encoder: CLIPTextModel, _ encoder2: CLIPTextModelWithProjection? = nil) -> GuidancePair {
+                let second = encoder2 ?? textEncoder2
+                let key = [ObjectIdentifier(encoder)] + (second.map { [ObjectIdentifier($0)] } ?? [])
+                if let hit = cache[key] { return hit }
+                let prompt = encode(tokens, textEncoder: encoder, textEncoder2: second, clipSkip: request.clipSkip, sizes: sizes)
                 let negative = zeroNegative
-                    ? prompt.zeroingText() : negativeTokens.map { encode($0, textEncoder: encoder, sizes: sizes) }
+                    ? prompt.zeroingText()
+                    : negativeTokens.map { encode($0, textEncoder: encoder, textEncoder2: second, sizes: sizes) }
                 let pair = GuidancePair(prompt: prompt, negative: negative)
-                cache[ObjectIdentifier(encoder)] = pair
+                cache[key] = pair
                 return pair
+            }
+            func termEmbeddings(_ component: EncoderMix.Component?) -> GuidancePair {
+                embeddings(component?.encoder ?? textEncoder, component?.encoder2)
             }
             let original = (mixStart ?? 1) > 0 ? embeddings(textEncoder).repeatingEach(perPrompt) : nil
             var mixedEmbeds: GuidancePair? = nil
             if let mix, let mixStart, mixStart < calls {
-                let prompt = mixed(mix) { embeddings($0).prompt.hiddenStates }
-                let negative = negativeTokens == nil ? nil : mixed(mix) { embeddings($0).negative!.hiddenStates }
-                mixedEmbeds = GuidancePair(
-                    prompt: Conditioning(hiddenStates: prompt), negative: negative.map { Conditioning(hiddenStates: $0) }
-                ).repeatingEach(perPrompt)
+                if architecture == .sd {
+                    let prompt = mixed(mix) { embeddings($0).prompt.hiddenStates }
+                    let negative = negativeTokens == nil ? nil : mixed(mix) { embeddings($0).negative!.hiddenStates }
+                    mixedEmbeds = GuidancePair(
+                        prompt: Conditioning(hiddenStates: prompt), negative: negative.map { Conditioning(hiddenStates: $0) }
+                    ).repeatingEach(perPrompt)
+                } else {
+                    let prompt = mixedConditioning(mix) { termEmbeddings($0).prompt }
+                    let hasNegative = termEmbeddings(nil).negative != nil
+                    let negative = hasNegative ? mixedConditioning(mix) { termEmbeddings($0).negative! } : nil
+                    mixedEmbeds = GuidancePair(prompt: prompt, negative: negative).repeatingEach(perPrompt)
+                }
             }
             let originalContext = original?.context, mixedContext = mixedEmbeds?.context
             let last = mixedEmbeds ?? original!

@@ -240,9 +240,11 @@ struct SDXLSetting: CustomStringConvertible, Sendable {
         #expect(throws: StableDiffusionError.invalidArgument("--crop must be TOP,LEFT in pixels, each at least 0 (got -1,0)")) {
             try xl.validate(r)
         }
+        // Encoder mixes are checked as on SD 1.x/2.x (SDXLBlendTests runs them).
+        try xl.validate(EncoderMix.finetuned(xl.textEncoder, xl.textEncoder2), unetCalls: 8)
         #expect(throws: StableDiffusionError.invalidArgument(
-            "--text-encoder, --blend and --mix are not supported on SDXL models yet (only SD 1.x/2.x)")) {
-            try xl.validate(EncoderMix.finetuned(xl.textEncoder), unetCalls: 8)
+            "--finetuned-steps must be between 0 and 8 (the scheduler's UNet calls); got 9")) {
+            try xl.validate(EncoderMix.finetuned(xl.textEncoder, finetunedSteps: 9), unetCalls: 8)
         }
     }
 }
