@@ -66,4 +66,26 @@ public struct EncoderFolders: Equatable, Sendable {
             try encoder.load(try componentWeights(in: second, baseName: "model", binBaseName: "pytorch_model", variant: variant))
         }
     }
+
+    /// Fresh copies of the encoders in these folders, in the types and on the device of the pipeline's encoders of
+    /// those places (nil where a folder is nil: the pipeline's own is kept), for blending and mixing. Strict, as
+    /// `load(into:)`.
+    public func encoders(for pipeline: StableDiffusionPipeline, variant: String? = nil) throws
+        -> (first: CLIPTextModel?, second: CLIPTextModelWithProjection?)
+    {
+        var result: (first: CLIPTextModel?, second: CLIPTextModelWithProjection?) = (nil, nil)
+        if let first {
+            result.first = try CLIPTextModel.load(
+                try componentWeights(in: first, baseName: "model", binBaseName: "pytorch_model", variant: variant),
+                configFile: first.appendingPathComponent("config.json"), dtype: pipeline.textEncoder.parameters.first?.dtype,
+                device: pipeline.device)
+        }
+        if let second, let own = pipeline.textEncoder2 {
+            result.second = try CLIPTextModelWithProjection.load(
+                try componentWeights(in: second, baseName: "model", binBaseName: "pytorch_model", variant: variant),
+                configFile: second.appendingPathComponent("config.json"), dtype: own.parameters.first?.dtype,
+                device: pipeline.device)
+        }
+        return result
+    }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import StableDiffusion
+import Torch
 
 /// Which text encoder(s) condition generation (`text_encoder`, `blend`, `mix`, `finetuned_steps` of a
 /// `GenerationConfig`): parsed and checked as text before the model loads, then loaded into an `EncoderMix` before
@@ -63,14 +64,6 @@ public struct EncoderRecipe {
         fail("mix", "entry \"\(entry.prefix(80))\": expected DIR=W (the model's own encoder is named \(originalName))")
     }
 
-    /// Fine-tuned, blended and mixed encoders need one encoder per term; SDXL has two and is not supported yet.
-    static let sdxlMessage = "SDXL models are not supported with it yet (SD 1.x/2.x only)"
-
-    /// On SDXL `text_encoder` alone replaces the encoders for every UNet call; weighing encoders against each other or
-    /// switching them mid-sampling is SD 1.x/2.x's (`EncoderMix` conditions through one hidden-state tensor).
-    static let sdxlReplaceOnlyMessage =
-        "SDXL models take --text-encoder alone (fine-tuned encoders for every step); this is for SD 1.x/2.x models"
-
     static func fail(_ key: String, _ message: String) -> TextCraftorError { .invalidSetting(key: key, message: message) }
 
     /// Loads each folder once (checking its config's hidden size before its weights) and checks the mix against
@@ -79,29 +72,44 @@ public struct EncoderRecipe {
     /// On SDXL, `text_encoder` names an encoder folder or a run folder holding `text_encoder/` and/or
     /// `text_encoder_2/` (`EncoderFolders`; an SD 1.x encoder, CLIP ViT-L, stands in for the first): their weights
     /// replace the pipeline's own, in place, as diffusers would load a folder with those components swapped, and no
-    /// mix is returned. Blends, mixes and `finetuned_steps` are refused there in one line naming the key.
+    /// mix is returned. With a blend, a mix or `finetuned_steps`, each folder is loaded per place into fresh encoders
+    /// (the untrained place keeps the model's own) and mixed as on SD 1.x/2.x, hidden states and pooled embeddings.
     public func load(into pipeline: StableDiffusionPipeline, variant: String?, unetCalls: Int, warn: (String, String) -> Void = { _, _ in })
         throws -> EncoderMix?
     {
-        if pipeline.architecture == .sdxl {
-            if isMix { throw Self.fail("mix", Self.sdxlReplaceOnlyMessage) }
-            if blend != nil { throw Self.fail("blend", Self.sdxlReplaceOnlyMessage) }
-            if finetunedSteps != nil { throw Self.fail("finetuned_steps", Self.sdxlReplaceOnlyMessage) }
+        if pipeline.architecture == .sdxl, !isMix, blend == nil, finetunedSteps == nil {
             guard let textEncoder else { return nil }
             let folders = try EncoderFolders.resolve(textEncoder, key: "text_encoder", architecture: .sdxl)
             try folders.load(into: pipeline, variant: variant)
             return nil
         }
-        var loaded: [String: CLIPTextModel] = [:]
+        var loaded: [String: EncoderMix.Component] = [:]
         var components: [EncoderMix.Component] = []
         for (folder, weight) in terms {
             guard let folder else {
                 components.append(EncoderMix.Component(encoder: nil, weight: weight, name: Self.originalName))
                 continue
             }
-            let encoder = try loaded[folder] ?? pipeline.loadTextEncoder(folder: URL(fileURLWithPath: folder), variant: variant)
-            loaded[folder] = encoder
-            components.append(EncoderMix.Component(encoder: encoder, weight: weight, name: folder))
+            var component: EncoderMix.Component
+            if let hit = loaded[folder] {
+                component = hit
+            } else if pipeline.architecture == .sdxl {
+                let key = isMix ? "mix" : "text_encoder"
+                let folders = try EncoderFolders.resolve(folder, key: key, architecture: .sdxl)
+                do {
+                    let encoders = try folders.encoders(for: pipeline, variant: variant)
+                    component = EncoderMix.Component(encoder: encoders.first, encoder2: encoders.second, weight: weight, name: folder)
+                } catch {
+                    throw Self.fail(key, "\(excerpt(folder, limit: 200)): \(error)")
+                }
+            } else {
+                component = EncoderMix.Component(
+                    encoder: try pipeline.loadTextEncoder(folder: URL(fileURLWithPath: folder), variant: variant), weight: weight,
+                    name: folder)
+            }
+            loaded[folder] = component
+            component.weight = weight
+            components.append(component)
         }
         let mix = EncoderMix(components, finetunedSteps: finetunedSteps)
         try pipeline.validate(mix, unetCalls: unetCalls)

@@ -41,18 +41,13 @@ public final class Evaluator {
         } catch {
             throw TextCraftorError.invalidSetting(key: "model", message: "\(model.path): \(error)")
         }
-        if pipeline.architecture == .sdxl,
-            let key = [("text_encoder", config.textEncoder), ("blend", config.blend), ("mix", config.mix)].first(where: { !$0.1.isEmpty })?.0
-        {
-            throw TextCraftorError.invalidSetting(key: key, message: EncoderRecipe.sdxlMessage)
-        }
         // What the sampling settings ask of the model (clip_skip within its layers, crop for SDXL only), before
         // anything is written.
         try pipeline.validate(sampling.request("", index: 0))
         let encoders = try Self.encoderFolders(config)
-        var loaded: [String: CLIPTextModel] = [:]
+        var loaded: [String: LoadedEncoders] = [:]
         for (name, folder) in encoders {
-            do { loaded[name] = try pipeline.loadTextEncoder(folder: URL(fileURLWithPath: folder), variant: config.variant) } catch {
+            do { loaded[name] = try Self.loadEncoders(folder, pipeline: pipeline, variant: config.variant) } catch {
                 throw TextCraftorError.invalidSetting(key: "text_encoder", message: "\(name)=\(folder): not a text encoder folder: \(error)")
             }
         }
@@ -143,13 +138,24 @@ public final class Evaluator {
         }
     }
 
+    /// A fine-tuned folder's encoders, per place (nil: the model's own there; SD 1.x/2.x fill the first only).
+    typealias LoadedEncoders = (first: CLIPTextModel?, second: CLIPTextModelWithProjection?)
+
+    /// SD 1.x/2.x: `loadTextEncoder`; SDXL: the run or encoder folder resolved per place (`EncoderFolders`).
+    static func loadEncoders(_ folder: String, pipeline: StableDiffusionPipeline, variant: String?) throws -> LoadedEncoders {
+        guard pipeline.architecture == .sdxl else {
+            return (try pipeline.loadTextEncoder(folder: URL(fileURLWithPath: folder), variant: variant), nil)
+        }
+        return try EncoderFolders.resolve(folder, key: "text_encoder", architecture: .sdxl).encoders(for: pipeline, variant: variant)
+    }
+
     static func variants(_ config: EvalConfig, pipeline: StableDiffusionPipeline, encoders: [(name: String, folder: String)],
-                         loaded: [String: CLIPTextModel], steps: Int) throws -> [EvalVariant] {
+                         loaded: [String: LoadedEncoders], steps: Int) throws -> [EvalVariant] {
         let finetunedSteps = config.finetunedSteps
         var base: [(name: String, description: String, mix: EncoderMix?)] = [("original", "the model's own text encoder", nil)]
         let stepsNote = finetunedSteps.map { " (last \($0) UNet calls)" } ?? ""
         for (name, folder) in encoders {
-            base.append((name, "\(folder)\(stepsNote)", EncoderMix.finetuned(loaded[name]!, name: name, finetunedSteps: finetunedSteps)))
+            base.append((name, "\(folder)\(stepsNote)", EncoderMix.finetuned(loaded[name]!.first, loaded[name]!.second, name: name, finetunedSteps: finetunedSteps)))
         }
         for text in config.blend {
             guard let w = finiteNumber(text), w >= 0 else {
@@ -157,7 +163,7 @@ public final class Evaluator {
             }
             for (name, folder) in encoders {
                 base.append(("\(name)@\(text)", "\(text) x \(folder) + \(1 - w) x original\(stepsNote)",
-                             EncoderMix.blend(loaded[name]!, weight: w, name: name, finetunedSteps: finetunedSteps)))
+                             EncoderMix.blend(loaded[name]!.first, loaded[name]!.second, weight: w, name: name, finetunedSteps: finetunedSteps)))
             }
         }
         for (i, spec) in config.mix.enumerated() {
@@ -168,14 +174,14 @@ public final class Evaluator {
                 }
                 let name = String(entry[..<equals])
                 if name == "original" { components.append(.init(encoder: nil, weight: w)); continue }
-                let encoder: CLIPTextModel
+                let encoder: LoadedEncoders
                 if let known = loaded[name] { encoder = known } else {
-                    do { encoder = try pipeline.loadTextEncoder(folder: URL(fileURLWithPath: name), variant: config.variant) } catch {
+                    do { encoder = try Self.loadEncoders(name, pipeline: pipeline, variant: config.variant) } catch {
                         throw TextCraftorError.invalidSetting(
                             key: "mix", message: "\(spec.prefix(80)): \(name.prefix(80)) is neither a text encoder's name nor a text encoder folder")
                     }
                 }
-                components.append(.init(encoder: encoder, weight: w, name: name))
+                components.append(.init(encoder: encoder.first, encoder2: encoder.second, weight: w, name: name))
             }
             guard !components.isEmpty else { throw TextCraftorError.invalidSetting(key: "mix", message: "\"\(spec.prefix(80))\": no entries") }
             base.append((config.mix.count == 1 ? "mix" : "mix\(i + 1)", "mix \(spec)\(stepsNote)",
