@@ -27,7 +27,8 @@ struct Generate: ParsableCommand {
 
             On SDXL, --text-encoder takes a training run's folder (its text_encoder/ and/or text_encoder_2/ replace \
             the model's for every step) or one encoder's folder (a fine-tuned SD 1.x encoder stands in for SDXL's \
-            text_encoder); --blend, --mix and --finetuned-steps are for SD 1.x/2.x models.
+            text_encoder). --blend, --mix and --finetuned-steps work there as on SD 1.x/2.x, per place: a run that \
+            trained one encoder keeps the model's other, and the hidden states and pooled text embeds are both mixed.
             """)
 
     @OptionGroup var options: InferenceOptions
