@@ -128,11 +128,11 @@ public final class StableDiffusionPipeline {
     ///
     /// `dtype` is every component's type unless `textEncoderDType`, `unetDType` or `vaeDType` names another (mixed
     /// precision: a trained component in float32 beside frozen ones in bfloat16; the models cast their inputs).
-    /// `textEncoderDType` covers both text encoders. An SDXL VAE whose config sets `force_upcast` stays float32 when
+    /// `textEncoder2DType` is SDXL's second encoder's (default: `textEncoderDType`). An SDXL VAE whose config sets `force_upcast` stays float32 when
     /// `dtype` is float16, as diffusers' SDXL pipeline decodes (SD 1.x/2.x's pipeline does not upcast).
     public static func load(
         folder: URL, dtype: DType = .float32, device: Device = .cpu, variant: String? = nil,
-        textEncoderDType: DType? = nil, unetDType: DType? = nil, vaeDType: DType? = nil
+        textEncoderDType: DType? = nil, textEncoder2DType: DType? = nil, unetDType: DType? = nil, vaeDType: DType? = nil
     ) throws -> StableDiffusionPipeline {
         let index = try ModelIndex.read(folder: folder)
         let isXL = index.architecture == .sdxl
@@ -156,16 +156,16 @@ public final class StableDiffusionPipeline {
                 }
             }
         }
-        func text<M>(_ folder: URL, _ load: (any WeightSource, URL, DType, Device) throws -> M) throws -> M {
+        func text<M>(_ folder: URL, _ type: DType?, _ load: (any WeightSource, URL, DType, Device) throws -> M) throws -> M {
             let weights = try componentWeights(in: folder, baseName: "model", binBaseName: "pytorch_model", variant: variant)
-            return try load(weights, folder.appendingPathComponent("config.json"), textEncoderDType ?? dtype, device)
+            return try load(weights, folder.appendingPathComponent("config.json"), type ?? dtype, device)
         }
         return StableDiffusionPipeline(
             tokenizer: try CLIPTokenizer(directory: folder.appendingPathComponent("tokenizer")),
-            textEncoder: try text(textFolder) { try CLIPTextModel.load($0, configFile: $1, dtype: $2, device: $3) },
+            textEncoder: try text(textFolder, textEncoderDType) { try CLIPTextModel.load($0, configFile: $1, dtype: $2, device: $3) },
             tokenizer2: isXL ? try CLIPTokenizer(directory: folder.appendingPathComponent("tokenizer_2")) : nil,
             textEncoder2: isXL
-                ? try text(textFolder2) { try CLIPTextModelWithProjection.load($0, configFile: $1, dtype: $2, device: $3) } : nil,
+                ? try text(textFolder2, textEncoder2DType ?? textEncoderDType) { try CLIPTextModelWithProjection.load($0, configFile: $1, dtype: $2, device: $3) } : nil,
             unet: try UNet2DConditionModel.load(
                 folder: folder.appendingPathComponent("unet"), variant: variant, dtype: unetDType ?? dtype, device: device),
             vae: try AutoencoderKL.load(folder: vaeFolder, variant: variant, dtype: vaeType, device: device),

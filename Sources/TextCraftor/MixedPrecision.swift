@@ -20,7 +20,7 @@ public enum MixedPrecision: String, CaseIterable, Codable, Sendable {
     }
 
     /// The pipeline of a diffusers folder for training `target`: that network in float32, the rest in `frozenDType`.
-    /// SDXL's two encoders load with one type, so when either trains both are float32 (the frozen one too).
+    /// On SDXL each encoder has its own type: one that does not train stays in `frozenDType` beside one that does.
     /// A VAE whose config sets `force_upcast` (SD 1.x/2.x's overflows in float16) stays float32 under fp16, as
     /// diffusers upcasts it; bfloat16 has float32's range and needs no upcast.
     public func loadPipeline(folder: URL, device: Device, training target: TrainedNetwork) throws -> StableDiffusionPipeline {
@@ -32,7 +32,8 @@ public enum MixedPrecision: String, CaseIterable, Codable, Sendable {
         }
         return try StableDiffusionPipeline.load(
             folder: folder, dtype: frozen, device: device,
-            textEncoderDType: target.trainsTextEncoder ? .float32 : frozen, unetDType: target == .unet ? .float32 : frozen,
+            textEncoderDType: target.trainsFirstEncoder ? .float32 : frozen,
+            textEncoder2DType: target.trainsSecondEncoder ? .float32 : frozen, unetDType: target == .unet ? .float32 : frozen,
             vaeDType: vae)
     }
 }

@@ -81,6 +81,28 @@ public struct TextEncoders {
 
     /// The pipeline's own encoders.
     public init(of pipeline: StableDiffusionPipeline) { self.init(pipeline.textEncoder, pipeline.textEncoder2) }
+
+    /// The frozen originals of a run that trains `target`: a copy of each encoder that trains, loaded from the model
+    /// folder in `dtype`; the pipeline's own for one that does not.
+    public static func originals(
+        of pipeline: StableDiffusionPipeline, modelFolder: URL, training target: TrainedNetwork, dtype: DType, device: Device
+    ) throws -> TextEncoders {
+        func weights(_ name: String) throws -> (any WeightSource, URL) {
+            let folder = modelFolder.appendingPathComponent(name)
+            return (try componentWeights(in: folder, baseName: "model", binBaseName: "pytorch_model"), folder.appendingPathComponent("config.json"))
+        }
+        var original = TextEncoders(of: pipeline)
+        if target.trainsFirstEncoder {
+            let (source, configFile) = try weights("text_encoder")
+            original = TextEncoders(try CLIPTextModel.load(source, configFile: configFile, dtype: dtype, device: device), original.second)
+        }
+        if target.trainsSecondEncoder {
+            let (source, configFile) = try weights("text_encoder_2")
+            original = TextEncoders(
+                original.first, try CLIPTextModelWithProjection.load(source, configFile: configFile, dtype: dtype, device: device))
+        }
+        return original
+    }
 }
 
 /// The conditioning of one training step's guidance batch, built as the pipeline builds it at inference
@@ -295,11 +317,3 @@ public func directTrainingStep(
     return StepOutcome(loss: loss.item() / lossScale, rewards: terms.map { ($0.name, $0.scores.mean().item()) }, images: decoded.detach())
 }
 
-/// `bench train` times a step against an SD 1.x/2.x PyTorch reference; an SDXL folder is refused from its
-/// model_index.json, before anything is loaded (`train` itself takes SDXL).
-public func requireBenchTrainableModel(_ folder: URL) throws {
-    if try StableDiffusionPipeline.architecture(of: folder) == .sdxl {
-        throw TextCraftorError.invalidSetting(
-            key: "model", message: "\(folder.path): bench train's PyTorch reference step is SD 1.x/2.x's; SDXL models train with `textcraftor train`")
-    }
-}

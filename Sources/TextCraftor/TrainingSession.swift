@@ -78,24 +78,8 @@ public final class TrainingSession {
             throw TextCraftorError.invalidSetting(
                 key: "resolution", message: "expected a positive multiple of \(pipeline.vaeScaleFactor), found \(resolution)")
         }
-        // The frozen originals: a copy of each encoder that trains (from the model folder, in the frozen type), the
-        // pipeline's own for one that does not.
-        func weights(_ name: String) throws -> (any WeightSource, URL) {
-            let folder = modelURL.appendingPathComponent(name)
-            return (try componentWeights(in: folder, baseName: "model", binBaseName: "pytorch_model"), folder.appendingPathComponent("config.json"))
-        }
-        var original = TextEncoders(of: pipeline)
-        if config.train.trainsFirstEncoder {
-            let (source, configFile) = try weights("text_encoder")
-            original = TextEncoders(
-                try CLIPTextModel.load(source, configFile: configFile, dtype: precision.frozenDType, device: device), original.second)
-        }
-        if config.train.trainsSecondEncoder {
-            let (source, configFile) = try weights("text_encoder_2")
-            original = TextEncoders(
-                original.first,
-                try CLIPTextModelWithProjection.load(source, configFile: configFile, dtype: precision.frozenDType, device: device))
-        }
+        let original = try TextEncoders.originals(
+            of: pipeline, modelFolder: modelURL, training: config.train, dtype: precision.frozenDType, device: device)
         // The UNet stage on fine-tuned encoders: their weights replace the pipeline's (same architecture).
         try fineTuned?.load(into: pipeline)
         let rewards = WeightedReward()

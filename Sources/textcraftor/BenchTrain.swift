@@ -19,6 +19,10 @@ struct BenchTrain: ParsableCommand {
             is an analytic count of the step's products (linear, conv, attention; the backward pass estimated from \
             the operands that need gradients) over its time. --json prints one JSON object (for scripts and tests).
 
+            An SDXL folder conditions as SDXL's pipeline (both encoders, the pooled projection and time ids, zeros \
+            for the unconditional half) and trains the encoders --train names; its reference is the SDXL step of \
+            scripts/parity/make_sdxl_trainer_fixtures.py, with the same checkpointing and precision choices.
+
             The paper's setting on real shapes (models from `textcraftor synth-model`): --size 512 --steps 25 \
             --window 5 --batch 1 (and 4) --pickscore P --hpsv2 H, on --device cuda. Ours in bf16 against the \
             authors' float32: --mixed-precision bf16 --reference-precision fp32.
@@ -35,6 +39,8 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "A PickScore folder (transformers CLIPModel): adds its reward.") var pickscore: String?
     @Option(help: "An HPSv2 checkpoint (open_clip ViT-H-14): adds its reward.") var hpsv2: String?
     @Option(help: "Timed steps; the best is kept.") var repeats = 3
+    @Option(help: "text-encoder, text-encoder-2 or text-encoders: the encoders that train (the last two: SDXL).")
+    var train = TrainedNetwork.textEncoder
     @Option(help: "windowed (ours) or full (plain backprop through the window, for comparison).") var gradient = "windowed"
     @OptionGroup var deviceOptions: DeviceOptions
     @Option(help: "no, bf16 or fp16: the frozen models in that type, the text encoder in float32 (as `train`).")
@@ -63,13 +69,15 @@ struct BenchTrain: ParsableCommand {
         guard ["fp32", "bf16"].contains(referencePrecision) else {
             throw CommandError("--reference-precision \(referencePrecision): expected fp32 or bf16")
         }
-        try speakingFlags { try requireBenchTrainableModel(URL(fileURLWithPath: model)) }
+        let modelURL = URL(fileURLWithPath: model)
+        try speakingFlags {
+            guard train.trainsTextEncoder else { throw CommandError("--train unet: bench train times the text-encoder step") }
+            try train.requireSupported(by: try StableDiffusionPipeline.architecture(of: modelURL), model: model)
+        }
         let device = try speakingFlags { try deviceOptions.opened() }
-        let pipeline = try precision.loadPipeline(folder: URL(fileURLWithPath: model), device: device, training: .textEncoder)
-        let folder = URL(fileURLWithPath: model).appendingPathComponent("text_encoder")
-        let original = try CLIPTextModel.load(
-            try componentWeights(in: folder, baseName: "model", binBaseName: "pytorch_model"),
-            configFile: folder.appendingPathComponent("config.json"), dtype: precision.frozenDType, device: device)
+        let pipeline = try precision.loadPipeline(folder: modelURL, device: device, training: train)
+        let original = try TextEncoders.originals(
+            of: pipeline, modelFolder: modelURL, training: train, dtype: precision.frozenDType, device: device)
         // The reference's rewards: aesthetic and CLIP score on one CLIP, then PickScore and HPSv2 when given.
         let rewards = WeightedReward()
         let sharedCLIP = try CLIPModel.load(folder: URL(fileURLWithPath: clip), dtype: precision.frozenDType, device: device)
@@ -81,8 +89,11 @@ struct BenchTrain: ParsableCommand {
             rewards.add(try RewardRegistry.load(name: name, paths: [path], dtype: precision.frozenDType, device: device))
         }
         rewards.setPreprocessing(.training)
-        pipeline.textEncoder.setTrainable(true)
-        let optimizer = AdamW(parameters: pipeline.textEncoder.trainableParameters, learningRate: 1e-6)
+        pipeline.textEncoder.setTrainable(train.trainsFirstEncoder)
+        pipeline.textEncoder2?.setTrainable(train.trainsSecondEncoder)
+        let optimizer = AdamW(
+            parameters: pipeline.textEncoder.trainableParameters + (pipeline.textEncoder2?.trainableParameters ?? []),
+            learningRate: 1e-6)
         let settings = SamplingSettings(samplingSteps: steps, gradientWindow: window, guidanceScale: guidance,
                                         checkpointsVAE: !noVAECheckpoint)
         let prompts = Array(["a red circle on a blue background", "two small squares, photo"].prefix(batch))
@@ -91,7 +102,7 @@ struct BenchTrain: ParsableCommand {
         let latent = size / pipeline.vaeScaleFactor
         func step() throws {
             _ = try promptTrainingStep(
-                pipeline: pipeline, trainable: pipeline.textEncoder, original: original, rewards: rewards, prompts: prompts,
+                pipeline: pipeline, trainable: TextEncoders(of: pipeline), original: original, rewards: rewards, prompts: prompts,
                 initialNoise: Tensor.randn([batch, pipeline.unet.config.in_channels, latent, latent], generator: generator),
                 settings: settings, mode: mode)
             optimizer.step()
@@ -118,12 +129,12 @@ struct BenchTrain: ParsableCommand {
         var (reference, failure) = runPythonReference(python: python, script: script, arguments: [
             "--model", model, "--clip", clip, "--aesthetic", aesthetic, "--batch", "\(batch)", "--steps", "\(steps)",
             "--window", "\(window)", "--size", "\(size)", "--repeats", "\(repeats)", "--threads", "\(Torch.threadCount)",
-            "--guidance", "\(guidance)", "--device", "\(device)", "--precision", referencePrecision,
+            "--guidance", "\(guidance)", "--device", "\(device)", "--precision", referencePrecision, "--train", train.rawValue,
         ] + (pickscore.map { ["--pickscore", $0] } ?? []) + (hpsv2.map { ["--hpsv2", $0] } ?? []))
         if let seconds = reference?["train_step_s"] { reference?["tflops"] = flops.total / seconds / 1e12 }  // the same work
         if let kb = reference?["peak_rss_kb"] { reference?["peak_rss_mb"] = kb / 1024 }
         printComparison(
-            "TextCraftor training step: \(model), batch \(batch), \(steps) steps, window \(window), \(size)x\(size), "
+            "TextCraftor training step: \(model), \(train.rawValue) trained, batch \(batch), \(steps) steps, window \(window), \(size)x\(size), "
                 + "\(rewards.terms.map(\.reward.name).joined(separator: "+")), \(gradient) gradient\(gradient == "windowed" && !noVAECheckpoint ? " (VAE checkpointed)" : ""), mixed precision \(precision.rawValue) "
                 + "(reference \(referencePrecision)), "
                 + "\(device), \(Torch.threadCount) thread(s), best of \(repeats); \(String(format: "%.4g", flops.total / 1e12)) TFLOP per step",

@@ -215,11 +215,27 @@ let tinySDXL = repository.appendingPathComponent("Tests/StableDiffusionTests/Fix
         #expect(try generate(tinySDXL, ["--text-encoder", tinySD15 + "/text_encoder"], images.appendingPathComponent("sd15")).shape == own.shape)
     }
 
-    /// bench train times against an SD 1.x/2.x PyTorch step: an SDXL folder is refused in one line, before loading.
-    @Test func benchTrainRefusesSDXLInOneLine() throws {
-        let run = try textcraftor(["bench", "train", "--model", tinySDXL, "--clip", "\(rewards)/clip", "--aesthetic", "\(rewards)/aesthetic.pth"])
-        #expect(run.status == 1)
-        #expect(run.err == "Error: --model: \(tinySDXL): bench train's PyTorch reference step is SD 1.x/2.x's; SDXL models train with `textcraftor train`\n")
+    /// bench train on SDXL: the encoders --train names train (the step's count of products grows with the second
+    /// encoder's backward); a choice the model cannot take is one line naming --train.
+    @Test func benchTrainTakesSDXLAndItsEncoderChoices() throws {
+        func bench(_ model: String, _ train: String) throws -> (status: Int32, err: String, json: [String: Double]) {
+            let run = try textcraftor(["bench", "train", "--model", model, "--clip", "\(rewards)/clip", "--aesthetic",
+                                       "\(rewards)/aesthetic.pth", "--train", train, "--batch", "1", "--steps", "2",
+                                       "--window", "1", "--repeats", "1", "--json"])
+            let json = run.status == 0
+                ? try JSONSerialization.jsonObject(with: Data(run.out.utf8)) as! [String: Double] : [:]
+            return (run.status, run.err, json)
+        }
+        let first = try bench(tinySDXL, "text-encoder"), both = try bench(tinySDXL, "text-encoders")
+        #expect(first.status == 0 && both.status == 0, "\(first.err)\(both.err)")
+        #expect(first.json["train_step_s"]! > 0 && first.json["peak_rss_mb"]! > 0)
+        #expect(both.json["step_tflop"]! > first.json["step_tflop"]!, "training text_encoder_2 too adds its backward")
+        let sd = try bench(tinySD15, "text-encoder-2")
+        #expect(sd.status == 1)
+        #expect(sd.err == "Error: --train: text-encoder-2 needs a second text encoder (SDXL), and \(tinySD15) is a Stable Diffusion 1.x/2.x model: use text-encoder or unet\n")
+        let unet = try bench(tinySDXL, "unet")
+        #expect(unet.status == 1)
+        #expect(unet.err == "Error: --train unet: bench train times the text-encoder step\n")
     }
 
     /// Direct fine-tuning (images and captions) on SDXL trains both encoders.

@@ -10,6 +10,12 @@ loss = -(3 * 1 * aesthetic + 100 * 0.5 * clip + 1 * pickscore + 100 * hpsv2).mea
 and --hpsv2; backward; one AdamW step (lr 1e-3). By default every UNet call in the window runs under
 torch.utils.checkpoint (non-reentrant), as the authors do; --no-checkpoint keeps the activations instead.
 
+An SDXL folder (model_index.json's StableDiffusionXLPipeline) runs the step of
+scripts/parity/make_sdxl_trainer_fixtures.py instead (imported too): both encoders' penultimate states and the pooled
+projection, the time ids, zeros for the unconditional half where force_zeros_for_empty_prompt is set, DDIM trailing
+from the folder's scheduler config; --train names the encoders that train (text-encoder, text-encoder-2 or
+text-encoders), each loaded twice (trainable and a frozen copy), an encoder that does not train once.
+
 --precision fp32 (default) is the authors' setting: every model in float32 (their fp32 autocast changes nothing).
 --precision bf16 is the usual diffusers training variant: the frozen models' weights in bfloat16 and the step under
 torch.autocast(bfloat16), the trained text encoder in float32.
@@ -35,6 +41,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts", "parity"))
 
 import torch  # noqa: E402
 
+import make_sdxl_trainer_fixtures as xl  # noqa: E402
 import make_trainer_fixtures as ref  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -58,6 +65,8 @@ p.add_argument("--guidance", type=float, default=ref.GUIDANCE)
 p.add_argument("--pickscore", help="a PickScore (transformers CLIPModel) folder: adds 1 * pickscore (the authors' scale)")
 p.add_argument("--hpsv2", help="an HPSv2 open_clip ViT-H-14 checkpoint (.pt or .safetensors): adds 100 * hpsv2")
 p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+p.add_argument("--train", choices=["text-encoder", "text-encoder-2", "text-encoders"], default="text-encoder",
+               help="the encoders that train (SDXL; SD 1.x/2.x has text-encoder only)")
 args = p.parse_args()
 if args.threads > 0:
     torch.set_num_threads(args.threads)
@@ -65,11 +74,24 @@ if not 0 <= args.window <= args.steps:
     sys.exit(f"--window must be between 0 and --steps ({args.steps})")
 
 bf16 = args.precision == "bf16"
-m = ref.Models(sd=args.model, clip=args.clip, aesthetic=args.aesthetic, device=args.device,
-               dtype=torch.bfloat16 if bf16 else torch.float32)
-te, te_frozen = m.fresh_text_encoder()
-if bf16:  # the trained encoder keeps float32 weights (the optimizer's); its frozen copy stays bfloat16
-    te = te.float()
+dtype = torch.bfloat16 if bf16 else torch.float32
+with open(os.path.join(args.model, "model_index.json")) as f:
+    sdxl = json.load(f).get("_class_name") == "StableDiffusionXLPipeline"
+if not sdxl and args.train != "text-encoder":
+    sys.exit(f"--train {args.train}: an SD 1.x/2.x model has one text encoder")
+if sdxl:
+    m = xl.Models(sdxl=args.model, clip=args.clip, aesthetic=args.aesthetic, device=args.device, dtype=dtype)
+    names = {"text-encoder": ["text_encoder"], "text-encoder-2": ["text_encoder_2"],
+             "text-encoders": list(xl.ENCODERS)}[args.train]
+    # The trained encoders keep float32 weights (the optimizer's); their frozen copies stay in the models' type.
+    trainable, originals = m.fresh_encoders(train=names, trained_dtype=torch.float32)
+    trained = [e for name, e in zip(xl.ENCODERS, trainable) if name in names]
+else:
+    m = ref.Models(sd=args.model, clip=args.clip, aesthetic=args.aesthetic, device=args.device, dtype=dtype)
+    te, te_frozen = m.fresh_text_encoder()
+    if bf16:  # the trained encoder keeps float32 weights (the optimizer's); its frozen copy stays bfloat16
+        te = te.float()
+    trained = [te]
 device_type = torch.device(args.device).type
 extra = []  # (weight, image -> [B] score)
 
@@ -121,7 +143,7 @@ if args.hpsv2:
 def extra_rewards(image, prompts):
     return sum(weight * score(image, prompts) for weight, score in extra)
 
-opt = torch.optim.AdamW(te.parameters(), lr=ref.LR, betas=ref.BETAS, eps=ref.EPS, weight_decay=ref.WEIGHT_DECAY)
+opt = torch.optim.AdamW([p for e in trained for p in e.parameters()], lr=ref.LR, betas=ref.BETAS, eps=ref.EPS, weight_decay=ref.WEIGHT_DECAY)
 prompts = [ref.PROMPTS[i % len(ref.PROMPTS)] for i in range(args.batch)]
 cuda = torch.device(args.device).type == "cuda"
 
@@ -129,9 +151,14 @@ cuda = torch.device(args.device).type == "cuda"
 def step():
     opt.zero_grad(set_to_none=True)
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-        loss = ref.train_step(m, te, te_frozen, prompts, args.steps, args.window, height=args.size, width=args.size,
-                              guidance=args.guidance, checkpoint=not args.no_checkpoint,
-                              extra_rewards=extra_rewards if extra else None)
+        if sdxl:
+            loss = xl.train_step(m, trainable, originals, args.window, m.force_zeros, prompts=prompts, steps=args.steps,
+                                 size=args.size, guidance=args.guidance, checkpoint=not args.no_checkpoint,
+                                 extra_rewards=extra_rewards if extra else None)
+        else:
+            loss = ref.train_step(m, te, te_frozen, prompts, args.steps, args.window, height=args.size, width=args.size,
+                                  guidance=args.guidance, checkpoint=not args.no_checkpoint,
+                                  extra_rewards=extra_rewards if extra else None)
     loss.backward()
     opt.step()
     value = float(loss)  # waits for the device

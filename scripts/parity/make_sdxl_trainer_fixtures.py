@@ -65,12 +65,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import DDIMScheduler
 from safetensors.torch import save_file
-from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+import make_trainer_fixtures as ref
 from make_trainer_fixtures import (BETAS, EPS, GAMMAS, HF, LR, MEAN, PROMPTS, ROOT, SCALES, SEED, STD,
-                                   WEIGHT_DECAY, AestheticMLP, features, frozen)
+                                   WEIGHT_DECAY, features, frozen)
 
 SDXL = os.path.join(ROOT, "Tests", "StableDiffusionTests", "Fixtures", "sdxl", "tiny-sdxl")
 OUT = os.path.join(ROOT, "Tests", "TextCraftorTests", "Fixtures")
@@ -91,36 +92,37 @@ SMALL = ["text_encoder_2.text_projection.weight", "text_encoder_2.text_model.fin
          "text_encoder_2." + TOKEN_EMBEDDING]
 
 
-class Models:
-    def __init__(self, dtype=torch.float32):
-        self.dtype = dtype
-        self.tokenizer = CLIPTokenizer.from_pretrained(os.path.join(SDXL, "tokenizer"))
-        self.tokenizer_2 = CLIPTokenizer.from_pretrained(os.path.join(SDXL, "tokenizer_2"))
-        self.unet = frozen(UNet2DConditionModel.from_pretrained(os.path.join(SDXL, "unet"), torch_dtype=dtype,
-                                                                low_cpu_mem_usage=False))
-        self.vae = frozen(AutoencoderKL.from_pretrained(os.path.join(SDXL, "vae"), torch_dtype=dtype,
-                                                        low_cpu_mem_usage=False))
-        self.scheduler = DDIMScheduler.from_config(DDIMScheduler.load_config(os.path.join(SDXL, "scheduler")),
+class Models(ref.Models):
+    """make_trainer_fixtures.Models (UNet, VAE, the reward CLIP and aesthetic head, on `device` in `dtype`) for an SDXL
+    folder: the second tokenizer, DDIM from its Euler config (trailing, no clipping, the config's set_alpha_to_one),
+    and force_zeros_for_empty_prompt from its model_index.json. scripts/bench/train_step.py uses it on real shapes."""
+
+    def __init__(self, sdxl=SDXL, clip=os.path.join(HF, "clip"), aesthetic=os.path.join(HF, "aesthetic.pth"),
+                 device="cpu", dtype=torch.float32):
+        super().__init__(sd=sdxl, clip=clip, aesthetic=aesthetic, device=device, dtype=dtype)
+        self.tokenizer_2 = CLIPTokenizer.from_pretrained(os.path.join(sdxl, "tokenizer_2"))
+        self.scheduler = DDIMScheduler.from_config(DDIMScheduler.load_config(os.path.join(sdxl, "scheduler")),
                                                    timestep_spacing="trailing", clip_sample=False)
-        clip = os.path.join(HF, "clip")
-        self.clip = frozen(CLIPModel.from_pretrained(clip, dtype=dtype))
-        self.clip_tokenizer = CLIPTokenizer.from_pretrained(os.path.join(clip, "tokenizer"))
-        state = torch.load(os.path.join(HF, "aesthetic.pth"), map_location="cpu", weights_only=True)
-        self.aesthetic = AestheticMLP(state["layers.0.weight"].shape[1])
-        self.aesthetic.load_state_dict(state)
-        self.aesthetic = frozen(self.aesthetic.to(dtype))
+        with open(os.path.join(sdxl, "model_index.json")) as f:
+            self.force_zeros = json.load(f).get("force_zeros_for_empty_prompt", True)
 
-    def fresh_encoders(self):
-        """Both original encoders, trainable, and frozen deep copies of them."""
-        te = CLIPTextModel.from_pretrained(os.path.join(SDXL, "text_encoder"), dtype=self.dtype).eval()
-        te2 = CLIPTextModelWithProjection.from_pretrained(os.path.join(SDXL, "text_encoder_2"), dtype=self.dtype).eval()
-        for p in list(te.parameters()) + list(te2.parameters()):
-            p.requires_grad_(True)
-        return (te, te2), (frozen(copy.deepcopy(te)), frozen(copy.deepcopy(te2)))
-
-    @staticmethod
-    def ids(tokenizer, texts):
-        return tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    def fresh_encoders(self, train=ENCODERS, trained_dtype=None):
+        """Both original encoders and frozen copies: (trainable, originals). An encoder named in `train` is loaded
+        twice, trainable (every parameter requires grad, in `trained_dtype`, default the models' type) and frozen;
+        one not named is loaded once, frozen, and stands in both tuples."""
+        classes = {"text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection}
+        trainable, originals = [], []
+        for name in ENCODERS:
+            encoder = classes[name].from_pretrained(os.path.join(self.sd, name), dtype=self.dtype)
+            encoder = encoder.to(self.device).eval()
+            original = frozen(copy.deepcopy(encoder) if name in train else encoder)
+            if name in train:
+                encoder = encoder.to(trained_dtype or self.dtype)
+                for p in encoder.parameters():
+                    p.requires_grad_(True)
+            trainable.append(encoder if name in train else original)
+            originals.append(original)
+        return tuple(trainable), tuple(originals)
 
 
 def encode(encoders, ids, ids_2):
@@ -130,9 +132,13 @@ def encode(encoders, ids, ids_2):
     return torch.cat([out.hidden_states[-2], out2.hidden_states[-2]], dim=-1), out2.text_embeds
 
 
-def train_step(m, trainable, originals, window, forced, record):
-    b = len(PROMPTS)
-    ids, ids_2 = m.ids(m.tokenizer, PROMPTS), m.ids(m.tokenizer_2, PROMPTS)
+def train_step(m, trainable, originals, window, forced, record=None, prompts=PROMPTS, steps=SAMPLING_STEPS,
+               size=SIZE, guidance=GUIDANCE, checkpoint=False, extra_rewards=None):
+    """The forward of one step up to the loss (see the module docstring), filling `record` when given.
+    `checkpoint` runs every UNet call of the window under torch.utils.checkpoint (non-reentrant), as the authors do;
+    `extra_rewards(image, prompts)` returns further weighted rewards [B] (the benchmark's PickScore and HPSv2)."""
+    b = len(prompts)
+    ids, ids_2 = m.ids(m.tokenizer, prompts), m.ids(m.tokenizer_2, prompts)
     empty_ids, empty_ids_2 = m.ids(m.tokenizer, [""] * b), m.ids(m.tokenizer_2, [""] * b)
 
     def conditioning(encoders):
@@ -145,37 +151,49 @@ def train_step(m, trainable, originals, window, forced, record):
     with torch.no_grad():
         frozen_context, frozen_pooled = conditioning(originals)
     context, pooled = conditioning(trainable)
-    context.retain_grad()
-    pooled.retain_grad()
-    time_ids = torch.tensor([[SIZE, SIZE, 0, 0, SIZE, SIZE]], dtype=m.dtype).repeat(2 * b, 1)
+    if record is not None:
+        context.retain_grad()
+        pooled.retain_grad()
+    time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=m.dtype, device=m.device).repeat(2 * b, 1)
 
     sched = m.scheduler
-    sched.set_timesteps(SAMPLING_STEPS)
-    z = torch.randn([b, 4, SIZE // 8, SIZE // 8], generator=torch.Generator().manual_seed(SEED),
-                    dtype=torch.float32).to(m.dtype)
+    sched.set_timesteps(steps)
+    z = torch.randn([b, m.unet.config.in_channels, size // m.vae_factor, size // m.vae_factor],
+                    generator=torch.Generator().manual_seed(SEED), dtype=torch.float32).to(m.device, m.dtype)
     z = z * sched.init_noise_sigma
-    record.update(ids=ids, ids_2=ids_2, empty_ids=empty_ids, empty_ids_2=empty_ids_2, time_ids=time_ids,
-                  timesteps=sched.timesteps.clone(), init_latents=z.clone(), context=context, pooled=pooled)
+    if record is not None:
+        record.update(ids=ids, ids_2=ids_2, empty_ids=empty_ids, empty_ids_2=empty_ids_2, time_ids=time_ids,
+                      timesteps=sched.timesteps.clone(), init_latents=z.clone(), context=context, pooled=pooled)
+
+    def unet(x, t, c, p):
+        return m.unet(x, t, encoder_hidden_states=c, added_cond_kwargs={"text_embeds": p, "time_ids": time_ids}).sample
+
     for i, t in enumerate(sched.timesteps):
-        in_window = i >= SAMPLING_STEPS - window
+        in_window = i >= steps - window
         with torch.set_grad_enabled(in_window):
             c, p = (context, pooled) if in_window else (frozen_context, frozen_pooled)
-            eps = m.unet(torch.cat([z, z]), t, encoder_hidden_states=c,
-                         added_cond_kwargs={"text_embeds": p, "time_ids": time_ids}).sample
+            if in_window and checkpoint:
+                eps = torch.utils.checkpoint.checkpoint(unet, torch.cat([z, z]), t, c, p, use_reentrant=False)
+            else:
+                eps = unet(torch.cat([z, z]), t, c, p)
             eps_u, eps_c = eps.chunk(2)
-            z = sched.step(eps_u + GUIDANCE * (eps_c - eps_u), t, z, eta=0.0).prev_sample
+            z = sched.step(eps_u + guidance * (eps_c - eps_u), t, z, eta=0.0).prev_sample
 
     image = (m.vae.decode(z / m.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
     size = m.clip.config.vision_config.image_size
-    mean = torch.tensor(MEAN, dtype=m.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(STD, dtype=m.dtype).view(1, 3, 1, 1)
+    mean = torch.tensor(MEAN, dtype=m.dtype, device=m.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=m.dtype, device=m.device).view(1, 3, 1, 1)
     f = F.normalize(features(m.clip.get_image_features(pixel_values=(F.adaptive_avg_pool2d(image, (size, size)) - mean) / std)), dim=-1)
     aesthetic = m.aesthetic(f).squeeze(-1)
     with torch.no_grad():
-        text = features(m.clip.get_text_features(input_ids=m.ids(m.clip_tokenizer, PROMPTS)))
+        text = features(m.clip.get_text_features(input_ids=m.ids(m.clip_tokenizer, prompts)))
     clip = (f * F.normalize(text, dim=-1)).sum(-1)
-    loss = -(SCALES["aesthetic"] * GAMMAS["aesthetic"] * aesthetic + SCALES["clip"] * GAMMAS["clip"] * clip).mean()
-    record.update(final_latents=z.detach(), image=image.detach(), aesthetic=aesthetic.detach(), clip=clip.detach())
+    total = SCALES["aesthetic"] * GAMMAS["aesthetic"] * aesthetic + SCALES["clip"] * GAMMAS["clip"] * clip
+    if extra_rewards is not None:
+        total = total + extra_rewards(image, prompts)
+    loss = -total.mean()
+    if record is not None:
+        record.update(final_latents=z.detach(), image=image.detach(), aesthetic=aesthetic.detach(), clip=clip.detach())
     return loss
 
 
