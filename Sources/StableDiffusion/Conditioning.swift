@@ -42,6 +42,13 @@ public struct Conditioning {
         return Conditioning(hiddenStates: joined(\.hiddenStates)!, textEmbeds: joined(\.textEmbeds), timeIds: joined(\.timeIds))
     }
 
+    /// The first and second half of the rows (the guidance batch's unconditional and conditional parts), as views
+    /// whose gradients reach this conditioning's tensors.
+    public func halves() -> (Conditioning, Conditioning) {
+        precondition(batchSize % 2 == 0, "Conditioning.halves: an odd batch of \(batchSize)")
+        return (map { $0.chunk(2)[0] }, map { $0.chunk(2)[1] })
+    }
+
     /// Each row `n` times in a row: [B, ...] -> [B*n, ...] (diffusers' repeat + view for several images per prompt).
     public func repeatingEach(_ n: Int) -> Conditioning {
         guard n > 1 else { return self }

@@ -384,16 +384,28 @@ public final class StableDiffusionPipeline {
         _ latents: Tensor, timestep: Double, conditioning: Conditioning, guidanceScale: Double, scheduler: any Scheduler,
         generator: Generator?, eta: Double = 0
     ) -> Tensor {
-        let guided = guidanceScale > 1
-        let input = scheduler.scaleModelInput(guided ? Tensor.cat([latents, latents]) : latents, timestep: timestep)
+        let noise = guidedNoise(latents, timestep: timestep, conditioning: conditioning, guidanceScale: guidanceScale,
+                                scheduler: scheduler)
+        return scheduler.step(modelOutput: noise, timestep: timestep, sample: latents, generator: generator, eta: eta)
+    }
+
+    /// The noise prediction `denoise` steps with: above guidance 1, the UNet on the guidance batch (`conditioning`'s
+    /// unconditional rows first, the latents twice) and `uncond + scale * (cond - uncond)`; else the UNet alone.
+    public func guidedNoise(
+        _ latents: Tensor, timestep: Double, conditioning: Conditioning, guidanceScale: Double, scheduler: any Scheduler
+    ) -> Tensor {
+        guard guidanceScale > 1 else { return noise(latents, timestep: timestep, conditioning: conditioning, scheduler: scheduler) }
+        let parts = noise(Tensor.cat([latents, latents]), timestep: timestep, conditioning: conditioning, scheduler: scheduler).chunk(2)
+        return parts[0] + guidanceScale * (parts[1] - parts[0])
+    }
+
+    /// The UNet's noise prediction for `latents` (one row per conditioning row) at `timestep`, the input scaled as the
+    /// scheduler asks.
+    public func noise(_ latents: Tensor, timestep: Double, conditioning: Conditioning, scheduler: any Scheduler) -> Tensor {
+        let input = scheduler.scaleModelInput(latents, timestep: timestep)
         // Float timesteps: Euler's are fractional (999, 957.375, ...); the UNet embeds them as diffusers does.
         let t = Tensor(scalar: Float(timestep)).to(device).expand([input.size(0)])
-        var noise = unet(input, timestep: t, conditioning: conditioning)
-        if guided {
-            let parts = noise.chunk(2)
-            noise = parts[0] + guidanceScale * (parts[1] - parts[0])
-        }
-        return scheduler.step(modelOutput: noise, timestep: timestep, sample: latents, generator: generator, eta: eta)
+        return unet(input, timestep: t, conditioning: conditioning)
     }
 
     /// `denoise` with text embeddings alone (a UNet without added conditioning).

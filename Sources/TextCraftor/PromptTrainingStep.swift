@@ -194,12 +194,18 @@ public func promptTrainingStep(
         return outcome
 
     case .windowed:
-        // 1. The window forward without a graph, keeping the latent entering each step.
+        // 1. The window forward without a graph, keeping the latent entering each step and the guided noise it
+        //    stepped with (a latent's size each).
         let context = withNoGrad { encode(trainable) }
-        var entering: [Tensor] = []
+        var entering: [Tensor] = [], noises: [Tensor] = []
         for i in windowStart..<timesteps.count {
             entering.append(z)
-            z = withNoGrad { denoise(z, i, context) }
+            let noise = withNoGrad {
+                pipeline.guidedNoise(z, timestep: timesteps[i], conditioning: context, guidanceScale: settings.guidanceScale,
+                                     scheduler: scheduler)
+            }
+            noises.append(noise)
+            z = withNoGrad { scheduler.step(modelOutput: noise, timestep: timesteps[i], sample: z, generator: nil, eta: 0) }
         }
         // 2. d(loss)/d(final latents) through the VAE and the rewards (the decoder checkpointed piece by piece).
         var latentGradient: Tensor
@@ -224,13 +230,35 @@ public func promptTrainingStep(
         // 3. Back through the window one step at a time: recompute the step with a graph and backpropagate the
         //    incoming gradient through it (a vector-Jacobian product). The latent's part goes on to the step before;
         //    the conditioning's part (hidden states, and SDXL's pooled embeddings) is summed (text-encoder stage), or the
-        //    UNet's parameters accumulate theirs (UNet stage).
+        //    UNet's parameters accumulate theirs (UNet stage). The scheduler's step is differentiated at the noise
+        //    step 1 kept; the guided noise uncond + g (cond - uncond) then splits its gradient into (1 - g) for the
+        //    unconditional half and g for the conditional one, and each half's UNet call is recomputed and
+        //    backpropagated on its own, so that the graph alive is that of one UNet call on the prompts' batch, half
+        //    of the guidance batch's.
         let contextGradient = context.zeroGradients()
+        let guidance = settings.guidanceScale
         for (k, i) in (windowStart..<timesteps.count).enumerated().reversed() {
             let zIn = entering[k].detach().requiringGrad()
+            let noise = noises[k].detach().requiringGrad()
+            scheduler.step(modelOutput: noise, timestep: timesteps[i], sample: zIn, generator: nil, eta: 0)
+                .backward(gradient: latentGradient)
+            var zGradient = zIn.grad!
+            let noiseGradient = noise.grad!
             let c = trainsTextEncoder ? context.requiringGrad() : context
-            denoise(zIn, i, c).backward(gradient: latentGradient)
-            latentGradient = zIn.grad!
+            let calls: [(Conditioning, Tensor)]
+            if guidance > 1 {
+                let (unconditional, conditional) = c.halves()
+                calls = [(unconditional, noiseGradient * (1 - guidance)), (conditional, noiseGradient * guidance)]
+            } else {
+                calls = [(c, noiseGradient)]
+            }
+            for (conditioning, gradient) in calls {
+                let zCall = entering[k].detach().requiringGrad()
+                pipeline.noise(zCall, timestep: timesteps[i], conditioning: conditioning, scheduler: scheduler)
+                    .backward(gradient: gradient)
+                zGradient = zGradient + zCall.grad!
+            }
+            latentGradient = zGradient
             if trainsTextEncoder { contextGradient.accumulate(c.gradients) }
         }
         // 4. The summed conditioning gradient through the text encoders, once, from both tensors at once.

@@ -143,3 +143,11 @@ public func peakResidentMemoryMB() -> Double {
     getrusage(RUSAGE_SELF.rawValue, &usage)
     return Double(usage.ru_maxrss) / 1024
 }
+
+/// Hands the pages the C allocator holds free back to the system (glibc's `malloc_trim`), so that freed tensors stop
+/// counting in this process's resident memory: before a benchmark starts its reference beside it, for example.
+/// (Looked up at run time: Swift's Glibc module does not declare it.)
+public func releaseFreedMemory() {
+    guard let symbol = dlsym(dlopen(nil, RTLD_NOW), "malloc_trim") else { return }
+    _ = unsafeBitCast(symbol, to: (@convention(c) (Int) -> Int32).self)(0)
+}

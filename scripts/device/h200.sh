@@ -12,6 +12,8 @@
 #   1. bench train, batch 1, ours bf16 against the authors' fp32 (the targets: <= 0.6x time, <= 0.5x memory)
 #   2. bench generate, batch 4, float16, against diffusers (the target: >= 1.2x images/s)
 #   3. bench train, batch 4, ours bf16 against fp32
+#   3b. SDXL base at 1024x1024 (synth-model sdxl): bench train with both encoders trained, batch 1, ours bf16 against
+#       the authors' fp32 (the SDXL issue's targets: <= 0.7x time, <= 0.5x memory), then bench generate, batch 1, float16
 #   4. train with --dist-backend nccl, one process (issue 9's "the path loads and runs"), then gloo
 #   5. bench train, batch 1, fp32 against fp32 and bf16 against bf16 (like for like)
 #   6. bench train, batch 4, fp32 against fp32
@@ -30,18 +32,20 @@ echo "# $(date -u +%F): scripts/device/h200.sh$([ -n "${DRY:-}" ] && echo ' (DRY
 if [ -n "${DRY:-}" ]; then
   tc=(.build/release/textcraftor)
   device=cpu
-  sd=Tests/StableDiffusionTests/Fixtures/sd/tiny-sd15 clip=Tests/RewardsTests/Fixtures/hf/clip
+  sd=Tests/StableDiffusionTests/Fixtures/sd/tiny-sd15 sdxl=Tests/StableDiffusionTests/Fixtures/sdxl/tiny-sdxl clip=Tests/RewardsTests/Fixtures/hf/clip
   head=Tests/RewardsTests/Fixtures/hf/aesthetic.pth
   extra=(--pickscore Tests/RewardsTests/Fixtures/hf/pickscore)  # the tiny open_clip fixture has no 49408-token vocabulary
   shape=(--size 64 --steps 5 --window 2 --repeats 1) gen=(--size 64 --steps 5 --repeats 1 --dtype float32) backends=(gloo)
+  xl_size=64
   train_shape=(--resolution 64 --sampling-steps 4 --grad-window 2)
 else
   tc=(bash .device/run.sh)
   device=cuda models=/tmp/m
-  sd=$models/sd15 clip=$models/aes/clip head=$models/aes/aesthetic.safetensors
+  sd=$models/sd15 sdxl=$models/sdxl clip=$models/aes/clip head=$models/aes/aesthetic.safetensors
   extra=(--pickscore "$models/pick" --hpsv2 "$models/hps/HPS_v2.safetensors")
   shape=(--size 512 --steps 25 --window 5 --repeats 2) gen=(--size 512 --steps 25 --repeats 2 --dtype float16)
   backends=(nccl gloo)
+  xl_size=1024
   train_shape=(--resolution 512 --sampling-steps 25 --grad-window 5)
 fi
 
@@ -68,9 +72,9 @@ if [ -z "${DRY:-}" ]; then
   # not build it, compiled here against this machine's CUDA torch at the same time.
   mkdir -p "$models"
   "${tc[@]}" --help > /dev/null 2>&1  # run.sh unpacks the binary and the wheels once, before the parallel calls
-  echo "== [$((SECONDS - start)) s] synth-model sd15, aesthetic, pickscore, hpsv2" >> "$log"
+  echo "== [$((SECONDS - start)) s] synth-model sd15, aesthetic, pickscore, hpsv2, sdxl" >> "$log"
   pending=()
-  for p in "sd15 sd15" "aesthetic aes" "pickscore pick" "hpsv2 hps"; do
+  for p in "sd15 sd15" "aesthetic aes" "pickscore pick" "hpsv2 hps" "sdxl sdxl"; do
     set -- $p; "${tc[@]}" synth-model --preset "$1" --out "$models/$2" >> "$log" 2>&1 & pending+=("$!:synth-model $1")
   done
   if [ ! -e /tmp/textcraftor-bin/libtextcraftor_nccl.so ]; then
@@ -88,6 +92,14 @@ step "sampling, batch 4, float16: ours against diffusers" \
   "${tc[@]}" bench generate --model "$sd" "${gen[@]}" --batch 4 --device "$device"
 step "training step, batch 4: ours bf16, reference fp32" \
   "${tc[@]}" bench train "${rewards[@]}" "${shape[@]}" --batch 4 --mixed-precision bf16 --reference-precision fp32
+# SDXL: the same settings at its own size (the shape and sampling arrays with --size swapped).
+xl_shape=("${shape[@]}") xl_gen=("${gen[@]}")
+xl_shape[1]=$xl_size xl_gen[1]=$xl_size
+step "SDXL ${xl_size}x${xl_size} training step, both encoders, batch 1: ours bf16, reference fp32 (the authors')" \
+  "${tc[@]}" bench train --model "$sdxl" --clip "$clip" --aesthetic "$head" "${extra[@]}" --device "$device" \
+  "${xl_shape[@]}" --train text-encoders --batch 1 --mixed-precision bf16 --reference-precision fp32
+step "SDXL ${xl_size}x${xl_size} sampling, batch 1: ours against diffusers" \
+  "${tc[@]}" bench generate --model "$sdxl" "${xl_gen[@]}" --batch 1 --device "$device"
 
 printf 'a red circle on a blue background\na bowl of fruit, photo\nan old car in the rain\na tall tree at night\n' > /tmp/h200-prompts.txt
 for backend in "${backends[@]}"; do
