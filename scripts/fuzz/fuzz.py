@@ -351,9 +351,26 @@ def train_flag_case(rng, folder):
                                ("--betas", ["0.9", "1,1", "x"]), ("--device", ["gpu", "cuda:99", "cpu:0"]),
                                ("--mixed-precision", ["fp8", "bf16"]), ("--max-grad-norm", ["0", "-1"]),
                                ("--seed", ["-1", "18446744073709551616"]), ("--dist-backend", ["mpi"])])
-    return ["train", "--model", SD, "--prompts", os.path.join(folder, "p.txt"), "--reward", "clip=" + os.path.join(HF, "clip"),
-            "--out", os.path.join(folder, "run"), "--max-steps", "1", "--sampling-steps", "2", "--grad-window", "1",
-            flag, rng.choice(values)]
+    if rng.random() < 0.3:  # the encoder choice, on SD (one encoder) or SDXL (two)
+        flag, values = "--train", ["text-encoder", "text-encoder-2", "text-encoders", "unet", "vae", "", "text_encoder"]
+    return ["train", "--model", rng.choice([SD, SDXL]), "--prompts", os.path.join(folder, "p.txt"),
+            "--reward", "clip=" + os.path.join(HF, "clip"), "--out", os.path.join(folder, "run"), "--max-steps", "1",
+            "--sampling-steps", "2", "--grad-window", "1", flag, rng.choice(values)]
+
+
+def generate_flag_case(rng, folder):
+    """generate's sampler and SDXL flags, one to three at a time, on SD or SDXL."""
+    choices = [("--scheduler", ["ddim", "euler", "euler-ancestral", "dpm", "dpm-sde", "pndm", "lms", "", "EULER"]),
+               ("--karras", None), ("--clip-skip", ["0", "1", "2", "-1", "30", "x"]),
+               ("--prompt-2", ["", "a blue square", "x" * 5000]), ("--negative-prompt-2", ["", "blurry"]),
+               ("--crop", ["0,0", "8,8", "-1,0", "1000000,0", "a,b", "5"]), ("--steps", ["1", "0", "1001", "-2"]),
+               ("--guidance", ["0", "1", "nan", "-5"]), ("--height", ["64", "63", "0", "-8"]), ("--width", ["32", "1000000"]),
+               ("--eta", ["0", "1", "-1", "nan"])]
+    arguments = []
+    for flag, values in rng.sample(choices, rng.randint(1, 3)):
+        arguments += [flag] if values is None else [flag, rng.choice(values)]
+    return ["generate", "--model", rng.choice([SD, SDXL]), "--prompt", "a red circle", "--steps", "2",
+            "--out", os.path.join(folder, "out")] + arguments
 
 
 CLASSES = [
@@ -369,6 +386,7 @@ CLASSES = [
     ("reward-flag", 1, reward_flag_case),
     ("toml-config", 2, toml_case),
     ("train-flag", 1, train_flag_case),
+    ("generate-flag", 1, generate_flag_case),
 ]
 # The fast subset: classes that fail or finish in well under a second each.
 QUICK = {"safetensors", "pickle", "deep-pickle", "prompt-text", "reward-flag", "toml-config", "image"}
