@@ -85,12 +85,13 @@ public final class TrainingSession {
             return (try componentWeights(in: folder, baseName: "model", binBaseName: "pytorch_model"), folder.appendingPathComponent("config.json"))
         }
         var original = TextEncoders(of: pipeline)
-        if config.train.trainsFirstEncoder {
+        let copiesOriginals = config.adapter == .full  // adapter token: the encoders are frozen, the token conditions every step
+        if config.train.trainsFirstEncoder && copiesOriginals {
             let (source, configFile) = try weights("text_encoder")
             original = TextEncoders(
                 try CLIPTextModel.load(source, configFile: configFile, dtype: precision.frozenDType, device: device), original.second)
         }
-        if config.train.trainsSecondEncoder {
+        if config.train.trainsSecondEncoder && copiesOriginals {
             let (source, configFile) = try weights("text_encoder_2")
             original = TextEncoders(
                 original.first,
