@@ -156,8 +156,9 @@ public final class CLIPTextModel: Module {
     func embedTokens(_ ids: Tensor) -> Tensor {
         guard let added = addedTokenEmbeddings else { return tokenEmbedding(ids) }
         let vocabulary = Double(config.vocab_size)
-        let base = tokenEmbedding(ids.clamp(max: vocabulary - 1))
-        let rows = Functional.embedding((ids - vocabulary).clamp(min: 0), weight: added.to(dtype: base.dtype, device: base.device))
+        // (A Double scalar makes the integer ids float; they are exact there, and go back to int64 for the lookups.)
+        let base = tokenEmbedding(ids.clamp(max: vocabulary - 1).to(.int64))
+        let rows = Functional.embedding((ids - vocabulary).clamp(min: 0).to(.int64), weight: added.to(dtype: base.dtype, device: base.device))
         return Tensor.where(ids.ge(vocabulary).unsqueeze(-1), rows, base)
     }
 

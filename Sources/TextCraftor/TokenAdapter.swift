@@ -3,6 +3,24 @@ import NN
 import StableDiffusion
 import Torch
 
+extension StableDiffusionPipeline {
+    /// Loads textual-inversion embeddings, each `FILE[:TOKEN]` (a path that exists is a file whole; otherwise the
+    /// part after the last ":" is the token). The token defaults to the file's (`TokenEmbedding.token`: a diffusers
+    /// file's key, else the file's stem, as A1111 names it). Errors name the key `embedding` and the file.
+    public func loadEmbeddings(_ specs: [String]) throws {
+        for spec in specs {
+            var path = spec, token: String? = nil
+            if !FileManager.default.fileExists(atPath: spec), let colon = spec.lastIndex(of: ":") {
+                path = String(spec[..<colon])
+                token = String(spec[spec.index(after: colon)...])
+            }
+            do { try loadEmbedding(URL(fileURLWithPath: path), token: token) } catch {
+                throw TextCraftorError.invalidSetting(key: "embedding", message: "\(error)")
+            }
+        }
+    }
+}
+
 /// A module that writes its own folder in a run (`RunFolder.writeModel`) instead of config.json + weights.
 protocol WritesOwnFolder: Module {
     func write(to folder: URL) throws
