@@ -44,7 +44,11 @@ public struct TokenEmbedding {
     /// The model the embedding fits, in words: SDXL for clip_l/clip_g; by width, 768 SD 1.x and 1024 SD 2.x.
     public var fits: String {
         if let second { return "SDXL (clip_l \(first.size(1)) wide, clip_g \(second.size(1)) wide)" }
-        return Self.describe(width: first.size(1))
+        switch first.size(1) {
+        case 768: return "SD 1.x (768 wide)"
+        case 1024: return "SD 2.x (1024 wide)"
+        case let width: return "a text encoder \(width) wide"
+        }
     }
 
     /// "768 wide (SD 1.x)", "1024 wide (SD 2.x)", "32 wide".

@@ -55,12 +55,7 @@ public final class TokenAdapter: WritesOwnFolder {
     /// Adds the token to `pipeline` (rows from `initWord`) with rows on its device, trainable where `train` says.
     public init(pipeline: StableDiffusionPipeline, token: String, initWord: String, vectors: Int, train: TrainedNetwork,
                 modelName: String? = nil) throws {
-        func named<T>(_ key: String, _ body: () throws -> T) throws -> T {
-            do { return try body() } catch let error as StableDiffusionError {
-                throw TextCraftorError.invalidSetting(key: key, message: "\(error)")
-            }
-        }
-        let (l, g) = try named("init_word") { try pipeline.tokenRows(of: initWord) }
+        let (l, g) = try Self.named("init_word") { try pipeline.tokenRows(of: initWord) }
         let isXL = pipeline.architecture == .sdxl
         var initial = [(isXL ? "clip_l" : "emb_params", l.expand([vectors, l.size(1)]).contiguous())]
         if let g { initial.append(("clip_g", g.expand([vectors, g.size(1)]).contiguous())) }
@@ -73,7 +68,24 @@ public final class TokenAdapter: WritesOwnFolder {
         self.modelName = modelName
         first.requiresGrad = train.trainsFirstEncoder
         second?.requiresGrad = train.trainsSecondEncoder
-        try named("token") { try pipeline.addToken(token, first: first, second: second) }
+        try Self.named("token") { try pipeline.addToken(token, first: first, second: second) }
+    }
+
+    /// What `init` would refuse (an init word of several tokens, a token already in a vocabulary), checked without
+    /// changing the pipeline: a session checks it before it writes anything.
+    static func check(_ config: TrainingConfig, pipeline: StableDiffusionPipeline) throws {
+        guard config.adapter == .token, let token = config.token, let word = config.initWord else { return }
+        _ = try named("init_word") { try pipeline.tokenRows(of: word) }
+        for tokenizer in [pipeline.tokenizer] + (pipeline.tokenizer2.map { [$0] } ?? []) {
+            _ = try named("token") { try tokenizer.adding(token: token, vectors: config.vectors) }
+        }
+    }
+
+    /// Library errors as errors of the setting `key` (the CLI names its flag).
+    private static func named<T>(_ key: String, _ body: () throws -> T) throws -> T {
+        do { return try body() } catch let error as StableDiffusionError {
+            throw TextCraftorError.invalidSetting(key: key, message: "\(error)")
+        }
     }
 
     /// The file name of the A1111 files (without extension): the token's letters, digits, `.`, `_` and `-`.
