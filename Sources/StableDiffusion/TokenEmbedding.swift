@@ -176,7 +176,11 @@ extension StableDiffusionPipeline {
             }
         }
         for (encoder, rows, _) in places {
-            let typed = rows.requiresGrad ? rows : rows.to(dtype: encoder.tokenEmbedding.weight.dtype, device: encoder.tokenEmbedding.weight.device)
+            // The rows themselves where they fit (a trained token's parameters, updated in place), else a copy in the
+            // encoder's type and place.
+            let weight = encoder.tokenEmbedding.weight
+            let fits = rows.requiresGrad || (rows.dtype == weight.dtype && rows.device == weight.device)
+            let typed = fits ? rows : rows.to(dtype: weight.dtype, device: weight.device)
             encoder.addedTokenEmbeddings = encoder.addedTokenEmbeddings.map { Tensor.cat([$0, typed.to($0.dtype)], dim: 0) } ?? typed
         }
         tokenizer = tokenizers[0]

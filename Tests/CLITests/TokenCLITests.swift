@@ -60,7 +60,7 @@ import Torch
              "Error: --token: token \"red\" is already in the tokenizer's vocabulary: choose another, e.g. <red>"),
             (["--adapter", "token", "--token", "<x>", "--init-word", "redcircle"],
              "Error: --init-word: init word \"redcircle\" is 6 tokens in tokenizer (re | d | c | ir | c | le): give a word that is one token"),
-            (["--adapter", "lora"], "Error: The value 'lora' is invalid for '--adapter <name>'. Please provide one of 'full' or 'token'."),
+            (["--adapter", "token", "--token", "<x>", "--init-word", "red", "--vectors", "0"], "Error: --vectors: expected an integer >= 1, found 0"),
         ]
         for (flags, message) in cases {
             let out = temporaryOutput()
@@ -93,4 +93,33 @@ import Torch
     }
 
     func maxDifference(_ a: Tensor, _ b: Tensor) -> Double { (a.to(.float64) - b.to(.float64)).abs().max().item() }
+}
+
+/// Data parallel with a token: 2 ranks train the rows as one process does.
+@Suite(.serialized, .enabled(if: ProcessGroup.isAvailable, "built without Gloo's headers (libgloo-dev)"))
+struct TokenDistributedCLITests {
+    let rewards = repository.appendingPathComponent("Tests/RewardsTests/Fixtures/hf").path
+
+    @Test func twoRanksTrainTheTokenAsOneProcess() throws {
+        let prompts = FileManager.default.temporaryDirectory.appendingPathComponent("dp-token-\(UUID().uuidString).txt")
+        try "a red circle\na blue square\na green cat\na small dog\n".write(to: prompts, atomically: true, encoding: .utf8)
+        let one = temporaryOutput(), two = temporaryOutput()
+        defer { [prompts, one, two].forEach { try? FileManager.default.removeItem(at: $0) } }
+        func train(_ out: URL, _ extra: [String]) throws -> (status: Int32, out: String, err: String) {
+            try textcraftor(["train", "--model", tinySD15, "--prompts", prompts.path, "--reward", "aesthetic=\(rewards)/clip,\(rewards)/aesthetic.pth",
+                             "--out", out.path, "--sampling-steps", "2", "--grad-window", "1", "--lr", "1e-3", "--batch-size", "4",
+                             "--max-steps", "2", "--adapter", "token", "--token", "<aes>", "--init-word", "red"] + extra)
+        }
+        let single = try train(one, [])
+        #expect(single.status == 0, "\(single.err)")
+        let parallel = try train(two, ["--nproc-per-node", "2"])
+        #expect(parallel.status == 0, "\(parallel.err)")
+        let a = try Tensor.load(safetensors: one.appendingPathComponent("token/aes.safetensors"))["emb_params"]!
+        let b = try Tensor.load(safetensors: two.appendingPathComponent("token/aes.safetensors"))["emb_params"]!
+        let initial = try Tensor.load(safetensors: tinySD15Weights())["text_model.embeddings.token_embedding.weight"]!.narrow(dim: 0, start: 736, length: 1)
+        #expect((a - b).abs().max().item() < 1e-6)
+        #expect((a - initial).abs().max().item() > 1e-4)  // they trained
+    }
+
+    func tinySD15Weights() -> URL { URL(fileURLWithPath: tinySD15).appendingPathComponent("text_encoder/model.safetensors") }
 }

@@ -76,6 +76,31 @@ import Torch
         for (key, t) in stateA { #expect(t.toArray(Float.self) == stateB[key]!.toArray(Float.self), "\(key)") }
     }
 
+    /// SDXL: the token is in both encoders; --train text-encoder-2 trains its clip_g rows alone, and the run writes
+    /// the clip_l/clip_g file and diffusers' two learned_embeds files.
+    @Test func sdxlTrainsTheRowsTrainSelects() throws {
+        let out = temporaryRun()
+        defer { try? FileManager.default.removeItem(at: out) }
+        let (pipeline, _, rewards) = try tinySDXLSetup()
+        var config = tokenConfig(maxSteps: 1)
+        config.train = .textEncoder2
+        let trainer = try Trainer(pipeline: pipeline, original: TextEncoders(of: pipeline), modelFolder: tinySDXLFolder,
+                                  rewards: rewards, data: .prompts(try smallRunPrompts()), config: config, run: RunFolder(out))
+        let adapter = try #require(trainer.tokenAdapter)
+        let (l, g) = (adapter.first.toArray(Float.self), adapter.second!.toArray(Float.self))
+        let before = (pipeline.textEncoder2!.parameters + pipeline.textEncoder.parameters).map { $0.toArray(Float.self) }
+        try trainer.train()
+        #expect(adapter.first.toArray(Float.self) == l)  // clip_l's rows do not train
+        #expect(adapter.second!.toArray(Float.self) != g)
+        #expect((pipeline.textEncoder2!.parameters + pipeline.textEncoder.parameters).map { $0.toArray(Float.self) } == before)
+        let folder = out.appendingPathComponent("token")
+        let file = try TokenEmbedding.read(folder.appendingPathComponent("aes.safetensors"))
+        #expect(file.format == .sdxl && file.first.shape == [2, 32] && file.second?.shape == [2, 48])
+        #expect(file.second!.toArray(Float.self) == adapter.second!.toArray(Float.self))
+        #expect(try TokenEmbedding.read(folder.appendingPathComponent("learned_embeds_2.safetensors")).first.shape == [2, 48])
+        #expect(!FileManager.default.fileExists(atPath: folder.appendingPathComponent("aes.pt").path))
+    }
+
     @Test func promptsGetTheTokenUnlessTheyNameIt() throws {
         let (pipeline, _, _, _) = try tinySetup()
         let adapter = try TokenAdapter(pipeline: pipeline, token: "<aes>", initWord: "red", vectors: 1, train: .textEncoder)
