@@ -42,6 +42,21 @@ import Torch
         #expect(inspect.out.contains("textual-inversion embedding (a1111-pt): token aes, 2 vectors, fits a text encoder 32 wide"), "\(inspect.out)")
     }
 
+    /// bf16: the frozen models in bfloat16, the token's rows float32 (AdamW's master weights), and they train.
+    @Test func mixedPrecisionTrainsTheToken() throws {
+        let run = temporaryOutput()
+        defer { try? FileManager.default.removeItem(at: run) }
+        let trained = try train(run, ["--max-steps", "1", "--adapter", "token", "--token", "<aes>", "--init-word", "red",
+                                      "--mixed-precision", "bf16"])
+        #expect(trained.status == 0, "\(trained.err)")
+        let file = try SafeTensorsFile(url: run.appendingPathComponent("token/aes.safetensors"))
+        #expect(file.info("emb_params")?.dtype == .float32 && file.info("emb_params")?.shape == [1, 32])
+        let rows = try file.tensor("emb_params")
+        let red = try SafeTensorsFile(url: URL(fileURLWithPath: tinySD15).appendingPathComponent("text_encoder/model.safetensors"))
+            .tensor("text_model.embeddings.token_embedding.weight").narrow(dim: 0, start: 736, length: 1)
+        #expect(maxDifference(rows, red) > 1e-4)
+    }
+
     @Test func inspectNamesTheModelAnEmbeddingFits() throws {
         let xl = try textcraftor(["inspect", fixtures.appendingPathComponent("xl.safetensors").path])
         #expect(xl.out.contains("textual-inversion embedding (sdxl): token xl, 2 vectors, fits SDXL (clip_l 32 wide, clip_g 48 wide)"), "\(xl.out)")
