@@ -98,6 +98,11 @@ public final class CLIPTextModel: Module {
     let positionEmbedding: Embedding
     let layers: [CLIPEncoderLayer]
     let finalLayerNorm: LayerNorm
+    /// Rows of tokens added after the vocabulary (textual inversion), [N, D]: the ids `config.vocab_size` ..< + N look
+    /// them up, as if the token embedding had been resized and they written into it (transformers'
+    /// `resize_token_embeddings`), while the table itself stays as loaded (not a parameter: it is neither saved nor
+    /// loaded with the model). A tensor that requires grad trains through them. nil: none.
+    public var addedTokenEmbeddings: Tensor?
 
     /// `vb` points at the model root; the `text_model.` prefix of real checkpoints is found by itself.
     public convenience init(_ vb: VarBuilder, config: CLIPTextConfig, configFile: String = "config.json") throws {
@@ -137,7 +142,7 @@ public final class CLIPTextModel: Module {
         let ids = inputIds.dtype == .int64 ? inputIds : inputIds.to(.int64)
         let length = ids.size(1)
         let positions = Tensor.arange(Double(length), device: ids.device).unsqueeze(0)
-        var hidden = tokenEmbedding(ids) + positionEmbedding(positions)
+        var hidden = embedTokens(ids) + positionEmbedding(positions)
         var states = outputHiddenStates ? [hidden] : nil
         for layer in layers {
             hidden = layer(hidden)
@@ -145,6 +150,16 @@ public final class CLIPTextModel: Module {
         }
         let last = finalLayerNorm(hidden)
         return CLIPTextOutput(lastHiddenState: last, pooledOutput: pool(last, ids), hiddenStates: states)
+    }
+
+    /// The token embedding of `ids`, the added rows where an id is past the vocabulary.
+    func embedTokens(_ ids: Tensor) -> Tensor {
+        guard let added = addedTokenEmbeddings else { return tokenEmbedding(ids) }
+        let vocabulary = Double(config.vocab_size)
+        // (A Double scalar makes the integer ids float; they are exact there, and go back to int64 for the lookups.)
+        let base = tokenEmbedding(ids.clamp(max: vocabulary - 1).to(.int64))
+        let rows = Functional.embedding((ids - vocabulary).clamp(min: 0).to(.int64), weight: added.to(dtype: base.dtype, device: base.device))
+        return Tensor.where(ids.ge(vocabulary).unsqueeze(-1), rows, base)
     }
 
     /// The state at the end-of-text token. Configs with `eos_token_id == 2` (the original SD text encoders, from

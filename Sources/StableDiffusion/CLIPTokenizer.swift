@@ -46,14 +46,15 @@ public struct CLIPTokenizer: Sendable {
     /// The number of tokens in the vocabulary (transformers' `vocab_size`): 49408 for CLIP.
     public var vocabularySize: Int { vocabulary.count }
 
-    private let vocabulary: [String: Int32]
-    private let tokenStrings: [Int32: String]
+    private var vocabulary: [String: Int32]
+    private var tokenStrings: [Int32: String]
     let bpe: BytePairEncoding
     /// The merges in rank order, kept to write the tokenizer back out (`write(to:)`).
     private let merges: [(String, String)]
     private let specialTokens: (bos: String, eos: String, unknown: String, pad: String)
-    /// The special tokens the text is split at before cleaning, longest first.
-    private let addedTokens: [(scalars: [Unicode.Scalar], id: Int32)]
+    /// The special tokens, and the tokens `adding(token:vectors:)` added, that the text is split at before cleaning,
+    /// longest first, each with the ids it stands for (an added token of several vectors stands for all of them).
+    private var addedTokens: [(scalars: [Unicode.Scalar], ids: [Int32])]
 
     // MARK: - Loading
 
@@ -161,10 +162,10 @@ public struct CLIPTokenizer: Sendable {
         bpe = BytePairEncoding(vocabulary: vocabulary, merges: merges, unknownId: unknownTokenId)
         self.merges = merges
         specialTokens = (bos, eos, unknown, pad)
-        var added: [(scalars: [Unicode.Scalar], id: Int32)] = []
+        var added: [(scalars: [Unicode.Scalar], ids: [Int32])] = []
         for (token, id) in [(bos, bosTokenId), (eos, eosTokenId), (unknown, unknownTokenId), (pad, padTokenId)]
-        where !token.isEmpty && !added.contains(where: { $0.id == id }) {
-            added.append((Array(token.unicodeScalars), id))
+        where !token.isEmpty && !added.contains(where: { $0.ids == [id] }) {
+            added.append((Array(token.unicodeScalars), [id]))
         }
         addedTokens = added.sorted { $0.scalars.count > $1.scalars.count }
     }
@@ -210,6 +211,47 @@ public struct CLIPTokenizer: Sendable {
         }
     }
 
+    // MARK: - Added tokens (textual inversion)
+
+    /// The names of a token of `vectors` vectors, as diffusers' `load_textual_inversion` adds them: `token`,
+    /// `token_1`, ..., `token_{N-1}`.
+    public static func vectorNames(_ token: String, vectors: Int) -> [String] {
+        [token] + (1..<max(vectors, 1)).map { "\(token)_\($0)" }
+    }
+
+    /// Whether `word` is already a token: in the vocabulary (as itself or as a whole word, `word</w>`), or added.
+    public func hasToken(_ word: String) -> Bool {
+        vocabulary[word] != nil || vocabulary[word + "</w>"] != nil
+            || addedTokens.contains { $0.scalars.elementsEqual(word.unicodeScalars) }
+    }
+
+    /// A copy with `token` added as transformers' `add_tokens` adds one: its vectors get the ids after the vocabulary
+    /// (`vocabularySize`, ..., in the order of `vectorNames`), and it is matched whole in the raw text before any
+    /// cleaning or BPE, like the special tokens. `token` itself stands for all its vectors' ids in order (diffusers
+    /// rewrites a prompt's `token` to `token token_1 ...`); each `token_k` also stands for its own. Returns the copy
+    /// and the ids. A token that is empty, holds whitespace, or is already a token (`hasToken`) is an error.
+    public func adding(token: String, vectors: Int) throws -> (tokenizer: CLIPTokenizer, ids: [Int32]) {
+        guard vectors >= 1 else { throw StableDiffusionError.invalidArgument("token \(token): needs at least one vector, found \(vectors)") }
+        guard !token.isEmpty, !token.unicodeScalars.contains(where: \.properties.isWhitespace) else {
+            throw StableDiffusionError.invalidArgument("token \"\(token)\": must be one word without whitespace")
+        }
+        let names = Self.vectorNames(token, vectors: vectors)
+        if let taken = names.first(where: hasToken) {
+            throw StableDiffusionError.invalidArgument(
+                "token \"\(taken)\" is already in the tokenizer's vocabulary: choose another, e.g. <\(token.trimmingCharacters(in: CharacterSet(charactersIn: "<>")))>")
+        }
+        var copy = self
+        let ids = (0..<names.count).map { Int32(vocabularySize + $0) }
+        for (name, id) in zip(names, ids) {
+            copy.vocabulary[name] = id
+            copy.tokenStrings[id] = name
+            copy.addedTokens.append((Array(name.unicodeScalars), [id]))
+        }
+        copy.addedTokens[copy.addedTokens.count - names.count].ids = ids
+        copy.addedTokens.sort { $0.scalars.count > $1.scalars.count }
+        return (copy, ids)
+    }
+
     // MARK: - Encoding
 
     /// The ids of `text`, without start, end or padding tokens and without truncation.
@@ -219,9 +261,9 @@ public struct CLIPTokenizer: Sendable {
         var pieceStart = 0
         var i = 0
         while i < scalars.count {
-            if let (length, id) = addedToken(in: scalars, at: i) {
+            if let (length, tokenIds) = addedToken(in: scalars, at: i) {
                 encodePiece(scalars[pieceStart..<i], into: &ids)
-                ids.append(id)
+                ids += tokenIds
                 i += length
                 pieceStart = i
             } else {
@@ -260,10 +302,10 @@ public struct CLIPTokenizer: Sendable {
         tokenize(prompts, maxLength: maxLength, padding: padding)
     }
 
-    private func addedToken(in scalars: [Unicode.Scalar], at index: Int) -> (length: Int, id: Int32)? {
+    private func addedToken(in scalars: [Unicode.Scalar], at index: Int) -> (length: Int, ids: [Int32])? {
         for token in addedTokens where index + token.scalars.count <= scalars.count {
             if scalars[index..<index + token.scalars.count].elementsEqual(token.scalars) {
-                return (token.scalars.count, token.id)
+                return (token.scalars.count, token.ids)
             }
         }
         return nil

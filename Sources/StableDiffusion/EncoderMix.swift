@@ -111,7 +111,9 @@ extension StableDiffusionPipeline {
                 message: "hidden_size \(config.hidden_size) does not match the model's text encoder (\(expected))")
         }
         let weights = try componentWeights(in: folder, baseName: "model", binBaseName: "pytorch_model", variant: variant)
-        return try CLIPTextModel.load(weights, configFile: configFile, dtype: textEncoder.parameters.first?.dtype, device: device)
+        let encoder = try CLIPTextModel.load(weights, configFile: configFile, dtype: textEncoder.parameters.first?.dtype, device: device)
+        encoder.addedTokenEmbeddings = textEncoder.addedTokenEmbeddings  // the tokens `addToken` added read there too
+        return encoder
     }
 
     /// The UNet calls a request makes with a scheduler (the folder's when nil): `timesteps.count` after

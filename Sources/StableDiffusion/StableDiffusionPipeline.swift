@@ -80,10 +80,11 @@ public enum ModelArchitecture: String, Sendable {
 /// tokenizer and text encoder (`tokenizer2`, `textEncoder2`); everything else is shared, and the UNet is conditioned
 /// through one `Conditioning` value in both.
 public final class StableDiffusionPipeline {
-    public let tokenizer: CLIPTokenizer
+    /// Tokens added by `addToken` (textual inversion) are in it.
+    public internal(set) var tokenizer: CLIPTokenizer
     public let textEncoder: CLIPTextModel
     /// SDXL: `tokenizer_2` (the published one pads with "!").
-    public let tokenizer2: CLIPTokenizer?
+    public internal(set) var tokenizer2: CLIPTokenizer?
     /// SDXL: `text_encoder_2`, whose projected pooled output is the UNet's `text_embeds`.
     public let textEncoder2: CLIPTextModelWithProjection?
     public let unet: UNet2DConditionModel

@@ -133,6 +133,7 @@ public struct RunFolder: Sendable {
     /// `config.json` + the weights (keys as the checkpoint had them, `format: pt` as transformers expects).
     func writeModel(_ model: any Module, _ component: Component, to folder: URL) throws {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        if let own = model as? any WritesOwnFolder { return try own.write(to: folder) }
         try model.save(to: folder.appendingPathComponent(component.weights), metadata: ["format": "pt"])
         try writeSynced(try Data(contentsOf: component.config), to: folder.appendingPathComponent("config.json"))
     }

@@ -86,6 +86,9 @@ public struct EncoderFolders: Equatable, Sendable {
                 configFile: second.appendingPathComponent("config.json"), dtype: own.parameters.first?.dtype,
                 device: pipeline.device)
         }
+        // The tokens the pipeline's encoders were given (`addToken`) read in these too.
+        result.first?.addedTokenEmbeddings = pipeline.textEncoder.addedTokenEmbeddings
+        result.second?.textModel.addedTokenEmbeddings = pipeline.textEncoder2?.textModel.addedTokenEmbeddings
         return result
     }
 }

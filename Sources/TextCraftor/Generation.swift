@@ -47,6 +47,7 @@ public struct GenerationConfig: InferenceConfiguration {
     public var blend: String?
     public var mix: [String] = []
     public var finetunedSteps: Int?
+    public var embedding: [String] = []
 
     public init() {}
 
@@ -132,6 +133,7 @@ public final class ImageGeneration {
         pipeline = try StableDiffusionPipeline.load(
             folder: URL(fileURLWithPath: config.model!), dtype: config.dtype.dtype, device: try Device.opened(config.device, key: "device"),
             variant: config.variant)
+        try pipeline.loadEmbeddings(config.embedding)
         scheduler = try pipeline.makeScheduler(config.scheduler, karras: config.karras)
         try pipeline.validate(request)
         unetCalls = try pipeline.unetCalls(request, scheduler: scheduler)
@@ -167,6 +169,7 @@ public final class ImageGeneration {
             "eta": config.eta, "dtype": config.dtype.rawValue, "device": config.device, "variant": config.variant ?? "",
             "images": (0..<count).map { String(format: "%04d.png", $0) }, "unet_calls": unetCalls,
             "architecture": pipeline.architecture.rawValue, "clip_skip": config.clipSkip ?? NSNull(),
+            "embeddings": config.embedding,
         ]
         if pipeline.architecture == .sdxl {
             let sizes = pipeline.sizeConditioning(request, height: result.images.size(1), width: result.images.size(2))

@@ -147,7 +147,7 @@ struct StepConditioning {
 public func promptTrainingStep(
     pipeline: StableDiffusionPipeline, trainable: TextEncoders, original: TextEncoders, rewards: WeightedReward,
     prompts: [String], initialNoise: Tensor, settings: SamplingSettings, mode: GradientMode = .windowed,
-    lossScale: Double = 1, trainsTextEncoder: Bool = true
+    lossScale: Double = 1, trainsTextEncoder: Bool = true, rewardPrompts: [String]? = nil
 ) throws -> StepOutcome {
     try settings.validate()
     let scheduler = try settings.makeScheduler(pipeline)
@@ -178,7 +178,7 @@ public func promptTrainingStep(
     /// Scores images in [-1, 1] and returns the loss (with its graph back to them) and the outcome.
     func scoreDecoded(_ decoded: Tensor) throws -> (Tensor, StepOutcome) {
         let images = (decoded / 2 + 0.5).clamp(min: 0, max: 1)
-        let (total, terms) = try rewards.evaluate(images.to(.float32), prompts: prompts)
+        let (total, terms) = try rewards.evaluate(images.to(.float32), prompts: rewardPrompts ?? prompts)
         let loss = -total.mean() * lossScale
         let outcome = StepOutcome(
             loss: loss.item() / lossScale, rewards: terms.map { ($0.name, $0.scores.mean().item()) }, images: images.detach())
@@ -318,7 +318,7 @@ struct CheckpointedChain {
 /// (the UNet stage, where the UNet's parameters take it).
 public func directTrainingStep(
     pipeline: StableDiffusionPipeline, textEncoders: TextEncoders, rewards: WeightedReward, images: Tensor,
-    captions: [String], timestepRange: ClosedRange<Int>, generator: Generator, lossScale: Double = 1,
+    captions: [String], rewardCaptions: [String]? = nil, timestepRange: ClosedRange<Int>, generator: Generator, lossScale: Double = 1,
     trainsTextEncoder: Bool = true
 ) throws -> StepOutcome {
     let scheduler = try StableDiffusion.makeScheduler(config: pipeline.schedulerConfig, configFile: pipeline.schedulerConfigFile)
@@ -339,7 +339,7 @@ public func directTrainingStep(
     let epsilon = pipeline.unet(zt, timestep: Tensor(timesteps.map(Float.init)).to(device), conditioning: context)
     let x0 = (zt - (1 - alphaBar).sqrt() * epsilon) / alphaBar.sqrt()
     let decoded = (pipeline.decode(x0).to(.float32) / 2 + 0.5).clamp(min: 0, max: 1)
-    let (total, terms) = try rewards.evaluate(decoded, prompts: captions)
+    let (total, terms) = try rewards.evaluate(decoded, prompts: rewardCaptions ?? captions)
     let loss = -total.mean() * lossScale
     loss.backward()
     return StepOutcome(loss: loss.item() / lossScale, rewards: terms.map { ($0.name, $0.scores.mean().item()) }, images: decoded.detach())

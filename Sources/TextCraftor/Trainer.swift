@@ -65,6 +65,8 @@ public final class Trainer {
     public let run: RunFolder
     /// The trained modules, each with the diffusers component it is written as.
     let trained: [RunFolder.Trained]
+    /// `adapter token`: the new token's rows, the only parameters trained (nil: full training).
+    public let tokenAdapter: TokenAdapter?
     let optimizer: AdamW
     /// The run's CPU generator: the latent noise is each step's first draw from it.
     let noise: Generator
@@ -96,7 +98,7 @@ public final class Trainer {
         try config.validate()
         let target = config.train
         try target.requireSupported(by: pipeline.architecture, model: modelFolder.path)
-        precondition(!(target.trainsFirstEncoder && original.first === pipeline.textEncoder)
+        precondition(config.adapter == .token || !(target.trainsFirstEncoder && original.first === pipeline.textEncoder)
                      && !(target.trainsSecondEncoder && original.second === pipeline.textEncoder2),
                      "Trainer: the original of a trained encoder must be a frozen copy")
         self.pipeline = pipeline
@@ -114,13 +116,21 @@ public final class Trainer {
             trained.append((component("text_encoder_2", weights: "model.safetensors"), second))
         }
         if target == .unet { trained.append((component("unet", weights: "diffusion_pytorch_model.safetensors"), pipeline.unet)) }
+        if config.adapter == .token, let token = config.token, let initWord = config.initWord {  // validated above
+            let adapter = try TokenAdapter(pipeline: pipeline, token: token, initWord: initWord, vectors: config.vectors,
+                                           train: target, modelName: modelFolder.lastPathComponent)
+            tokenAdapter = adapter
+            trained = [(adapter.component(modelFolder: modelFolder), adapter)]
+        } else {
+            tokenAdapter = nil
+        }
         self.trained = trained
         rewards.setPreprocessing(.training)
         original.first.setTrainable(false)
         original.second?.setTrainable(false)
         pipeline.vae.setTrainable(false)
-        pipeline.textEncoder.setTrainable(target.trainsFirstEncoder)
-        pipeline.textEncoder2?.setTrainable(target.trainsSecondEncoder)
+        pipeline.textEncoder.setTrainable(target.trainsFirstEncoder && tokenAdapter == nil)
+        pipeline.textEncoder2?.setTrainable(target.trainsSecondEncoder && tokenAdapter == nil)
         pipeline.unet.setTrainable(target == .unet)
         optimizer = AdamW(
             parameters: trained.flatMap { $0.module.trainableParameters },
@@ -168,21 +178,25 @@ public final class Trainer {
                 case .prompts(let batches):
                     var noiseTensor = Tensor.randn(latentShape, generator: noise)  // the step's first random draw
                     var prompts = batches.next()
+                    var conditioned: [String]? = nil  // adapter token: the prompts with the token
                     if let shard = parallel?.shard(config.batchSize) {  // this rank's rows of the global batch
                         noiseTensor = noiseTensor.narrow(dim: 0, start: shard.lowerBound, length: shard.count)
                         prompts = Array(prompts[shard])
                     }
+                    if let tokenAdapter { conditioned = prompts.map(tokenAdapter.prompt) }
                     // The UNet stage samples with the (fine-tuned) encoders throughout: they are frozen there.
                     outcome = try promptTrainingStep(
-                        pipeline: pipeline, trainable: encoders, original: target.trainsTextEncoder ? original : encoders,
-                        rewards: rewards, prompts: prompts, initialNoise: noiseTensor, settings: config.sampling,
-                        lossScale: scale, trainsTextEncoder: target.trainsTextEncoder)
+                        pipeline: pipeline, trainable: encoders,
+                        original: target.trainsTextEncoder && tokenAdapter == nil ? original : encoders,
+                        rewards: rewards, prompts: conditioned ?? prompts, initialNoise: noiseTensor, settings: config.sampling,
+                        lossScale: scale, trainsTextEncoder: target.trainsTextEncoder, rewardPrompts: prompts)
                 case .pairs(let batches):
                     let batch = batches.next()
                     let images = try Tensor.stack(batch.map { try Self.loadImage($0.image, size: size) }).to(pipeline.device)
                     outcome = try directTrainingStep(
                         pipeline: pipeline, textEncoders: encoders, rewards: rewards, images: images,
-                        captions: batch.map(\.caption), timestepRange: config.timestepRange.range, generator: noise,
+                        captions: batch.map { tokenAdapter?.prompt($0.caption) ?? $0.caption }, rewardCaptions: batch.map(\.caption),
+                        timestepRange: config.timestepRange.range, generator: noise,
                         lossScale: scale, trainsTextEncoder: target.trainsTextEncoder)
                 }
                 loss += outcome.loss / Double(config.gradientAccumulation)
@@ -229,6 +243,7 @@ public final class Trainer {
 
     public func save() throws {
         guard isWriter else { return }
+        tokenAdapter?.step = step
         try run.save(trained, optimizer: optimizer, generator: noise,
                      state: try state(),
                      keep: config.keepCheckpoints)

@@ -78,10 +78,15 @@ public final class TrainingSession {
             throw TextCraftorError.invalidSetting(
                 key: "resolution", message: "expected a positive multiple of \(pipeline.vaeScaleFactor), found \(resolution)")
         }
-        let original = try TextEncoders.originals(
-            of: pipeline, modelFolder: modelURL, training: config.train, dtype: precision.frozenDType, device: device)
+        // The frozen originals condition the steps before the gradient window: a copy of each encoder that trains.
+        // With a reward token the encoders are frozen and the token conditions every step, so there is none.
+        let original = config.adapter == .token
+            ? TextEncoders(of: pipeline)
+            : try TextEncoders.originals(
+                of: pipeline, modelFolder: modelURL, training: config.train, dtype: precision.frozenDType, device: device)
         // The UNet stage on fine-tuned encoders: their weights replace the pipeline's (same architecture).
         try fineTuned?.load(into: pipeline)
+        try TokenAdapter.check(config, pipeline: pipeline)
         let rewards = WeightedReward()
         for reward in config.rewards {
             rewards.add(try RewardRegistry.load(name: reward.name, paths: reward.paths, dtype: precision.frozenDType, device: device),

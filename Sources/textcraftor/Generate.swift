@@ -29,6 +29,10 @@ struct Generate: ParsableCommand {
             the model's for every step) or one encoder's folder (a fine-tuned SD 1.x encoder stands in for SDXL's \
             text_encoder). --blend, --mix and --finetuned-steps work there as on SD 1.x/2.x, per place: a run that \
             trained one encoder keeps the model's other, and the hidden states and pooled text embeds are both mixed.
+
+            Textual-inversion tokens: --embedding FILE[:TOKEN] (repeatable) adds a token from diffusers' \
+            learned_embeds.safetensors, A1111's .pt or .safetensors, or SDXL's clip_l/clip_g file (what `train \
+            --adapter token` writes to OUT/token/); prompts that name the token use it, with any encoder above.
             """)
 
     @OptionGroup var options: InferenceOptions

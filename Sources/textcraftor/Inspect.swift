@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import NN
+import StableDiffusion
 import Torch
 
 struct Inspect: ParsableCommand {
@@ -9,6 +10,10 @@ struct Inspect: ParsableCommand {
         discussion: """
             Reads .safetensors (memory-mapped, nothing is loaded), torch.save files (.bin, .pt, .pth, .ckpt; the \
             state_dict entry when there is one) and folders: every weights file below a diffusers folder, by component.
+
+            A textual-inversion embedding (diffusers' learned_embeds, A1111's .pt or .safetensors, SDXL's clip_l/clip_g) \
+            is also described: its format, the token prompts use, its vectors and width, and the model it fits \
+            (clip_l/clip_g: SDXL; 768 wide: SD 1.x; 1024 wide: SD 2.x).
             """)
 
     @Argument(help: "A weights file or a folder.", completion: .file())
@@ -30,7 +35,16 @@ struct Inspect: ParsableCommand {
         guard !files.isEmpty else { throw CommandError("\(path): no weights files (.safetensors, .bin, .pt, .pth, .ckpt) below it") }
         var total = 0
         for file in files {
-            let source = try Weights.open(file)
+            var source: any WeightSource
+            var embedding: TokenEmbedding?
+            do {
+                source = try Weights.open(file)
+            } catch {
+                // A1111's .pt is not a flat state dict (string_to_param holds the tensor): read as an embedding.
+                guard let found = try? TokenEmbedding.read(file) else { throw error }
+                embedding = found
+                source = TensorDictionary(["string_to_param.*": found.first], origin: file.path)
+            }
             let rows = source.keys.map { key -> (String, DType, [Int]) in
                 let info = source.info(key)!
                 return (key, info.dtype, info.shape)
@@ -38,7 +52,17 @@ struct Inspect: ParsableCommand {
             // Saturating: the shapes come from the file, and a zero-size tensor may have huge other dimensions.
             let count = rows.reduce(0) { saturatingSum($0, elementCount($1.2)) }
             total = saturatingSum(total, count)
+            // A file of at most a few tensors may be an embedding (probing a large checkpoint would read it all).
+            if embedding == nil, rows.count <= 6 { embedding = try? TokenEmbedding.read(file) }
             if json {
+                if let embedding {
+                    let object: [String: Any] = [
+                        "file": file.path, "embedding": ["format": embedding.format.rawValue, "token": embedding.token,
+                        "vectors": embedding.vectors, "widths": [embedding.first.size(1)] + (embedding.second.map { [$0.size(1)] } ?? []),
+                        "fits": embedding.fits]]
+                    let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
+                    print(String(decoding: data, as: UTF8.self))
+                }
                 for (name, dtype, shape) in rows {
                     let object: [String: Any] = ["file": file.path, "name": name, "dtype": dtype.description, "shape": shape]
                     let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
@@ -52,6 +76,10 @@ struct Inspect: ParsableCommand {
             printTable(["name", "dtype", "shape"], rows.map {
                 [excerpt($0.0, limit: Self.nameLimit), $0.1.description, excerpt(shape: $0.2, limit: 16)]
             })
+            if let embedding {
+                print("textual-inversion embedding (\(embedding.format.rawValue)): token \(excerpt(embedding.token, limit: 80)), "
+                      + "\(embedding.vectors) vector\(embedding.vectors == 1 ? "" : "s"), fits \(embedding.fits)")
+            }
             print()
         }
         if !json && files.count > 1 { print("total: \(formatCount(total)) values in \(files.count) files") }

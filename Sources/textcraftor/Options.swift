@@ -24,11 +24,21 @@ struct InferenceOptions: ParsableArguments {
     var config: String?
     @OptionGroup(title: "Model") var model: ModelOptions
     @OptionGroup(title: "Device") var device: DeviceOptions
+    @OptionGroup(title: "Embeddings") var embeddings: EmbeddingOptions
 
     /// The `--config` file's settings (or the defaults) with these flags and `flags`' over them.
     func configuration<C: Configuration>(_ flags: any ParsableArguments) throws -> C {
-        try loadConfiguration(file: config, flags: model, device, flags)
+        try loadConfiguration(file: config, flags: model, device, embeddings, flags)
     }
+}
+
+/// --embedding of `generate` and `eval`: textual-inversion tokens for the prompts.
+struct EmbeddingOptions: ParsableArguments {
+    @Option(help: ArgumentHelp(
+        "A textual-inversion embedding, FILE[:TOKEN], repeatable; the prompts then use TOKEN.",
+        discussion: "Reads diffusers' learned_embeds.safetensors (the token is its key), AUTOMATIC1111's .pt and .safetensors (emb_params; the token is the file's stem, as A1111 names it), and SDXL's clip_l/clip_g .safetensors (A1111, ComfyUI; both encoders), as `textcraftor train --adapter token` writes them in OUT/token/. A token of N vectors stands for its N tokens wherever the prompt names it. The embedding's width must be the model's (768 SD 1.x, 1024 SD 2.x; clip_l and clip_g on SDXL).",
+        valueName: "FILE[:TOKEN]"), completion: .file())
+    var embedding: [String] = []
 }
 
 /// --device, checked the same way by every command that computes.
@@ -102,6 +112,7 @@ struct DistributedOptions: ParsableArguments {
 extension MixedPrecision: ExpressibleByArgument {}
 extension TrainingMode: ExpressibleByArgument {}
 extension TrainedNetwork: ExpressibleByArgument {}
+extension Adapter: ExpressibleByArgument {}
 extension DistributedBackend: ExpressibleByArgument {}
 
 /// The flags given in option groups whose properties are named after configuration keys, as (key, value): the

@@ -17,6 +17,8 @@ struct Train: ParsableCommand {
             then the flags, which override it; --resume reads them from the run's run.json, and flags given with it \
             change them for the rest of the run.
 
+            --adapter token trains one new token's embedding instead (see --adapter), written to OUT/token/.
+
             Writes OUT/text_encoder/ (and on SDXL OUT/text_encoder_2/ for the encoders trained; config.json + \
             model.safetensors, loadable by diffusers and by `textcraftor generate --text-encoder OUT`), \
             OUT/metrics.jsonl, OUT/run.json and OUT/checkpoints/. \
@@ -124,6 +126,14 @@ struct TrainingFlags: ParsableArguments {
     @Option(help: "NAME=PATH[:GAMMA], repeatable (see `textcraftor score --help`).", transform: RewardOption.init(spec:))
     var reward: [RewardOption] = []
     @Option(help: "Output folder.", completion: .directory) var out: String?
+    @Option(help: ArgumentHelp(
+        "full (default: every weight of the trained encoders) or token (one new token's embedding rows).",
+        discussion: "token (textual inversion against the rewards) adds --token to the tokenizer(s) with --vectors vectors (TOKEN, TOKEN_1, ...), starting from --init-word's row, and trains only those rows: every other weight, the rest of the token embedding included, stays frozen. Each prompt gets \", TOKEN\" appended unless it names the token; the rewards score the prompts as written. On SDXL the token is in both encoders; --train text-encoder trains its clip_l rows, text-encoder-2 its clip_g rows, text-encoders both. Writes OUT/token/: STEM.safetensors (A1111/ComfyUI; SDXL: clip_l and clip_g), learned_embeds.safetensors (diffusers; SDXL also learned_embeds_2.safetensors) and on SD 1.x/2.x STEM.pt (A1111), STEM being the token's letters, digits, ., _ and -. Load them with `generate --embedding`.",
+        valueName: "NAME"))
+    var adapter: Adapter?
+    @Option(help: "--adapter token: the new token, e.g. \"<aesthetic>\" (must not be in the vocabulary).") var token: String?
+    @Option(help: "--adapter token: the word (one token) whose embedding the new token starts from.") var initWord: String?
+    @Option(help: "--adapter token: vectors of the new token (default 1).") var vectors: Int?
 
     @Option(help: "DDIM steps per sample (default 25).") var samplingSteps: Int?
     @Option(help: "Last steps with gradient (default 5).") var gradWindow: Int?

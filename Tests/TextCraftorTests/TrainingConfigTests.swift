@@ -21,7 +21,7 @@ import Testing
     func everyKeyChanged() -> TrainingConfig {
         var c = TrainingConfig()
         c.mode = .direct
-        c.train = .unet
+        c.train = .textEncoders  // not unet: adapter token trains a text encoder's token
         c.model = path("models/sd15")
         c.prompts = path("../prompts/parti.tsv")
         c.promptColumn = "caption"
@@ -33,6 +33,10 @@ import Testing
             RewardOption(name: "clip", paths: ["/weights/open_clip_vit_g14.bin"], gamma: 0.5, scale: nil),
         ]
         c.out = path("runs/b")
+        c.adapter = .token
+        c.token = "<aesthetic>"
+        c.initWord = "beautiful"
+        c.vectors = 3
         c.samplingSteps = 20
         c.gradientWindow = 4
         c.guidanceScale = 6
@@ -64,13 +68,17 @@ import Testing
         let config = try parse("""
             # TextCraftor on Parti, aesthetic + CLIP
             mode = "direct"
-            train = "unet"
+            train = "text-encoders"
             model = "models/sd15"
             prompts = "../prompts/parti.tsv"
             prompt_column = "caption"
             data = "/data/pairs"
             text_encoder = "runs/a/text_encoder"
             out = "runs/b"
+            adapter = "token"
+            token = "<aesthetic>"
+            init_word = "beautiful"
+            vectors = 3
             sampling_steps = 20
             grad_window = 4
             guidance = 6
@@ -110,7 +118,7 @@ import Testing
         #expect(config == everyKeyChanged())
         #expect(config.prompts == folder.deletingLastPathComponent().appendingPathComponent("prompts/parti.tsv").path)
         // Every key of the type is a key of the file: the test above gives them all.
-        #expect(TrainingConfig.keys.count == 33)
+        #expect(TrainingConfig.keys.count == 37)
     }
 
     @Test func anEmptyFileGivesTheDefaults() throws {

@@ -53,11 +53,14 @@ public protocol InferenceConfiguration: Configuration {
     var variant: String? { get set }
     var dtype: FloatType { get set }
     var device: String { get set }
+    /// Textual-inversion embeddings, `FILE[:TOKEN]` each (`StableDiffusionPipeline.loadEmbeddings`).
+    var embedding: [String] { get set }
 }
 
 extension InferenceConfiguration {
     static var inferenceFields: [ConfigField<Self>] {
-        [.path("model", \.model), .string("variant", \.variant), .choice("dtype", \.dtype), .device("device", \.device)]
+        [.path("model", \.model), .string("variant", \.variant), .choice("dtype", \.dtype), .device("device", \.device),
+         .strings("embedding", \.embedding)]
     }
 }
 

@@ -28,6 +28,15 @@ public struct TrainingConfig: Configuration {
     public var rewards: [RewardOption] = []
     /// The run folder.
     public var out: String?
+    /// What the optimizer changes: every weight of the trained encoder(s) (full), or one new token's rows (token).
+    public var adapter = Adapter.full
+    /// adapter token: the new token (e.g. `<aesthetic>`), added to the tokenizer(s) and appended to each prompt that
+    /// does not name it (`TokenAdapter`).
+    public var token: String?
+    /// adapter token: the word (one token) whose embedding row(s) the new token starts from.
+    public var initWord: String?
+    /// adapter token: how many vectors (tokens `token`, `token_1`, ...) the new token has.
+    public var vectors = 1
 
     // The sampler of prompt mode
     /// DDIM steps per sample (eta 0, trailing timesteps).
@@ -86,6 +95,10 @@ public struct TrainingConfig: Configuration {
         .path("text_encoder", \.textEncoder),
         .rewards("reward", \.rewards),
         .path("out", \.out),
+        .choice("adapter", \.adapter),
+        .string("token", \.token),
+        .string("init_word", \.initWord),
+        .integer("vectors", \.vectors, .between(1, 75)),
         .integer("sampling_steps", \.samplingSteps, .between(1, 1000)),
         .integer("grad_window", \.gradientWindow, .positive),
         .number("guidance", \.guidanceScale, .any),
@@ -116,6 +129,7 @@ public struct TrainingConfig: Configuration {
         guard gradientWindow <= samplingSteps else {
             throw TextCraftorError.invalidSetting(key: "grad_window", message: "\(gradientWindow) is more than sampling_steps (\(samplingSteps))")
         }
+        try TokenAdapter.validate(self)
     }
 
     /// The learning rate at a step (0-based): linear warm-up, then constant.

@@ -29,6 +29,7 @@ public struct EvalConfig: InferenceConfiguration {
     // The variants
     /// Fine-tuned encoders, NAME=DIR or DIR (named by its folder).
     public var textEncoder: [String] = []
+    public var embedding: [String] = []
     /// Each text encoder also blended with the original by each weight (named NAME@W).
     public var blend: [String] = []
     /// Style mixes NAME=W,NAME=W,... (mix1, mix2, ...).

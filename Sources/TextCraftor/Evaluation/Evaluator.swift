@@ -41,6 +41,7 @@ public final class Evaluator {
         } catch {
             throw TextCraftorError.invalidSetting(key: "model", message: "\(model.path): \(error)")
         }
+        try pipeline.loadEmbeddings(config.embedding)
         // What the sampling settings ask of the model (clip_skip within its layers, crop for SDXL only), before
         // anything is written.
         try pipeline.validate(sampling.request("", index: 0))
