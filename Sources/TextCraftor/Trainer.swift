@@ -65,6 +65,8 @@ public final class Trainer {
     public let run: RunFolder
     /// The trained modules, each with the diffusers component it is written as.
     let trained: [RunFolder.Trained]
+    /// `adapter = "lora"`: the LoRA adapters trained instead (the encoders then stay frozen).
+    public let adapters: [any RunAdapter]
     let optimizer: AdamW
     /// The run's CPU generator: the latent noise is each step's first draw from it.
     let noise: Generator
@@ -84,7 +86,10 @@ public final class Trainer {
     public var trainedModules: [any Module] { trained.map(\.module) }
 
     /// The folders the trained weights are written to in the run folder (`text_encoder/`, `text_encoder_2/`, `unet/`).
-    public var weightsFolders: [URL] { trained.map { run.url.appendingPathComponent($0.component.name) } }
+    /// With LoRA: the adapter's file (`lora.safetensors`).
+    public var weightsFolders: [URL] {
+        trained.map { run.url.appendingPathComponent($0.component.name) } + adapters.map { run.url.appendingPathComponent($0.fileName) }
+    }
 
     /// `original`: the frozen encoders for the sampling steps before the window (prompt mode, text stage); each
     /// encoder `config.train` trains must be a copy there, not the pipeline's own. `modelFolder`: the diffusers folder,
@@ -114,16 +119,18 @@ public final class Trainer {
             trained.append((component("text_encoder_2", weights: "model.safetensors"), second))
         }
         if target == .unet { trained.append((component("unet", weights: "diffusion_pytorch_model.safetensors"), pipeline.unet)) }
-        self.trained = trained
+        let lora = config.adapter == .lora
+        self.trained = lora ? [] : trained
+        adapters = lora ? [LoRARun(pipeline: pipeline, config: config, modelName: modelFolder.lastPathComponent)] : []
         rewards.setPreprocessing(.training)
         original.first.setTrainable(false)
         original.second?.setTrainable(false)
         pipeline.vae.setTrainable(false)
-        pipeline.textEncoder.setTrainable(target.trainsFirstEncoder)
-        pipeline.textEncoder2?.setTrainable(target.trainsSecondEncoder)
+        pipeline.textEncoder.setTrainable(!lora && target.trainsFirstEncoder)
+        pipeline.textEncoder2?.setTrainable(!lora && target.trainsSecondEncoder)
         pipeline.unet.setTrainable(target == .unet)
         optimizer = AdamW(
-            parameters: trained.flatMap { $0.module.trainableParameters },
+            parameters: self.trained.flatMap { $0.module.trainableParameters } + adapters.flatMap(\.parameters),
             learningRate: config.learningRate, betas: config.betas.pair, eps: config.eps, weightDecay: config.weightDecay)
         noise = Generator(seed: config.seed)
         lossScaler = config.mixedPrecision == .fp16 ? LossScaler() : nil
@@ -132,7 +139,7 @@ public final class Trainer {
     /// Continues from the newest complete checkpoint of the run folder.
     public func resume() throws {
         let checkpoint = try run.latestCheckpoint()
-        let state = try run.restore(checkpoint, trained, optimizer: optimizer, generator: noise)
+        let state = try run.restore(checkpoint, trained, adapters: adapters, optimizer: optimizer, generator: noise)
         try data.restore(cursor: state.promptCursor)
         step = state.step
         if lossScaler != nil { lossScaler = state.lossScaler ?? LossScaler() }
@@ -229,7 +236,7 @@ public final class Trainer {
 
     public func save() throws {
         guard isWriter else { return }
-        try run.save(trained, optimizer: optimizer, generator: noise,
+        try run.save(trained, adapters: adapters, optimizer: optimizer, generator: noise,
                      state: try state(),
                      keep: config.keepCheckpoints)
     }

@@ -13,6 +13,9 @@ public struct TrainingConfig: Configuration {
     public var mode = TrainingMode.prompt
     /// The text encoder(s), or the UNet in the second stage.
     public var train = TrainedNetwork.textEncoder
+    /// full (every weight of the trained encoders) or lora (adapters on their linear layers, `lora`'s settings).
+    public var adapter = Adapter.full
+    public var lora = LoRASettings()
     /// A diffusers Stable Diffusion folder.
     public var model: String?
     /// Prompt mode: a .txt, Parti .tsv, .csv or .json prompt file.
@@ -79,6 +82,13 @@ public struct TrainingConfig: Configuration {
     public static let fields: [ConfigField<Self>] = [
         .choice("mode", \.mode),
         .choice("train", \.train),
+        .choice("adapter", \.adapter),
+        .integer("lora_rank", \.lora.rank, .between(1, 4096)),
+        .number("lora_alpha", \.lora.alpha, .positive),
+        .number("lora_dropout", \.lora.dropout, .unit),
+        .strings("lora_targets", \.lora.targets),
+        .choice("lora_format", \.lora.format),
+        .choice("lora_dtype", \.lora.dtype),
         .path("model", \.model),
         .path("prompts", \.prompts),
         .string("prompt_column", \.promptColumn),
@@ -113,6 +123,10 @@ public struct TrainingConfig: Configuration {
     ]
 
     public func validateRelations() throws {
+        if let problem = lora.targetsProblem { throw TextCraftorError.invalidSetting(key: "lora_targets", message: problem) }
+        if adapter == .lora, train == .unet {
+            throw TextCraftorError.invalidSetting(key: "adapter", message: "lora trains text encoders: use --adapter full with --train unet")
+        }
         guard gradientWindow <= samplingSteps else {
             throw TextCraftorError.invalidSetting(key: "grad_window", message: "\(gradientWindow) is more than sampling_steps (\(samplingSteps))")
         }
