@@ -28,6 +28,7 @@ struct Train: ParsableCommand {
     @Option(help: "Continue the run in this folder from its newest checkpoint.", completion: .directory) var resume: String?
     @OptionGroup(title: "Model and data") var model: ModelFlag
     @OptionGroup(title: "Training") var training: TrainingFlags
+    @OptionGroup(title: "Adapter") var adapter: AdapterFlags
     @OptionGroup(title: "Device") var device: DeviceOptions
     @OptionGroup(title: "Data-parallel") var distributed: DistributedOptions
 
@@ -83,9 +84,9 @@ struct Train: ParsableCommand {
             if let resume {
                 config = try TrainingSession.recordedConfig(in: URL(fileURLWithPath: resume))
                 config = try config.overlaying(
-                    configValues(of: [model, training, device, distributed], skipping: DistributedOptions.launcherFlags))
+                    configValues(of: [model, training, adapter, device, distributed], skipping: DistributedOptions.launcherFlags))
             } else {
-                config = try loadConfiguration(file: self.config, flags: model, training, device, distributed,
+                config = try loadConfiguration(file: self.config, flags: model, training, adapter, device, distributed,
                                            skipping: DistributedOptions.launcherFlags)
             }
             if let resume { config.out = resume }

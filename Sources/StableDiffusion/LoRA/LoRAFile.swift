@@ -264,3 +264,38 @@ public struct LoRATargets {
         }
     }
 }
+
+extension LoRAFile {
+    /// Module kinds by the end of their names, longest first (`self_attn_q_proj` is q_proj, `ff_net_0_proj` ff.net.0.proj).
+    static let kinds = ["ff_net_0_proj", "ff_net_2", "to_out_0", "conv_shortcut", "time_emb_proj", "text_projection", "q_proj", "k_proj",
+                        "v_proj", "out_proj", "proj_in", "proj_out", "to_q", "to_k", "to_v", "fc1", "fc2", "conv1", "conv2", "conv"]
+
+    /// What `inspect` says of the file: its format, the model it is for, the ranks and alphas, and the modules it
+    /// changes per model part and kind.
+    public var summary: [String] {
+        func counts<T: Hashable & Comparable>(_ values: [T]) -> String {
+            Dictionary(grouping: values, by: { $0 }).sorted { $0.key < $1.key }.map { "\($0.key) (\($0.value.count))" }
+                .joined(separator: ", ")
+        }
+        var lines = [
+            "LoRA: \(format) names, \(modules.count) modules, for \(baseArchitecture)",
+            "rank: \(counts(modules.map(\.rank)))",
+            "alpha: " + (modules.allSatisfy { $0.alpha == nil } ? "none stored (= rank)"
+                : counts(modules.map { $0.alpha.map { String($0) } ?? "none (= rank)" })),
+        ]
+        for place in LoRAPlace.allCases {
+            let here = modules.filter { $0.place == place }
+            guard !here.isEmpty else { continue }
+            let kinds = here.map { module -> String in
+                let flat = module.path.replacingOccurrences(of: ".", with: "_")
+                let kind = Self.kinds.first { flat == $0 || flat.hasSuffix("_" + $0) } ?? String(flat.split(separator: "_").last ?? "")
+                return module.down.rank == 4 ? "\(kind) (conv \(module.down.size(2))x\(module.down.size(3)))" : kind
+            }
+            lines.append("\(place.rawValue): \(counts(kinds))")
+        }
+        for key in ["ss_base_model_version", "ss_network_dim", "ss_network_alpha", "modelspec.architecture", "modelspec.title"] {
+            if let value = metadata[key] { lines.append("\(key): \(excerpt(value, limit: 120))") }
+        }
+        return lines
+    }
+}
