@@ -4,12 +4,14 @@ import Torch
 /// computes W x + b + (alpha / rank) · up(down(dropout(x))), with `down` [rank, in] and `up` [out, rank]. Initialised
 /// with `down` kaiming-uniform (a = √5: U(−1/√in, 1/√in)) and `up` zero, it starts as the layer itself.
 ///
-/// Dropout is active while autograd records (the training forward), never in inference.
+/// Dropout is active while autograd records (the training forward), never in inference; its masks are drawn from
+/// `dropoutGenerator` when one is set (a CPU generator whose state a checkpoint can keep), else from torch's.
 public final class LowRankAdapter {
     public let down: Tensor
     public let up: Tensor
     public let alpha: Double
     public let dropout: Double
+    public var dropoutGenerator: Generator?
 
     public var rank: Int { down.size(0) }
     /// alpha / rank: the factor of up · down in the effective weight.
@@ -37,11 +39,15 @@ public final class LowRankAdapter {
     /// The low-rank term for `x` [..., in], in `x`'s type.
     public func callAsFunction(_ x: Tensor) -> Tensor {
         var h = x.dtype == down.dtype ? x : x.to(down.dtype)
-        if dropout > 0, Autograd.isGradEnabled { h = Functional.dropout(h, p: dropout, training: true) }
+        if dropout > 0, Autograd.isGradEnabled {
+            if let dropoutGenerator {
+                let keep = Tensor.rand(h.shape, generator: dropoutGenerator).ge(dropout).to(dtype: h.dtype, device: h.device)
+                h = h * keep * (1 / (1 - dropout))
+            } else {
+                h = Functional.dropout(h, p: dropout, training: true)
+            }
+        }
         let y = Functional.linear(Functional.linear(h, weight: down, bias: nil), weight: up, bias: nil) * scale
         return y.dtype == x.dtype ? y : y.to(x.dtype)
     }
-
-    /// (alpha / rank) · up · down, [out, in] in float32: what the adapter adds to the layer's weight.
-    public var delta: Tensor { up.detach().to(.float32).matmul(down.detach().to(.float32)) * scale }
 }

@@ -18,13 +18,18 @@ public protocol RunAdapter: AnyObject {
     func export(to url: URL) throws
 }
 
-/// `adapter = "lora"`: LoRA adapters on the trained encoders' linear layers (`LoRANetwork`), down drawn from a
-/// generator seeded with the run's seed (apart from the noise's, so the noise stream is the same as full training).
-/// Checkpoints keep `lora.safetensors` in float32 with kohya's names; the run folder gets `OUT/lora.safetensors` in
-/// `lora_format` and `lora_dtype`, with kohya's `ss_*` and the `modelspec.*` metadata.
+/// `adapter = "lora"`: LoRA adapters on the trained encoders' linear layers (`LoRANetwork`), down and the dropout
+/// masks drawn from a generator seeded with the run's seed (apart from the noise's, so the noise stream is the same as
+/// full training). Checkpoints keep `lora.safetensors` in float32 with kohya's names and that generator's state
+/// (`lora_generator.safetensors`); the run folder gets `OUT/lora.safetensors` in `lora_format` and `lora_dtype`, with
+/// kohya's `ss_*` and the `modelspec.*` metadata.
 public final class LoRARun: RunAdapter {
     public let network: LoRANetwork
     public let settings: LoRASettings
+    /// Draws the adapters' initial down weights, then their dropout masks.
+    let generator: Generator
+    /// How many numbers the adapted encoders hold (what full training would train).
+    public let encoderParameterCount: Int
     /// Metadata of the exported file (kohya format).
     let metadata: [String: String]
     public static let fileName = "lora.safetensors"
@@ -36,19 +41,38 @@ public final class LoRARun: RunAdapter {
         var encoders: [(place: LoRAPlace, model: CLIPTextModel)] = []
         if config.train.trainsFirstEncoder { encoders.append((.textEncoder, pipeline.textEncoder)) }
         if config.train.trainsSecondEncoder, let second = pipeline.textEncoder2 { encoders.append((.textEncoder2, second.textModel)) }
+        let generator = Generator(seed: config.seed)
+        self.generator = generator
         network = LoRANetwork(
             encoders: encoders, twoEncoders: pipeline.architecture == .sdxl, rank: settings.rank, alpha: settings.effectiveAlpha,
-            dropout: settings.dropout, targets: settings.targetNames, generator: Generator(seed: config.seed))
+            dropout: settings.dropout, targets: settings.targetNames, generator: generator)
+        encoderParameterCount = encoders.reduce(0) { total, encoder in
+            total + encoder.model.parameters.filter(\.dtype.isFloatingPoint).reduce(0) { $0 + $1.elementCount }
+        }
         metadata = Self.metadata(pipeline: pipeline, config: config, modelName: modelName)
+    }
+
+    /// What LoRA trains against full training of the same encoders: the numbers, and AdamW's two float32 moments.
+    public var sizeNote: String {
+        let lora = network.parameterCount, full = encoderParameterCount
+        func megabytes(_ count: Int) -> String { String(format: "%.1f MB", Double(count * 8) / 1e6) }
+        return "LoRA: \(lora) trained numbers, \(String(format: "%.2f", 100 * Double(lora) / Double(max(full, 1))))% of the encoders' "
+            + "\(full); AdamW moments \(megabytes(lora)) (full training: \(megabytes(full)))"
     }
 
     public func saveCheckpoint(in folder: URL) throws {
         try Tensor.save(network.stateDict(.kohya), to: folder.appendingPathComponent(fileName))
+        try Tensor.save(["state": generator.state], to: folder.appendingPathComponent("lora_generator.safetensors"))
     }
 
     public func restoreCheckpoint(from folder: URL) throws {
         let url = folder.appendingPathComponent(fileName)
         try network.load(try Tensor.load(safetensors: url), origin: url.path)
+        let generatorURL = folder.appendingPathComponent("lora_generator.safetensors")
+        guard let state = try Tensor.load(safetensors: generatorURL)["state"] else {
+            throw TextCraftorError.invalidCheckpoint(folder: folder.path, message: "lora_generator.safetensors has no 'state'")
+        }
+        try generator.restore(state: state)
     }
 
     public func export(to url: URL) throws {

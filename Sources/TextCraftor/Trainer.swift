@@ -52,7 +52,8 @@ public struct StepReport: Sendable {
 
 /// TextCraftor's trainer: the text encoder(s) (or, in the second stage, the UNet) are trained so that images sampled
 /// from the model score higher on the rewards. On SDXL either encoder or both train (`TrainedNetwork`), with one
-/// AdamW over the union of their parameters.
+/// AdamW over the union of their parameters. With `adapter = .lora` the encoders stay frozen and LoRA adapters on
+/// their linear layers train instead (`LoRARun`, written as `OUT/lora.safetensors`).
 public final class Trainer {
     public let pipeline: StableDiffusionPipeline
     /// The frozen originals that condition the sampling steps before the window (prompt mode, text stage): copies of

@@ -87,8 +87,8 @@ struct EvalFlags: ParsableArguments {
     var finetunedSteps: Int?
 
     @Option(help: ArgumentHelp(
-        "A LoRA merged into the model for every variant, the original included, times SCALE (default 1). Repeatable.",
-        discussion: "To compare a LoRA with the model, bake it with `textcraftor merge --lora FILE --out DIR` and give --text-encoder lora=DIR.",
+        "A LoRA merged into the model, times SCALE (default 1): the original variant and every variant's UNet run on it. Repeatable.",
+        discussion: "A --text-encoder variant brings its own encoder. To compare a LoRA with the model, bake it with `textcraftor merge --lora FILE --out DIR` and give --text-encoder lora=DIR.",
         valueName: "FILE[:SCALE]"))
     var lora: [String] = []
 

@@ -18,7 +18,8 @@ struct Train: ParsableCommand {
             change them for the rest of the run.
 
             Writes OUT/text_encoder/ (and on SDXL OUT/text_encoder_2/ for the encoders trained; config.json + \
-            model.safetensors, loadable by diffusers and by `textcraftor generate --text-encoder OUT`), \
+            model.safetensors, loadable by diffusers and by `textcraftor generate --text-encoder OUT`; with --adapter lora \
+            OUT/lora.safetensors instead, for `generate --lora`, diffusers, AUTOMATIC1111 and ComfyUI), \
             OUT/metrics.jsonl, OUT/run.json and OUT/checkpoints/. \
             Ctrl-C saves a checkpoint and exits; `--resume OUT` continues exactly where it stopped.
             """)
@@ -62,6 +63,7 @@ struct Train: ParsableCommand {
         }
         let writer = session.isWriter
         if session.resumed, writer { FileHandle.standardError.write(Data("resuming \(session.run.url.path) at step \(session.trainer.step)\n".utf8)) }
+        if writer, let lora = session.trainer.adapters.first as? LoRARun { FileHandle.standardError.write(Data("\(lora.sizeNote)\n".utf8)) }
         let interrupt = Interrupt()
         let bar = writer ? ProgressBar("train", total: config.maxSteps) : nil
         try speakingFlags {

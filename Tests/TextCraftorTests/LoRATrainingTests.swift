@@ -6,13 +6,14 @@ import Torch
 
 @testable import TextCraftor
 
-func makeLoRATrainer(_ out: URL, maxSteps: Int, format: LoRAFormat = .kohya) throws -> Trainer {
+func makeLoRATrainer(_ out: URL, maxSteps: Int, format: LoRAFormat = .kohya, dropout: Double = 0) throws -> Trainer {
     let (pipeline, _, original, rewards) = try tinySetup()
     var config = smallRunConfig(maxSteps: maxSteps, saveEvery: 1, lr: 1e-2)
     config.adapter = .lora
     config.lora.rank = 2
     config.lora.alpha = 4
     config.lora.format = format
+    config.lora.dropout = dropout
     return try Trainer(pipeline: pipeline, original: TextEncoders(original), modelFolder: tinySD15, rewards: rewards,
                        data: .prompts(try smallRunPrompts()), config: config, run: RunFolder(out))
 }
@@ -54,18 +55,18 @@ private func maxAbsDifference(_ a: Tensor, _ b: Tensor) -> Double { (a.to(.float
     }
 
     /// Stopped after 2 steps and resumed by a new trainer, a LoRA run ends with the adapters and AdamW state of a
-    /// straight run, bit for bit.
+    /// straight run, bit for bit, dropout masks included (drawn from the run's LoRA generator, kept in checkpoints).
     @Test func stoppedAndResumedLoRARunEndsBitIdentical() throws {
         let straight = temporaryRun(), resumed = temporaryRun()
         defer { [straight, resumed].forEach { try? FileManager.default.removeItem(at: $0) } }
-        let a = try makeLoRATrainer(straight, maxSteps: 4)
+        let a = try makeLoRATrainer(straight, maxSteps: 4, dropout: 0.2)
         try a.train()
-        let first = try makeLoRATrainer(resumed, maxSteps: 4)
+        let first = try makeLoRATrainer(resumed, maxSteps: 4, dropout: 0.2)
         let stopAt = StopFlag(after: 2)
         first.stopRequested = { stopAt.shouldStop() }
         try first.train { _ in stopAt.count() }
         #expect(first.step == 2)
-        let second = try makeLoRATrainer(resumed, maxSteps: 4)
+        let second = try makeLoRATrainer(resumed, maxSteps: 4, dropout: 0.2)
         try second.resume()
         #expect(second.step == 2)
         try second.train()

@@ -24,7 +24,7 @@ public final class LoRANetwork {
     public let twoEncoders: Bool
 
     /// Attaches fresh adapters (`down` from `generator`, in entry order; `up` zero) to the `targets` of each encoder,
-    /// on the device of its weights. `targets`: names from `targetNames`.
+    /// on the device of its weights. `targets`: names from `targetNames`. Dropout masks are drawn from `generator` too.
     public init(encoders: [(place: LoRAPlace, model: CLIPTextModel)], twoEncoders: Bool, rank: Int, alpha: Double,
                 dropout: Double, targets: [String], generator: Generator) {
         var entries: [Entry] = []
@@ -33,6 +33,7 @@ public final class LoRANetwork {
                 let adapter = LowRankAdapter(
                     inFeatures: layer.weight.size(1), outFeatures: layer.weight.size(0), rank: rank, alpha: alpha,
                     dropout: dropout, generator: generator, device: layer.weight.device)
+                adapter.dropoutGenerator = generator
                 layer.adapter = adapter
                 entries.append(Entry(place: place, path: path, layer: layer, adapter: adapter))
             }
