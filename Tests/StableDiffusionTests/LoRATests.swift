@@ -5,8 +5,9 @@ import Torch
 
 @testable import StableDiffusion
 
-/// The LoRA files of scripts/parity/make_lora_fixtures.py (kohya, PEFT and older diffusers names, SD 1.5 and SDXL)
-/// and what diffusers' `load_lora_weights` computes with them.
+/// The LoRA files of scripts/parity/make_lora_fixtures.py (kohya, PEFT and older diffusers names, SD 1.5 and SDXL),
+/// files textcraftor's own writer made (`ours_*`: `train --adapter lora`), and what diffusers' `load_lora_weights`
+/// computes with them.
 enum LoRAFixtures {
     static let folder = fixturesURL.appendingPathComponent("lora")
     static let prompts = ["a red circle on a blue background", "two small squares, photo"]
@@ -51,15 +52,34 @@ func relativeDifference(_ a: Tensor, _ b: Tensor) -> Double {
                 #expect(relativeDifference(got.textEmbeds!, try LoRAFixtures.output("\(prefix).pooled")) < 1e-5, "\(prefix) pooled")
             }
             if scale == 1, name == "sd15_kohya" || name == "sd15_peft" {
-                let unet = withNoGrad {
-                    pipeline.unet(
-                        try! LoRAFixtures.output("unet.sample"), timestep: try! LoRAFixtures.output("unet.timestep"),
-                        encoderHiddenStates: try! LoRAFixtures.output("unet.context"))
-                }
-                #expect(relativeDifference(unet, try LoRAFixtures.output("\(name).unet")) < 1e-5, "\(name) unet")
-                #expect(relativeDifference(try LoRAFixtures.output("\(name).unet"), try LoRAFixtures.output("base.unet")) > 1e-3)
+                try checkUNet(pipeline, name)
             }
         }
+    }
+
+    /// textcraftor's own files (one training step, kohya and PEFT, SD 1.5 and SDXL both encoders): diffusers reads
+    /// them to the embeddings we compute, within 1e-5 relative.
+    @Test(arguments: ["ours_sd15_kohya", "ours_sd15_peft", "ours_sdxl_kohya", "ours_sdxl_peft"])
+    func ourFilesGiveDiffusersOurEmbeddings(name: String) throws {
+        let sdxl = name.contains("sdxl")
+        let pipeline = try pipeline(sdxl: sdxl)
+        try pipeline.mergeLoRAs([LoRASpec(path: LoRAFixtures.file(name))])
+        let got = embeddings(pipeline)
+        let expected = try LoRAFixtures.output("\(name).prompt_embeds")
+        #expect(relativeDifference(got.hiddenStates, expected) < 1e-5)
+        #expect(relativeDifference(expected, try LoRAFixtures.output(sdxl ? "base_xl.prompt_embeds" : "base.prompt_embeds")) > 1e-3)
+        if sdxl { #expect(relativeDifference(got.textEmbeds!, try LoRAFixtures.output("\(name).pooled")) < 1e-5) }
+    }
+
+    /// The UNet's noise prediction under the LoRA (its UNet parts: attention, feed-forward, 1x1 and 3x3 convs) equals
+    /// diffusers'.
+    func checkUNet(_ pipeline: StableDiffusionPipeline, _ name: String) throws {
+        let sample = try LoRAFixtures.output("unet.sample"), timestep = try LoRAFixtures.output("unet.timestep")
+        let context = try LoRAFixtures.output("unet.context")
+        let unet = withNoGrad { pipeline.unet(sample, timestep: timestep, encoderHiddenStates: context) }
+        let expected = try LoRAFixtures.output("\(name).unet")
+        #expect(relativeDifference(unet, expected) < 1e-5, "\(name) unet")
+        #expect(relativeDifference(expected, try LoRAFixtures.output("base.unet")) > 1e-3)
     }
 
     /// Scale 0 and a freshly initialised network (up = 0) leave the model exactly as it is.

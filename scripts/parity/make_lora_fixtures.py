@@ -22,6 +22,11 @@ Writes under Tests/StableDiffusionTests/Fixtures/lora/:
   sd15_old.safetensors      older diffusers names: text_encoder.<module>.lora_linear_layer.down/up (rank 3)
   sdxl_kohya.safetensors    lora_te1_ and lora_te2_ (rank 4, alpha 8)
   sdxl_peft.safetensors     text_encoder. and text_encoder_2. (rank 2)
+  ours_{sd15,sdxl}_{kohya,peft}.safetensors   written by textcraftor's own writer, not by this script: one step of
+                            `textcraftor train --adapter lora --lora-rank 4 --lora-alpha 2 --lora-format kohya|peft
+                            --lora-dtype float32 --seed 5 --lr 1e-1 --max-steps 1 --sampling-steps 2 --grad-window 1`
+                            on tiny-sd15 (tiny-sdxl with --train text-encoders), copied from OUT/lora.safetensors; the
+                            script only reads them (diffusers' embeddings under each)
   outputs_lora.safetensors  per file: <name>.prompt_embeds (and SDXL <name>.pooled), <name>.unet for UNet parts,
                             <name>.fused_0.5.prompt_embeds; base.* without a LoRA; the UNet's inputs (unet.sample,
                             unet.timestep, unet.context)
@@ -194,6 +199,16 @@ def main():
         {"ss_base_model_version": "sdxl_base_v1-0"})
     state, deltas = build(parts_of(ref, encoders, False), "peft", 2, None, 5)
     run(StableDiffusionXLPipeline, sdxl, "sdxl_peft", state, deltas, True, inputs, out)
+
+    # textcraftor's own files: what diffusers makes of them.
+    for arch, fmt in [("sd15", "kohya"), ("sd15", "peft"), ("sdxl", "kohya"), ("sdxl", "peft")]:
+        name = f"ours_{arch}_{fmt}"
+        xl = arch == "sdxl"
+        pipe = (StableDiffusionXLPipeline if xl else StableDiffusionPipeline).from_pretrained(
+            sdxl if xl else sd15, torch_dtype=torch.float32)
+        pipe.load_lora_weights(os.path.join(OUT, f"{name}.safetensors"))
+        for key, value in embeddings(pipe, xl).items():
+            out[f"{name}.{key}"] = value
 
     save_file({k: v.contiguous().float() for k, v in out.items() if k != "unet.timestep"} | {"unet.timestep": inputs["unet.timestep"]},
               os.path.join(OUT, "outputs_lora.safetensors"))
