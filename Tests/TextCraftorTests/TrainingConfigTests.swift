@@ -21,7 +21,14 @@ import Testing
     func everyKeyChanged() -> TrainingConfig {
         var c = TrainingConfig()
         c.mode = .direct
-        c.train = .unet
+        c.train = .textEncoders  // LoRA trains text encoders
+        c.adapter = .lora
+        c.lora.rank = 16
+        c.lora.alpha = 8
+        c.lora.dropout = 0.1
+        c.lora.targets = ["q_proj", "v_proj"]
+        c.lora.format = .peft
+        c.lora.dtype = .bfloat16
         c.model = path("models/sd15")
         c.prompts = path("../prompts/parti.tsv")
         c.promptColumn = "caption"
@@ -64,7 +71,14 @@ import Testing
         let config = try parse("""
             # TextCraftor on Parti, aesthetic + CLIP
             mode = "direct"
-            train = "unet"
+            train = "text-encoders"
+            adapter = "lora"
+            lora_rank = 16
+            lora_alpha = 8
+            lora_dropout = 0.1
+            lora_targets = ["q_proj", "v_proj"]
+            lora_format = "peft"
+            lora_dtype = "bfloat16"
             model = "models/sd15"
             prompts = "../prompts/parti.tsv"
             prompt_column = "caption"
@@ -110,7 +124,7 @@ import Testing
         #expect(config == everyKeyChanged())
         #expect(config.prompts == folder.deletingLastPathComponent().appendingPathComponent("prompts/parti.tsv").path)
         // Every key of the type is a key of the file: the test above gives them all.
-        #expect(TrainingConfig.keys.count == 33)
+        #expect(TrainingConfig.keys.count == 40)
     }
 
     @Test func anEmptyFileGivesTheDefaults() throws {
