@@ -2,11 +2,13 @@ import Torch
 
 // The basic layers, loaded by the names PyTorch's own modules use (`weight`, `bias`).
 
-/// `nn.Linear`: y = x Wᵀ + b, weight [out, in].
+/// `nn.Linear`: y = x Wᵀ + b, weight [out, in]. With an `adapter` (LoRA), its low-rank term is added.
 public final class Linear: Module {
     public let scope: ParameterScope
     public let weight: Tensor
     public let bias: Tensor?
+    /// A trainable low-rank update beside the (frozen) weight; nil: a plain linear layer.
+    public var adapter: LowRankAdapter?
 
     public init(_ vb: VarBuilder, inFeatures: Int, outFeatures: Int, bias: Bool = true) {
         scope = vb.scope
@@ -14,7 +16,11 @@ public final class Linear: Module {
         self.bias = bias ? vb.get([outFeatures], "bias", initializer: .uniformFanIn(inFeatures)) : nil
     }
 
-    public func callAsFunction(_ x: Tensor) -> Tensor { Functional.linear(x, weight: weight, bias: bias) }
+    public func callAsFunction(_ x: Tensor) -> Tensor {
+        let y = Functional.linear(x, weight: weight, bias: bias)
+        guard let adapter else { return y }
+        return y + adapter(x)
+    }
 }
 
 /// `nn.Conv2d` with square kernels, weight [out, in / groups, k, k].

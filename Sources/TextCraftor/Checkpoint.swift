@@ -20,7 +20,8 @@ public struct TrainingState: Codable, Equatable, Sendable {
     }
 }
 
-/// A training run's folder: one folder per trained component, as diffusers lays it out (`OUT/text_encoder/`,
+/// A training run's folder (LoRA runs: `OUT/lora.safetensors` and `lora.safetensors` in each checkpoint, in place of
+/// the component folders; `RunAdapter`): one folder per trained component, as diffusers lays it out (`OUT/text_encoder/`,
 /// SDXL's `OUT/text_encoder_2/` too when both encoders train, or `OUT/unet/`: the latest weights, loadable by
 /// diffusers), `OUT/metrics.jsonl`, and `OUT/checkpoints/step-NNNNNNNN/` each holding those folders, `optimizer.safetensors`
 /// (one AdamW over all their parameters), `generator.safetensors` and `state.json`. Every folder is written under a temporary name, its files fsynced, then
@@ -73,7 +74,8 @@ public struct RunFolder: Sendable {
     /// Writes a checkpoint and refreshes each trained component's folder (`OUT/text_encoder/`, ...), then keeps only
     /// the newest `keep` checkpoints.
     public func save(
-        _ trained: [Trained], optimizer: AdamW, generator: Generator, state: TrainingState, keep: Int
+        _ trained: [Trained], adapters: [any RunAdapter] = [], optimizer: AdamW, generator: Generator, state: TrainingState,
+        keep: Int
     ) throws {
         let name = String(format: "step-%08d", state.step)
         let final = checkpoints.appendingPathComponent(name)
@@ -81,6 +83,7 @@ public struct RunFolder: Sendable {
         try? FileManager.default.removeItem(at: temporary)
         try FileManager.default.createDirectory(at: temporary, withIntermediateDirectories: true)
         for (component, model) in trained { try writeModel(model, component, to: temporary.appendingPathComponent(component.name)) }
+        for adapter in adapters { try adapter.saveCheckpoint(in: temporary) }
         try optimizer.save(to: temporary.appendingPathComponent("optimizer.safetensors"))
         try Tensor.save(["state": generator.state], to: temporary.appendingPathComponent("generator.safetensors"))
         try writeSynced(try JSONEncoder().encode(state), to: temporary.appendingPathComponent("state.json"))
@@ -89,6 +92,7 @@ public struct RunFolder: Sendable {
         for (component, model) in trained {
             try replaceFolder(url.appendingPathComponent(component.name)) { try writeModel(model, component, to: $0) }
         }
+        for adapter in adapters { try adapter.export(to: url.appendingPathComponent(adapter.fileName)) }
         for old in completeCheckpoints().dropLast(max(keep, 1)) { try? FileManager.default.removeItem(at: old) }
     }
 
@@ -108,7 +112,7 @@ public struct RunFolder: Sendable {
     /// Restores the weights of every trained component, the optimizer and the generator from a checkpoint folder;
     /// returns its state.
     public func restore(
-        _ checkpoint: URL, _ trained: [Trained], optimizer: AdamW, generator: Generator
+        _ checkpoint: URL, _ trained: [Trained], adapters: [any RunAdapter] = [], optimizer: AdamW, generator: Generator
     ) throws -> TrainingState {
         do {
             let stateData = try Data(contentsOf: checkpoint.appendingPathComponent("state.json"))
@@ -116,6 +120,7 @@ public struct RunFolder: Sendable {
             for (component, model) in trained {
                 try model.load(try Weights.open(checkpoint.appendingPathComponent("\(component.name)/\(component.weights)")))
             }
+            for adapter in adapters { try adapter.restoreCheckpoint(from: checkpoint) }
             try optimizer.load(from: checkpoint.appendingPathComponent("optimizer.safetensors"))
             let saved = try Tensor.load(safetensors: checkpoint.appendingPathComponent("generator.safetensors"))
             guard let generatorState = saved["state"] else {

@@ -47,7 +47,10 @@ public struct GenerationConfig: InferenceConfiguration {
     public var blend: String?
     public var mix: [String] = []
     public var finetunedSteps: Int?
+    /// Textual-inversion embeddings added to the tokenizers and encoders (`FILE[:TOKEN]`).
     public var embedding: [String] = []
+    /// LoRA files merged into the model (`FILE[:SCALE]`, `LoRASpec`), before the encoder recipe.
+    public var lora: [String] = []
 
     public init() {}
 
@@ -74,12 +77,14 @@ public struct GenerationConfig: InferenceConfiguration {
         .string("blend", \.blend),
         .strings("mix", \.mix),
         ConfigField("finetuned_steps", \.finetunedSteps, read: { try $1.integer($0, $2, .any) }),
+        .strings("lora", \.lora),
     ]
 
     public func validateRelations() throws {
         if model == nil { throw TextCraftorError.invalidSetting(key: "model", message: "no model folder given") }
         if out == nil { throw TextCraftorError.invalidSetting(key: "out", message: "no output folder given") }
         _ = try EncoderRecipe(textEncoder: textEncoder, blend: blend, mix: mix, finetunedSteps: finetunedSteps)
+        _ = try loraSpecs(lora)
     }
 }
 
@@ -133,6 +138,7 @@ public final class ImageGeneration {
         pipeline = try StableDiffusionPipeline.load(
             folder: URL(fileURLWithPath: config.model!), dtype: config.dtype.dtype, device: try Device.opened(config.device, key: "device"),
             variant: config.variant)
+        try pipeline.applyLoRAs(config.lora)
         try pipeline.loadEmbeddings(config.embedding)
         scheduler = try pipeline.makeScheduler(config.scheduler, karras: config.karras)
         try pipeline.validate(request)
@@ -169,6 +175,7 @@ public final class ImageGeneration {
             "eta": config.eta, "dtype": config.dtype.rawValue, "device": config.device, "variant": config.variant ?? "",
             "images": (0..<count).map { String(format: "%04d.png", $0) }, "unet_calls": unetCalls,
             "architecture": pipeline.architecture.rawValue, "clip_skip": config.clipSkip ?? NSNull(),
+            "loras": try loraSpecs(config.lora).map(\.description),
             "embeddings": config.embedding,
         ]
         if pipeline.architecture == .sdxl {

@@ -52,7 +52,8 @@ public struct StepReport: Sendable {
 
 /// TextCraftor's trainer: the text encoder(s) (or, in the second stage, the UNet) are trained so that images sampled
 /// from the model score higher on the rewards. On SDXL either encoder or both train (`TrainedNetwork`), with one
-/// AdamW over the union of their parameters.
+/// AdamW over the union of their parameters. With `adapter = .lora` the encoders stay frozen and LoRA adapters on
+/// their linear layers train instead (`LoRARun`, written as `OUT/lora.safetensors`).
 public final class Trainer {
     public let pipeline: StableDiffusionPipeline
     /// The frozen originals that condition the sampling steps before the window (prompt mode, text stage): copies of
@@ -67,6 +68,8 @@ public final class Trainer {
     let trained: [RunFolder.Trained]
     /// `adapter token`: the new token's rows, the only parameters trained (nil: full training).
     public let tokenAdapter: TokenAdapter?
+    /// `adapter = "lora"`: the LoRA adapters trained instead (the encoders then stay frozen).
+    public let adapters: [any RunAdapter]
     let optimizer: AdamW
     /// The run's CPU generator: the latent noise is each step's first draw from it.
     let noise: Generator
@@ -86,7 +89,10 @@ public final class Trainer {
     public var trainedModules: [any Module] { trained.map(\.module) }
 
     /// The folders the trained weights are written to in the run folder (`text_encoder/`, `text_encoder_2/`, `unet/`).
-    public var weightsFolders: [URL] { trained.map { run.url.appendingPathComponent($0.component.name) } }
+    /// With LoRA: the adapter's file (`lora.safetensors`).
+    public var weightsFolders: [URL] {
+        trained.map { run.url.appendingPathComponent($0.component.name) } + adapters.map { run.url.appendingPathComponent($0.fileName) }
+    }
 
     /// `original`: the frozen encoders for the sampling steps before the window (prompt mode, text stage); each
     /// encoder `config.train` trains must be a copy there, not the pipeline's own. `modelFolder`: the diffusers folder,
@@ -116,6 +122,7 @@ public final class Trainer {
             trained.append((component("text_encoder_2", weights: "model.safetensors"), second))
         }
         if target == .unet { trained.append((component("unet", weights: "diffusion_pytorch_model.safetensors"), pipeline.unet)) }
+        let lora = config.adapter == .lora
         if config.adapter == .token, let token = config.token, let initWord = config.initWord {  // validated above
             let adapter = try TokenAdapter(pipeline: pipeline, token: token, initWord: initWord, vectors: config.vectors,
                                            train: target, modelName: modelFolder.lastPathComponent)
@@ -124,16 +131,17 @@ public final class Trainer {
         } else {
             tokenAdapter = nil
         }
-        self.trained = trained
+        self.trained = lora ? [] : trained
+        adapters = lora ? [LoRARun(pipeline: pipeline, config: config, modelName: modelFolder.lastPathComponent)] : []
         rewards.setPreprocessing(.training)
         original.first.setTrainable(false)
         original.second?.setTrainable(false)
         pipeline.vae.setTrainable(false)
-        pipeline.textEncoder.setTrainable(target.trainsFirstEncoder && tokenAdapter == nil)
-        pipeline.textEncoder2?.setTrainable(target.trainsSecondEncoder && tokenAdapter == nil)
+        pipeline.textEncoder.setTrainable(config.adapter == .full && target.trainsFirstEncoder)
+        pipeline.textEncoder2?.setTrainable(config.adapter == .full && target.trainsSecondEncoder)
         pipeline.unet.setTrainable(target == .unet)
         optimizer = AdamW(
-            parameters: trained.flatMap { $0.module.trainableParameters },
+            parameters: self.trained.flatMap { $0.module.trainableParameters } + adapters.flatMap(\.parameters),
             learningRate: config.learningRate, betas: config.betas.pair, eps: config.eps, weightDecay: config.weightDecay)
         noise = Generator(seed: config.seed)
         lossScaler = config.mixedPrecision == .fp16 ? LossScaler() : nil
@@ -142,7 +150,7 @@ public final class Trainer {
     /// Continues from the newest complete checkpoint of the run folder.
     public func resume() throws {
         let checkpoint = try run.latestCheckpoint()
-        let state = try run.restore(checkpoint, trained, optimizer: optimizer, generator: noise)
+        let state = try run.restore(checkpoint, trained, adapters: adapters, optimizer: optimizer, generator: noise)
         try data.restore(cursor: state.promptCursor)
         step = state.step
         if lossScaler != nil { lossScaler = state.lossScaler ?? LossScaler() }
@@ -244,7 +252,7 @@ public final class Trainer {
     public func save() throws {
         guard isWriter else { return }
         tokenAdapter?.step = step
-        try run.save(trained, optimizer: optimizer, generator: noise,
+        try run.save(trained, adapters: adapters, optimizer: optimizer, generator: noise,
                      state: try state(),
                      keep: config.keepCheckpoints)
     }

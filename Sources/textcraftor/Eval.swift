@@ -86,6 +86,12 @@ struct EvalFlags: ParsableArguments {
     @Option(help: ArgumentHelp("Fine-tuned embeddings for the last N UNet calls only (default: all).", valueName: "N"))
     var finetunedSteps: Int?
 
+    @Option(help: ArgumentHelp(
+        "A LoRA merged into the model, times SCALE (default 1): the original variant and every variant's UNet run on it. Repeatable.",
+        discussion: "A --text-encoder variant brings its own encoder. To compare a LoRA with the model, bake it with `textcraftor merge --lora FILE --out DIR` and give --text-encoder lora=DIR.",
+        valueName: "FILE[:SCALE]"))
+    var lora: [String] = []
+
     @Option(help: "Denoising steps (default 25; 10 with --demo).") var steps: Int?
     @Option(help: "Classifier-free guidance (default 7.5; 5 with --demo).") var guidance: Double?
     @Option(help: "Images per prompt (default 1).") var imagesPerPrompt: Int?

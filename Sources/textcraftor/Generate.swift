@@ -112,4 +112,9 @@ struct GenerateFlags: ParsableArguments {
         "Condition only the last N UNet calls on the fine-tuned/blended/mixed embeddings, the ones before on the original encoder (default: all).",
         valueName: "N"))
     var finetunedSteps: Int?
+    @Option(help: ArgumentHelp(
+        "A LoRA merged into the model, times SCALE (default 1). Repeatable: several add up.",
+        discussion: "kohya (lora_te_, lora_te1_/lora_te2_, lora_unet_), diffusers/PEFT (text_encoder., text_encoder_2., unet. with lora_A/lora_B) or older diffusers (lora_linear_layer) names; text encoder and UNet parts (linear and conv layers) are merged into the weights (scale x alpha/rank x up x down) before --text-encoder, --blend or --mix apply. A key that matches nothing, or a LoRA for another architecture, is an error.",
+        valueName: "FILE[:SCALE]"))
+    var lora: [String] = []
 }

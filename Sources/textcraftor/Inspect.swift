@@ -9,7 +9,10 @@ struct Inspect: ParsableCommand {
         abstract: "List the tensors (name, dtype, shape) of a checkpoint or of a model folder.",
         discussion: """
             Reads .safetensors (memory-mapped, nothing is loaded), torch.save files (.bin, .pt, .pth, .ckpt; the \
-            state_dict entry when there is one) and folders: every weights file below a diffusers folder, by component.
+            state_dict entry when there is one) and folders: every weights file below a diffusers folder, by component. \
+            A LoRA file (kohya, PEFT or older diffusers names) is also summed up: its format, the model it is for (from \
+            its metadata, else its names and widths), its ranks and alphas, and the modules it changes per part \
+            (text_encoder, text_encoder_2, unet) and kind (q_proj, fc1, to_q, conv 3x3, ...).
 
             A textual-inversion embedding (diffusers' learned_embeds, A1111's .pt or .safetensors, SDXL's clip_l/clip_g) \
             is also described: its format, the token prompts use, its vectors and width, and the model it fits \
@@ -71,6 +74,7 @@ struct Inspect: ParsableCommand {
                 continue
             }
             print("\(file.path): \(rows.count) tensors, \(formatCount(count)) values")
+            if file.pathExtension == "safetensors", let lora = try? LoRAFile(file) { lora.summary.forEach { print("  " + $0) } }
             // Names are the file's bytes: escaped (no terminal escape codes reach the terminal) and cut when very
             // long; very long shapes are abridged. The JSON form keeps them exact (JSON escapes control characters).
             printTable(["name", "dtype", "shape"], rows.map {

@@ -20,7 +20,8 @@ struct Train: ParsableCommand {
             --adapter token trains one new token's embedding instead (see --adapter), written to OUT/token/.
 
             Writes OUT/text_encoder/ (and on SDXL OUT/text_encoder_2/ for the encoders trained; config.json + \
-            model.safetensors, loadable by diffusers and by `textcraftor generate --text-encoder OUT`), \
+            model.safetensors, loadable by diffusers and by `textcraftor generate --text-encoder OUT`; with --adapter lora \
+            OUT/lora.safetensors instead, for `generate --lora`, diffusers, AUTOMATIC1111 and ComfyUI), \
             OUT/metrics.jsonl, OUT/run.json and OUT/checkpoints/. \
             Ctrl-C saves a checkpoint and exits; `--resume OUT` continues exactly where it stopped.
             """)
@@ -30,6 +31,7 @@ struct Train: ParsableCommand {
     @Option(help: "Continue the run in this folder from its newest checkpoint.", completion: .directory) var resume: String?
     @OptionGroup(title: "Model and data") var model: ModelFlag
     @OptionGroup(title: "Training") var training: TrainingFlags
+    @OptionGroup(title: "Adapter") var adapter: AdapterFlags
     @OptionGroup(title: "Device") var device: DeviceOptions
     @OptionGroup(title: "Data-parallel") var distributed: DistributedOptions
 
@@ -63,6 +65,7 @@ struct Train: ParsableCommand {
         }
         let writer = session.isWriter
         if session.resumed, writer { FileHandle.standardError.write(Data("resuming \(session.run.url.path) at step \(session.trainer.step)\n".utf8)) }
+        if writer, let lora = session.trainer.adapters.first as? LoRARun { FileHandle.standardError.write(Data("\(lora.sizeNote)\n".utf8)) }
         let interrupt = Interrupt()
         let bar = writer ? ProgressBar("train", total: config.maxSteps) : nil
         try speakingFlags {
@@ -85,9 +88,9 @@ struct Train: ParsableCommand {
             if let resume {
                 config = try TrainingSession.recordedConfig(in: URL(fileURLWithPath: resume))
                 config = try config.overlaying(
-                    configValues(of: [model, training, device, distributed], skipping: DistributedOptions.launcherFlags))
+                    configValues(of: [model, training, adapter, device, distributed], skipping: DistributedOptions.launcherFlags))
             } else {
-                config = try loadConfiguration(file: self.config, flags: model, training, device, distributed,
+                config = try loadConfiguration(file: self.config, flags: model, training, adapter, device, distributed,
                                            skipping: DistributedOptions.launcherFlags)
             }
             if let resume { config.out = resume }
@@ -126,14 +129,6 @@ struct TrainingFlags: ParsableArguments {
     @Option(help: "NAME=PATH[:GAMMA], repeatable (see `textcraftor score --help`).", transform: RewardOption.init(spec:))
     var reward: [RewardOption] = []
     @Option(help: "Output folder.", completion: .directory) var out: String?
-    @Option(help: ArgumentHelp(
-        "full (default: every weight of the trained encoders) or token (one new token's embedding rows).",
-        discussion: "token (textual inversion against the rewards) adds --token to the tokenizer(s) with --vectors vectors (TOKEN, TOKEN_1, ...), starting from --init-word's row, and trains only those rows: every other weight, the rest of the token embedding included, stays frozen. Each prompt gets \", TOKEN\" appended unless it names the token; the rewards score the prompts as written. On SDXL the token is in both encoders; --train text-encoder trains its clip_l rows, text-encoder-2 its clip_g rows, text-encoders both. Writes OUT/token/: STEM.safetensors (A1111/ComfyUI; SDXL: clip_l and clip_g), learned_embeds.safetensors (diffusers; SDXL also learned_embeds_2.safetensors) and on SD 1.x/2.x STEM.pt (A1111), STEM being the token's letters, digits, ., _ and -. Load them with `generate --embedding`.",
-        valueName: "NAME"))
-    var adapter: Adapter?
-    @Option(help: "--adapter token: the new token, e.g. \"<aesthetic>\" (must not be in the vocabulary).") var token: String?
-    @Option(help: "--adapter token: the word (one token) whose embedding the new token starts from.") var initWord: String?
-    @Option(help: "--adapter token: vectors of the new token (default 1).") var vectors: Int?
 
     @Option(help: "DDIM steps per sample (default 25).") var samplingSteps: Int?
     @Option(help: "Last steps with gradient (default 5).") var gradWindow: Int?

@@ -21,7 +21,13 @@ import Testing
     func everyKeyChanged() -> TrainingConfig {
         var c = TrainingConfig()
         c.mode = .direct
-        c.train = .textEncoders  // not unet: adapter token trains a text encoder's token
+        c.train = .textEncoders  // not unet: LoRA and tokens train text encoders; lora_* keys set, adapter token below
+        c.lora.rank = 16
+        c.lora.alpha = 8
+        c.lora.dropout = 0.1
+        c.lora.targets = ["q_proj", "v_proj"]
+        c.lora.format = .peft
+        c.lora.dtype = .bfloat16
         c.model = path("models/sd15")
         c.prompts = path("../prompts/parti.tsv")
         c.promptColumn = "caption"
@@ -69,6 +75,12 @@ import Testing
             # TextCraftor on Parti, aesthetic + CLIP
             mode = "direct"
             train = "text-encoders"
+            lora_rank = 16
+            lora_alpha = 8
+            lora_dropout = 0.1
+            lora_targets = ["q_proj", "v_proj"]
+            lora_format = "peft"
+            lora_dtype = "bfloat16"
             model = "models/sd15"
             prompts = "../prompts/parti.tsv"
             prompt_column = "caption"
@@ -118,7 +130,7 @@ import Testing
         #expect(config == everyKeyChanged())
         #expect(config.prompts == folder.deletingLastPathComponent().appendingPathComponent("prompts/parti.tsv").path)
         // Every key of the type is a key of the file: the test above gives them all.
-        #expect(TrainingConfig.keys.count == 37)
+        #expect(TrainingConfig.keys.count == 43)
     }
 
     @Test func anEmptyFileGivesTheDefaults() throws {

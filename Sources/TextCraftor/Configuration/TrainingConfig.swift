@@ -13,6 +13,10 @@ public struct TrainingConfig: Configuration {
     public var mode = TrainingMode.prompt
     /// The text encoder(s), or the UNet in the second stage.
     public var train = TrainedNetwork.textEncoder
+    /// What the optimizer changes: every weight of the trained encoders (full), LoRA adapters on their linear layers
+    /// (lora, `lora`'s settings), or one new token's rows (token).
+    public var adapter = Adapter.full
+    public var lora = LoRASettings()
     /// A diffusers Stable Diffusion folder.
     public var model: String?
     /// Prompt mode: a .txt, Parti .tsv, .csv or .json prompt file.
@@ -28,8 +32,6 @@ public struct TrainingConfig: Configuration {
     public var rewards: [RewardOption] = []
     /// The run folder.
     public var out: String?
-    /// What the optimizer changes: every weight of the trained encoder(s) (full), or one new token's rows (token).
-    public var adapter = Adapter.full
     /// adapter token: the new token (e.g. `<aesthetic>`), added to the tokenizer(s) and appended to each prompt that
     /// does not name it (`TokenAdapter`).
     public var token: String?
@@ -88,6 +90,13 @@ public struct TrainingConfig: Configuration {
     public static let fields: [ConfigField<Self>] = [
         .choice("mode", \.mode),
         .choice("train", \.train),
+        .choice("adapter", \.adapter),
+        .integer("lora_rank", \.lora.rank, .between(1, 4096)),
+        .number("lora_alpha", \.lora.alpha, .positive),
+        .number("lora_dropout", \.lora.dropout, .unit),
+        .strings("lora_targets", \.lora.targets),
+        .choice("lora_format", \.lora.format),
+        .choice("lora_dtype", \.lora.dtype),
         .path("model", \.model),
         .path("prompts", \.prompts),
         .string("prompt_column", \.promptColumn),
@@ -95,7 +104,6 @@ public struct TrainingConfig: Configuration {
         .path("text_encoder", \.textEncoder),
         .rewards("reward", \.rewards),
         .path("out", \.out),
-        .choice("adapter", \.adapter),
         .string("token", \.token),
         .string("init_word", \.initWord),
         .integer("vectors", \.vectors, .between(1, 75)),
@@ -126,6 +134,10 @@ public struct TrainingConfig: Configuration {
     ]
 
     public func validateRelations() throws {
+        if let problem = lora.targetsProblem { throw TextCraftorError.invalidSetting(key: "lora_targets", message: problem) }
+        if adapter == .lora, train == .unet {
+            throw TextCraftorError.invalidSetting(key: "adapter", message: "lora trains text encoders: use --adapter full with --train unet")
+        }
         guard gradientWindow <= samplingSteps else {
             throw TextCraftorError.invalidSetting(key: "grad_window", message: "\(gradientWindow) is more than sampling_steps (\(samplingSteps))")
         }

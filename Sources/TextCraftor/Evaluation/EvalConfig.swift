@@ -40,6 +40,8 @@ public struct EvalConfig: InferenceConfiguration {
     public var karras = false
     /// Fine-tuned embeddings for the last N UNet calls only (nil: all).
     public var finetunedSteps: Int?
+    /// LoRA files merged into the model (`FILE[:SCALE]`): every variant, the original included, runs on the result.
+    public var lora: [String] = []
 
     // Sampling: prompt i draws with seed + i in every variant
     /// Denoising steps (nil: 25; 10 with `demo`).
@@ -81,6 +83,7 @@ public struct EvalConfig: InferenceConfiguration {
         .strings("scheduler", \.scheduler),
         .flag("karras", \.karras),
         .integer("finetuned_steps", \.finetunedSteps, .positive),
+        .strings("lora", \.lora),
         .integer("steps", \.steps, .between(1, 10_000)),
         .number("guidance", \.guidance, .nonNegative),
         .integer("images_per_prompt", \.imagesPerPrompt, .between(1, 1024)),

@@ -41,6 +41,7 @@ public final class Evaluator {
         } catch {
             throw TextCraftorError.invalidSetting(key: "model", message: "\(model.path): \(error)")
         }
+        try pipeline.applyLoRAs(config.lora)
         try pipeline.loadEmbeddings(config.embedding)
         // What the sampling settings ask of the model (clip_skip within its layers, crop for SDXL only), before
         // anything is written.
@@ -59,7 +60,7 @@ public final class Evaluator {
     /// Prepares OUT, generates the missing images, scores them all and writes the results; returns the summary.
     public func run(progress: (EvalProgress) -> Void = { _ in }) throws -> EvalSummary {
         let manifest = EvalManifest(
-            model: model.path, dtype: config.dtype.rawValue, device: config.device, prompts: prompts.prompts, sampling: sampling,
+            model: model.path + (config.lora.isEmpty ? "" : " + LoRA " + config.lora.joined(separator: " + ")), dtype: config.dtype.rawValue, device: config.device, prompts: prompts.prompts, sampling: sampling,
             variants: variants.map { EvalManifest.Variant(name: $0.name, description: $0.description) })
         try EvalFolder.prepare(output, manifest: manifest, overwrite: config.overwrite)
         let images = try generate(progress: progress)
