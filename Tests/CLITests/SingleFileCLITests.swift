@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 
-/// `generate --model FILE --model-config DIR`: one original-LDM checkpoint of the tiny SD 1.5 (Fixtures/single,
+/// `generate --model FILE --model-config DIR`: one original-LDM checkpoint of the tiny SD 1.5, SD 2 and SDXL (Fixtures/single,
 /// scripts/parity/make_single_file_fixtures.py) generates exactly what its folder does.
 @Suite final class SingleFileCLITests {
     static let single = repository.appendingPathComponent("Tests/StableDiffusionTests/Fixtures/single")
@@ -16,10 +16,11 @@ import Testing
         return (run.status, run.err, out)
     }
 
-    @Test func singleFileGeneratesAsItsFolder() throws {
-        let file = Self.single.appendingPathComponent("tiny-sd15.safetensors").path
-        let a = try generate(["--model", file, "--model-config", tinySD15], out: "file")
-        let b = try generate(["--model", tinySD15], out: "folder")
+    @Test(arguments: [("tiny-sd15", tinySD15), ("tiny-sd2", tinySD15 + "/../tiny-sd2"), ("tiny-sdxl", tinySDXL)])
+    func singleFileGeneratesAsItsFolder(name: String, folder: String) throws {
+        let file = Self.single.appendingPathComponent(name + ".safetensors").path
+        let a = try generate(["--model", file, "--model-config", folder], out: "file")
+        let b = try generate(["--model", folder], out: "folder")
         #expect(a.status == 0 && b.status == 0, "\(a.err) \(b.err)")
         for name in ["latents.safetensors", "0000.png"] {
             let x = try Data(contentsOf: a.out.appendingPathComponent(name)), y = try Data(contentsOf: b.out.appendingPathComponent(name))

@@ -28,7 +28,10 @@ import Torch
         }
     }
 
-    @Test(arguments: [("tiny-sd15.safetensors", "sd/tiny-sd15", SingleFileCheckpoint.Layout.sd1)])
+    @Test(arguments: [
+        ("tiny-sd15.safetensors", "sd/tiny-sd15", SingleFileCheckpoint.Layout.sd1),
+        ("tiny-sd2.safetensors", "sd/tiny-sd2", .sd2), ("tiny-sdxl.safetensors", "sdxl/tiny-sdxl", .sdxl),
+    ])
     func singleFileLoadsAndGeneratesAsItsFolder(file: String, folder: String, layout: SingleFileCheckpoint.Layout) throws {
         let config = fixturesURL.appendingPathComponent(folder)
         let checkpoint = try SingleFileCheckpoint(url: Self.single.appendingPathComponent(file))

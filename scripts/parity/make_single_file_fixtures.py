@@ -20,6 +20,14 @@ Writes under Tests/StableDiffusionTests/Fixtures/single/:
                           under `first_stage_model.` (encoder.down.N.block.M, mid.attn_1 q/k/v/proj_out as 1x1
                           convolutions), the text encoder under `cond_stage_model.transformer.text_model.`; the key
                           maps are written below from the published layouts
+  tiny-sd2.safetensors    tiny-sd2 the same way, its text encoder as SD 2's OpenCLIP ViT-H tower under
+                          `cond_stage_model.model.` (token_embedding, positional_embedding, transformer.resblocks.N
+                          with ln_1/ln_2, the fused attn.in_proj_weight/bias, attn.out_proj, mlp.c_fc/c_proj,
+                          ln_final, text_projection, logit_scale) plus one more seeded block at the end, which SD 2's
+                          penultimate-layer conditioning leaves out (diffusers' conversion makes a 23-layer model)
+  tiny-sdxl.safetensors   tiny-sdxl: the UNet with label_emb (add_embedding), CLIP ViT-L under
+                          `conditioner.embedders.0.transformer.`, OpenCLIP bigG under `conditioner.embedders.1.model.`
+                          (text_projection stored as x @ P, the transpose of transformers' linear weight)
 Checked: diffusers' StableDiffusionPipeline.from_single_file(path, config=tiny-sd15) loads it offline (config= gives
 the folder whose component configs, tokenizer and scheduler are used, so nothing is fetched from the Hub; with
 local_files_only=True a missing piece is an error rather than a download) to the folder's weights bit for bit.
@@ -32,7 +40,7 @@ import re
 import shutil
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -41,6 +49,7 @@ ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 FIXTURES = os.path.join(ROOT, "Tests", "StableDiffusionTests", "Fixtures")
 SD15 = os.path.join(FIXTURES, "sd", "tiny-sd15")
 SDXL = os.path.join(FIXTURES, "sdxl", "tiny-sdxl")
+SD2 = os.path.join(FIXTURES, "sd", "tiny-sd2")
 OUT = os.path.join(FIXTURES, "single")
 
 
@@ -80,10 +89,12 @@ def main():
     save_file({"module." + k: v.clone().contiguous() for k, v in model.state_dict().items()}, path)
     print("wrote", path, os.path.getsize(path), "bytes and", folder)
 
-    path = os.path.join(OUT, "tiny-sd15.safetensors")
-    save_file(sd_single_file(SD15), path)
-    check_single_file(path, SD15)
-    print("wrote", path, os.path.getsize(path), "bytes")
+    for name, folder, cls in (("tiny-sd15", SD15, StableDiffusionPipeline), ("tiny-sd2", SD2, StableDiffusionPipeline),
+                              ("tiny-sdxl", SDXL, StableDiffusionXLPipeline)):
+        path = os.path.join(OUT, name + ".safetensors")
+        save_file(sd_single_file(folder, name), path)
+        check_single_file(path, folder, cls)
+        print("wrote", path, os.path.getsize(path), "bytes")
 
 
 RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
@@ -135,7 +146,9 @@ def vae_ldm_name(key, config):
     key = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
     key = re.sub(r"mid_block\.resnets\.(\d)", lambda m: f"mid.block_{int(m[1]) + 1}", key)
     key = key.replace("mid_block.attentions.0.group_norm", "mid.attn_1.norm")
-    for old, new in (("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")):
+    # (tiny-sd2's VAE keeps diffusers' pre-0.14 attention names: query, key, value, proj_attn)
+    for old, new in (("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out"), ("query", "q"), ("key", "k"),
+                     ("value", "v"), ("proj_attn", "proj_out")):
         key = key.replace(f"mid_block.attentions.0.{old}.", f"mid.attn_1.{new}.")
     key = re.sub(r"encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block.", key)
     key = re.sub(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", key)
@@ -145,10 +158,11 @@ def vae_ldm_name(key, config):
 
 
 def component(folder, name):
-    for file in ("diffusion_pytorch_model.safetensors", "model.safetensors"):
+    for file in ("diffusion_pytorch_model.safetensors", "model.safetensors", "pytorch_model.bin"):
         path = os.path.join(folder, name, file)
         if os.path.exists(path):
-            return {k: v.float() for k, v in load_file(path).items()}
+            tensors = load_file(path) if path.endswith(".safetensors") else torch.load(path, weights_only=True)
+            return {k: v.float() for k, v in tensors.items()}
     raise FileNotFoundError(os.path.join(folder, name))
 
 
@@ -157,8 +171,41 @@ def config(folder, name):
         return json.load(f)
 
 
-def sd_single_file(folder):
-    """An SD 1.x diffusers folder as one LDM checkpoint."""
+def open_clip(tensors, seed, extra_block, projection):
+    """transformers' CLIPTextModel(WithProjection) names -> OpenCLIP's text tower (q/k/v fused into in_proj)."""
+    out, layers = {}, {}
+    fixed = {"text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+             "text_model.embeddings.position_embedding.weight": "positional_embedding",
+             "text_model.final_layer_norm.weight": "ln_final.weight", "text_model.final_layer_norm.bias": "ln_final.bias"}
+    parts = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj", "mlp.fc1": "mlp.c_fc",
+             "mlp.fc2": "mlp.c_proj"}
+    for k, v in tensors.items():
+        if k in fixed:
+            out[fixed[k]] = v
+            continue
+        if k == "text_projection.weight":
+            continue
+        m = re.match(r"text_model\.encoder\.layers\.(\d+)\.(.*)\.(weight|bias)", k)
+        i, part, kind = int(m[1]), m[2], m[3]
+        if part in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+            layers.setdefault((i, kind), {})[part[10]] = v
+        else:
+            out[f"transformer.resblocks.{i}.{parts[part]}.{kind}"] = v
+    for (i, kind), qkv in layers.items():
+        out[f"transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat([qkv["q"], qkv["k"], qkv["v"]])
+    width = tensors["text_model.final_layer_norm.weight"].shape[0]
+    g = torch.Generator().manual_seed(seed)
+    if extra_block:
+        n = len({i for i, _ in layers})
+        for k in [k for k in out if k.startswith("transformer.resblocks.0.")]:
+            out[k.replace("resblocks.0.", f"resblocks.{n}.")] = torch.randn(out[k].shape, generator=g)
+    out["text_projection"] = projection if projection is not None else torch.randn(width, width, generator=g)
+    out["logit_scale"] = torch.tensor(4.6052)
+    return out
+
+
+def sd_single_file(folder, kind):
+    """A diffusers folder as one LDM checkpoint."""
     out = {}
     unet_config, vae_config = config(folder, "unet"), config(folder, "vae")
     for k, v in component(folder, "unet").items():
@@ -168,15 +215,23 @@ def sd_single_file(folder):
         if ".mid.attn_1." in name and name.endswith("weight") and v.dim() == 2:
             v = v[:, :, None, None]  # the original VAE's attention projections are 1x1 convolutions
         out["first_stage_model." + name] = v
-    for k, v in component(folder, "text_encoder").items():
-        out["cond_stage_model.transformer." + k] = v
+    text = component(folder, "text_encoder")
+    if kind == "tiny-sd15":
+        out.update({"cond_stage_model.transformer." + k: v for k, v in text.items()})
+    elif kind == "tiny-sd2":
+        out.update({"cond_stage_model.model." + k: v for k, v in open_clip(text, 2, True, None).items()})
+    else:
+        out.update({"conditioner.embedders.0.transformer." + k: v for k, v in text.items()})
+        text2 = component(folder, "text_encoder_2")
+        bigg = open_clip(text2, 3, False, text2["text_projection.weight"].t())
+        out.update({"conditioner.embedders.1.model." + k: v for k, v in bigg.items()})
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def check_single_file(path, folder):
-    single = StableDiffusionPipeline.from_single_file(path, config=folder, local_files_only=True, torch_dtype=torch.float32)
-    reference = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32)
-    for name in ("unet", "vae", "text_encoder"):
+def check_single_file(path, folder, cls):
+    single = cls.from_single_file(path, config=folder, local_files_only=True, torch_dtype=torch.float32)
+    reference = cls.from_pretrained(folder, torch_dtype=torch.float32)
+    for name in ("unet", "vae", "text_encoder") + (("text_encoder_2",) if cls is StableDiffusionXLPipeline else ()):
         a, b = getattr(single, name).state_dict(), getattr(reference, name).state_dict()
         assert a.keys() == b.keys(), (name, set(a) ^ set(b))
         for k in a:
