@@ -22,6 +22,9 @@ struct ModelOptions: ParsableArguments {
         valueName: "DIR"), completion: .directory)
     var modelConfig: String?
 
+    @Flag(help: "With a single-file --model: its UNet's own weights rather than the model_ema.* copy (used by default when present).")
+    var noEma = false
+
     @Option(help: "Weights variant to prefer, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors).")
     var variant: String?
 }

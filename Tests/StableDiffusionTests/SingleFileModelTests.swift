@@ -45,6 +45,33 @@ import Torch
         #expect(maxAbsDifference(try fromFile.generate(request()).latents, try fromFolder.generate(request()).latents) == 0)
     }
 
+    /// A file with `model_ema.*` copies of the UNet (each tensor + 1, named as diffusers reads them: the key past
+    /// `model.` with its dots removed) reads them unless asked not to.
+    @Test func emaWeightsAreUsedWhenPresent() throws {
+        let scratch = try temporaryFolder("single-ema")
+        defer { try? FileManager.default.removeItem(at: scratch) }
+        let whole = try SafeTensorsFile(url: Self.single.appendingPathComponent("tiny-sd15.safetensors"))
+        var tensors: [String: Tensor] = [:]
+        for key in whole.names {
+            let t = try whole.tensor(key)
+            tensors[key] = t
+            if key.hasPrefix("model.diffusion_model.") {
+                tensors["model_ema." + key.split(separator: ".").dropFirst().joined()] = t + 1
+            }
+        }
+        let url = scratch.appendingPathComponent("ema.safetensors")
+        try Tensor.save(tensors, to: url)
+        let folder = try StableDiffusionPipeline.load(folder: TinySD.sd15.folder).unet
+        let ema = try SingleFileCheckpoint(url: url), plain = try SingleFileCheckpoint(url: url, useEMA: false)
+        #expect(ema.usesEMA && !plain.usesEMA)
+        let withEMA = try StableDiffusionPipeline.load(folder: TinySD.sd15.folder, singleFile: ema).unet
+        let without = try StableDiffusionPipeline.load(folder: TinySD.sd15.folder, singleFile: plain).unet
+        for ((name, a), ((_, b), (_, c))) in zip(folder.namedParameters, zip(withEMA.namedParameters, without.namedParameters)) {
+            #expect(maxAbsDifference(b - 1, a) < 1e-6, "\(name)")
+            #expect(maxAbsDifference(c, a) == 0, "\(name)")
+        }
+    }
+
     func error(_ body: () throws -> Any) -> String {
         do { _ = try body() } catch { return "\(error)" }
         return "no error"

@@ -54,6 +54,8 @@ public protocol InferenceConfiguration: Configuration {
     var model: String? { get set }
     /// With a single-file `model`: the diffusers folder whose configs, tokenizers and scheduler it is read with.
     var modelConfig: String? { get set }
+    /// With a single-file `model`: its UNet's weights rather than its `model_ema.*` copy.
+    var noEma: Bool { get set }
     var variant: String? { get set }
     var dtype: FloatType { get set }
     var device: String { get set }
@@ -61,7 +63,7 @@ public protocol InferenceConfiguration: Configuration {
 
 extension InferenceConfiguration {
     static var inferenceFields: [ConfigField<Self>] {
-        [.path("model", \.model), .path("model_config", \.modelConfig), .string("variant", \.variant), .choice("dtype", \.dtype), .device("device", \.device)]
+        [.path("model", \.model), .path("model_config", \.modelConfig), .flag("no_ema", \.noEma), .string("variant", \.variant), .choice("dtype", \.dtype), .device("device", \.device)]
     }
 
     /// Where the model's weights and configs are: `model` a diffusers folder, or one original-layout checkpoint
@@ -83,7 +85,7 @@ extension InferenceConfiguration {
                 message: "\(excerpt(model, limit: 200)) is a single file: give a diffusers folder of its architecture for its configs, tokenizers and scheduler")
         }
         do {
-            return (URL(fileURLWithPath: modelConfig), try SingleFileCheckpoint(url: url))
+            return (URL(fileURLWithPath: modelConfig), try SingleFileCheckpoint(url: url, useEMA: !noEma))
         } catch {
             throw TextCraftorError.invalidSetting(key: "model", message: "\(error)")
         }
