@@ -91,3 +91,68 @@ public enum Weights {
         throw WeightLoadingError.unknownFormat(url.path)
     }
 }
+
+/// How a tensor is reshaped on its way from one layout to another (`RenamedWeights`).
+public enum WeightTransform: Sendable, Equatable {
+    case none
+    /// Part `index` of `count` equal parts along dim 0 (one of a fused q/k/v projection's).
+    case chunk(index: Int, count: Int)
+    /// A 2-D tensor transposed (a projection stored as `x @ W` rather than as a linear layer's `W x`).
+    case transpose
+    /// Trailing 1-sized dims dropped: a 1x1 convolution's [O, I, 1, 1] as a linear layer's [O, I].
+    case squeeze
+
+    /// The shape after the transform, nil when it does not apply to `shape`.
+    public func shape(_ shape: [Int]) -> [Int]? {
+        switch self {
+        case .none: return shape
+        case .chunk(let index, let count):
+            guard let first = shape.first, count > 0, first % count == 0, index < count else { return nil }
+            return [first / count] + shape.dropFirst()
+        case .transpose: return shape.count == 2 ? [shape[1], shape[0]] : nil
+        case .squeeze:
+            var out = shape
+            while out.count > 2, out.last == 1 { out.removeLast() }
+            return out
+        }
+    }
+
+    public func apply(_ tensor: Tensor) -> Tensor {
+        switch self {
+        case .none: return tensor
+        case .chunk(let index, let count):
+            let part = tensor.size(0) / count
+            return tensor.narrow(dim: 0, start: index * part, length: part).contiguous()
+        case .transpose: return tensor.transpose(0, 1).contiguous()
+        case .squeeze: return tensor.reshape(shape(tensor.shape) ?? tensor.shape)
+        }
+    }
+}
+
+/// Another source's tensors under other names (`names[new] = old`), read from it on demand, each through its
+/// transform: a checkpoint in one layout seen in another without copying the file. Keys of `base` not named are
+/// not seen.
+public struct RenamedWeights: WeightSource {
+    public let base: any WeightSource
+    let names: [String: (key: String, transform: WeightTransform)]
+
+    public init(_ base: any WeightSource, names: [String: String]) {
+        self.init(base, entries: names.mapValues { ($0, .none) })
+    }
+
+    public init(_ base: any WeightSource, entries: [String: (key: String, transform: WeightTransform)]) {
+        self.base = base
+        self.names = entries
+    }
+
+    public var origin: String { base.origin }
+    public var keys: [String] { names.keys.sorted() }
+    public func info(_ key: String) -> (dtype: DType, shape: [Int])? {
+        guard let entry = names[key], let info = base.info(entry.key), let shape = entry.transform.shape(info.shape) else { return nil }
+        return (info.dtype, shape)
+    }
+    public func tensor(_ key: String) throws -> Tensor {
+        guard let entry = names[key] else { throw WeightLoadingError.missingKey(key, origin: origin) }
+        return entry.transform.apply(try base.tensor(entry.key))
+    }
+}

@@ -192,14 +192,16 @@ public final class AutoencoderKL: Module {
 
     /// Reads a diffusers `vae/` folder: `config.json` and `diffusion_pytorch_model[.variant].safetensors` (or `.bin`),
     /// strictly; the attention's pre-0.14 names load too. `dtype` nil keeps the stored precision.
-    public static func load(folder: URL, variant: String? = nil, dtype: DType? = nil, device: Device = .cpu) throws
-        -> AutoencoderKL
-    {
+    /// `weights`: where the tensors come from instead of the folder's file (a single-file model's, `SingleFileCheckpoint`).
+    public static func load(
+        folder: URL, variant: String? = nil, dtype: DType? = nil, device: Device = .cpu,
+        weights: ((AutoencoderKLConfig) throws -> any WeightSource)? = nil
+    ) throws -> AutoencoderKL {
         let configURL = folder.appendingPathComponent("config.json")
         guard FileManager.default.fileExists(atPath: folder.path) else { throw StableDiffusionError.missingFile(folder.path) }
         let config = try decodeConfig(AutoencoderKLConfig.self, from: configURL)
-        let weights = try componentWeights(in: folder, baseName: "diffusion_pytorch_model", variant: variant)
-        return try VarBuilder.load(weights, dtype: dtype, device: device) {
+        let source = try weights?(config) ?? componentWeights(in: folder, baseName: "diffusion_pytorch_model", variant: variant)
+        return try VarBuilder.load(source, dtype: dtype, device: device) {
             try AutoencoderKL($0, config: config, configFile: configURL.path)
         }
     }

@@ -88,9 +88,10 @@ extension StableDiffusionPipeline {
     /// `OUT/text_encoder/`. A folder without `config.json` that holds `text_encoder/` (a trainer's output folder, or
     /// another diffusers model) is read from there. Loaded in this pipeline's dtype and device; its `hidden_size`
     /// must be this pipeline's encoder's (the UNet's cross-attention width), which is checked before any weight is
-    /// read.
+    /// read. A file rather than a folder is a bare state dict (`loadTextEncoder(file:)`, `EncoderFile`).
     public func loadTextEncoder(folder: URL, variant: String? = nil) throws -> CLIPTextModel {
         guard architecture == .sd else { throw Self.mixOnSDXL }
+        if EncoderFile.isFile(folder) { return try loadTextEncoder(file: folder) }
         var folder = folder
         var isFolder: ObjCBool = false
         guard FileManager.default.fileExists(atPath: folder.path, isDirectory: &isFolder), isFolder.boolValue else {

@@ -131,12 +131,20 @@ public final class StableDiffusionPipeline {
     /// precision: a trained component in float32 beside frozen ones in bfloat16; the models cast their inputs).
     /// `textEncoder2DType` is SDXL's second encoder's (default: `textEncoderDType`). An SDXL VAE whose config sets `force_upcast` stays float32 when
     /// `dtype` is float16, as diffusers' SDXL pipeline decodes (SD 1.x/2.x's pipeline does not upcast).
+    ///
+    /// `singleFile`: the weights come from one original-layout checkpoint instead of the folder's files (`folder` then
+    /// gives the configs, tokenizers and scheduler, and its architecture must be the file's).
     public static func load(
         folder: URL, dtype: DType = .float32, device: Device = .cpu, variant: String? = nil,
-        textEncoderDType: DType? = nil, textEncoder2DType: DType? = nil, unetDType: DType? = nil, vaeDType: DType? = nil
+        textEncoderDType: DType? = nil, textEncoder2DType: DType? = nil, unetDType: DType? = nil, vaeDType: DType? = nil,
+        singleFile: SingleFileCheckpoint? = nil
     ) throws -> StableDiffusionPipeline {
         let index = try ModelIndex.read(folder: folder)
         let isXL = index.architecture == .sdxl
+        if let singleFile, singleFile.layout.architecture != index.architecture {
+            throw StableDiffusionError.invalidArgument(
+                "\(singleFile.url.path) is an \(singleFile.layout.rawValue) checkpoint, and the config folder \(folder.path) is a \(index.architecture.name) model")
+        }
         let textFolder = folder.appendingPathComponent("text_encoder")
         let textFolder2 = folder.appendingPathComponent("text_encoder_2")
         let unetConfigFile = folder.appendingPathComponent("unet/config.json")
@@ -157,8 +165,14 @@ public final class StableDiffusionPipeline {
                 }
             }
         }
-        func text<M>(_ folder: URL, _ type: DType?, _ load: (any WeightSource, URL, DType, Device) throws -> M) throws -> M {
-            let weights = try componentWeights(in: folder, baseName: "model", binBaseName: "pytorch_model", variant: variant)
+        func text<M>(_ folder: URL, _ type: DType?, second: Bool = false, _ load: (any WeightSource, URL, DType, Device) throws -> M) throws -> M {
+            let weights: any WeightSource
+            if let singleFile {
+                let config = try decodeConfig(CLIPTextConfig.self, from: folder.appendingPathComponent("config.json"))
+                weights = try second ? singleFile.textEncoder2(config: config) : singleFile.textEncoder(config: config)
+            } else {
+                weights = try componentWeights(in: folder, baseName: "model", binBaseName: "pytorch_model", variant: variant)
+            }
             return try load(weights, folder.appendingPathComponent("config.json"), type ?? dtype, device)
         }
         return StableDiffusionPipeline(
@@ -166,10 +180,12 @@ public final class StableDiffusionPipeline {
             textEncoder: try text(textFolder, textEncoderDType) { try CLIPTextModel.load($0, configFile: $1, dtype: $2, device: $3) },
             tokenizer2: isXL ? try CLIPTokenizer(directory: folder.appendingPathComponent("tokenizer_2")) : nil,
             textEncoder2: isXL
-                ? try text(textFolder2, textEncoder2DType ?? textEncoderDType) { try CLIPTextModelWithProjection.load($0, configFile: $1, dtype: $2, device: $3) } : nil,
+                ? try text(textFolder2, textEncoder2DType ?? textEncoderDType, second: true) { try CLIPTextModelWithProjection.load($0, configFile: $1, dtype: $2, device: $3) } : nil,
             unet: try UNet2DConditionModel.load(
-                folder: folder.appendingPathComponent("unet"), variant: variant, dtype: unetDType ?? dtype, device: device),
-            vae: try AutoencoderKL.load(folder: vaeFolder, variant: variant, dtype: vaeType, device: device),
+                folder: folder.appendingPathComponent("unet"), variant: variant, dtype: unetDType ?? dtype, device: device,
+                weights: singleFile.map { file in { try file.unet(config: $0) } }),
+            vae: try AutoencoderKL.load(
+                folder: vaeFolder, variant: variant, dtype: vaeType, device: device, weights: singleFile.map { file in { try file.vae(config: $0) } }),
             schedulerConfig: try decodeConfig(
                 SchedulerConfig.self, from: folder.appendingPathComponent("scheduler/scheduler_config.json")),
             schedulerConfigFile: folder.appendingPathComponent("scheduler/scheduler_config.json").path,

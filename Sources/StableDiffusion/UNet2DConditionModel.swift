@@ -433,14 +433,16 @@ public final class UNet2DConditionModel: Module {
 
     /// Reads a diffusers `unet/` folder: `config.json` and `diffusion_pytorch_model[.variant].safetensors` (or `.bin`),
     /// strictly (every key used, every shape checked). `dtype` nil keeps the stored precision.
-    public static func load(folder: URL, variant: String? = nil, dtype: DType? = nil, device: Device = .cpu) throws
-        -> UNet2DConditionModel
-    {
+    /// `weights`: where the tensors come from instead of the folder's file (a single-file model's, `SingleFileCheckpoint`).
+    public static func load(
+        folder: URL, variant: String? = nil, dtype: DType? = nil, device: Device = .cpu,
+        weights: ((UNet2DConditionConfig) throws -> any WeightSource)? = nil
+    ) throws -> UNet2DConditionModel {
         let configURL = folder.appendingPathComponent("config.json")
         guard FileManager.default.fileExists(atPath: folder.path) else { throw StableDiffusionError.missingFile(folder.path) }
         let config = try decodeConfig(UNet2DConditionConfig.self, from: configURL)
-        let weights = try componentWeights(in: folder, baseName: "diffusion_pytorch_model", variant: variant)
-        return try VarBuilder.load(weights, dtype: dtype, device: device) {
+        let source = try weights?(config) ?? componentWeights(in: folder, baseName: "diffusion_pytorch_model", variant: variant)
+        return try VarBuilder.load(source, dtype: dtype, device: device) {
             try UNet2DConditionModel($0, config: config, configFile: configURL.path)
         }
     }

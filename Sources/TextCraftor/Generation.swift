@@ -6,6 +6,10 @@ import Torch
 /// what it resolved to (the seed drawn, the scheduler's class, the UNet calls).
 public struct GenerationConfig: InferenceConfiguration {
     public var model: String?
+    /// With a single-file `model`: a diffusers folder of its architecture (configs, tokenizers, scheduler).
+    public var modelConfig: String?
+    /// With a single-file `model`: its UNet's weights rather than its `model_ema.*` copy.
+    public var noEma = false
     /// Weights variant to prefer, e.g. fp16.
     public var variant: String?
     public var dtype = FloatType.float32
@@ -135,9 +139,10 @@ public final class ImageGeneration {
         self.request = request
         self.config = config
         recipe = try EncoderRecipe(textEncoder: config.textEncoder, blend: config.blend, mix: config.mix, finetunedSteps: config.finetunedSteps)
+        let location = try config.modelLocation()
         pipeline = try StableDiffusionPipeline.load(
-            folder: URL(fileURLWithPath: config.model!), dtype: config.dtype.dtype, device: try Device.opened(config.device, key: "device"),
-            variant: config.variant)
+            folder: location.folder, dtype: config.dtype.dtype, device: try Device.opened(config.device, key: "device"),
+            variant: config.variant, singleFile: location.singleFile)
         try pipeline.applyLoRAs(config.lora)
         try pipeline.loadEmbeddings(config.embedding)
         scheduler = try pipeline.makeScheduler(config.scheduler, karras: config.karras)

@@ -68,7 +68,7 @@ struct EvalFlags: ParsableArguments {
     @Option(help: "Keep the first N prompts.") var limit: Int?
     @Option(help: "Keep N prompts drawn with --seed (in file order).") var sample: Int?
 
-    @Option(help: ArgumentHelp("A fine-tuned text encoder, as NAME=DIR or DIR (named by its folder). Repeatable.", valueName: "NAME=DIR"))
+    @Option(help: ArgumentHelp("A fine-tuned text encoder, as NAME=DIR or DIR (named by its folder); DIR may also be a bare state dict file (.pth/.pt/.bin/.safetensors). Repeatable.", valueName: "NAME=DIR"))
     var textEncoder: [String] = []
     @Option(help: ArgumentHelp("Also each --text-encoder blended: W x fine-tuned + (1 - W) x original. Repeatable.", valueName: "W"))
     var blend: [String] = []

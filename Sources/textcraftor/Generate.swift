@@ -17,7 +17,9 @@ struct Generate: ParsableCommand {
             zeros for the unconditional half (force_zeros_for_empty_prompt). Refiners are not supported.
 
             Controllable generation (TextCraftor): --text-encoder DIR conditions on a fine-tuned text encoder (a folder \
-            with config.json and model.safetensors, as training writes OUT/text_encoder/) instead of the model's; \
+            with config.json and model.safetensors, as training writes OUT/text_encoder/, or a bare state dict in one .pth, \
+            .pt, .bin or .safetensors file such as the authors' released tc_text_e_0_iter_10000.pth, read without \
+            running code, module. and text_model. prefixes accepted, in the model's encoder's config) instead of the model's; \
             --blend W interpolates W x fine-tuned + (1 - W) x original embeddings; --mix DIR=W,... sums several \
             encoders' embeddings, the model's own named `original` (e.g. original=0.1,aes/=0.7,pick/=0.1,hps/=0.1); \
             --finetuned-steps N uses those embeddings for the last N UNet calls only and the original encoder's before \
@@ -95,8 +97,8 @@ struct GenerateFlags: ParsableArguments {
     @Option(help: "Output folder.", completion: .directory) var out: String?
     @Flag(help: "Also write latents.safetensors.") var saveLatents = false
 
-    @Option(help: "A fine-tuned text encoder folder (config.json + model.safetensors) used instead of the model's; on SDXL also a run folder with text_encoder/ and/or text_encoder_2/.",
-            completion: .directory)
+    @Option(help: "A fine-tuned text encoder folder (config.json + model.safetensors), or its bare state dict (.pth/.pt/.bin/.safetensors), used instead of the model's; on SDXL also a run folder with text_encoder/ and/or text_encoder_2/.",
+            completion: .file())
     var textEncoder: String?
     @Option(help: ArgumentHelp(
         "With --text-encoder: W x fine-tuned + (1 - W) x original embeddings (default 1).",

@@ -8,11 +8,22 @@ import Torch
 // overlays a `Configuration` is named after its key (`gradWindow` is `--grad-window` and the key `grad_window`), is
 // optional (nil: not given, the file's or the default value stands), and `configValues(of:)` reads the given ones.
 
-/// --model and --variant: a diffusers folder and the weights variant to prefer.
+/// --model, --model-config and --variant: a diffusers folder (or a single file and a folder of its configs) and the
+/// weights variant to prefer.
 struct ModelOptions: ParsableArguments {
-    @Option(help: "A diffusers model folder (model_index.json, text_encoder/, tokenizer/, unet/, vae/, scheduler/).",
-            completion: .directory)
+    @Option(help: ArgumentHelp(
+        "A diffusers model folder (model_index.json, text_encoder/, tokenizer/, unet/, vae/, scheduler/), or one original-layout checkpoint (.safetensors, .ckpt) with --model-config.",
+        discussion: "A single file (SD 1.x: cond_stage_model.transformer.*, SD 2.x: OpenCLIP cond_stage_model.model.*, SDXL base: conditioner.embedders.*; with model.diffusion_model.* and first_stage_model.*) is read in place, its keys renamed to diffusers' on the fly; .ckpt/.pt without running code; the UNet's model_ema.* copy when present."),
+            completion: .file())
     var model: String?
+
+    @Option(help: ArgumentHelp(
+        "With a single-file --model: a diffusers folder of the same architecture whose configs, tokenizers and scheduler (prediction_type included) are used.",
+        valueName: "DIR"), completion: .directory)
+    var modelConfig: String?
+
+    @Flag(help: "With a single-file --model: its UNet's own weights rather than the model_ema.* copy (used by default when present).")
+    var noEma = false
 
     @Option(help: "Weights variant to prefer, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors).")
     var variant: String?

@@ -124,8 +124,8 @@ struct TrainingFlags: ParsableArguments {
             completion: .file()) var prompts: String?
     @Option(help: "The CSV column holding the prompts (default prompt).") var promptColumn: String?
     @Option(help: "Direct mode: a folder of images with metadata.jsonl or metadata.csv.", completion: .directory) var data: String?
-    @Option(help: "UNet stage: fine-tuned text encoders to condition on: an encoder folder, or a run folder holding text_encoder/ and/or text_encoder_2/ (default: the model's).",
-            completion: .directory) var textEncoder: String?
+    @Option(help: "UNet stage: fine-tuned text encoders to condition on: an encoder folder, one encoder's bare state dict (.pth/.pt/.bin/.safetensors), or a run folder holding text_encoder/ and/or text_encoder_2/ (default: the model's).",
+            completion: .file()) var textEncoder: String?
     @Option(help: "NAME=PATH[:GAMMA], repeatable (see `textcraftor score --help`).", transform: RewardOption.init(spec:))
     var reward: [RewardOption] = []
     @Option(help: "Output folder.", completion: .directory) var out: String?

@@ -6,6 +6,10 @@ public struct EvalConfig: InferenceConfiguration {
     // The model
     /// A diffusers folder (with `demo`: default the ShapesWorld bundle).
     public var model: String?
+    /// With a single-file `model`: a diffusers folder of its architecture (configs, tokenizers, scheduler).
+    public var modelConfig: String?
+    /// With a single-file `model`: its UNet's weights rather than its `model_ema.*` copy.
+    public var noEma = false
     /// Weights variant to prefer, e.g. fp16.
     public var variant: String?
     public var dtype = FloatType.float32

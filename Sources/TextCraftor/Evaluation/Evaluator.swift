@@ -32,12 +32,15 @@ public final class Evaluator {
         try config.validate()
         self.config = config
         let device = try Device.opened(config.device, key: "device")
-        model = config.demo ? try ShapesWorldBundle.located(config.model) : URL(fileURLWithPath: config.model!)
+        let location: (folder: URL, singleFile: SingleFileCheckpoint?) =
+            config.demo ? (try ShapesWorldBundle.located(config.model), nil) : try config.modelLocation()
+        model = location.folder
         prompts = try Self.promptSet(config)
         sampling = config.sampling
         output = URL(fileURLWithPath: config.out!)
         do {
-            pipeline = try StableDiffusionPipeline.load(folder: model, dtype: config.dtype.dtype, device: device, variant: config.variant)
+            pipeline = try StableDiffusionPipeline.load(
+                folder: model, dtype: config.dtype.dtype, device: device, variant: config.variant, singleFile: location.singleFile)
         } catch {
             throw TextCraftorError.invalidSetting(key: "model", message: "\(model.path): \(error)")
         }
