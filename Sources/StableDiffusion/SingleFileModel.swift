@@ -237,3 +237,51 @@ public struct SingleFileCheckpoint {
         }
     }
 }
+
+extension SingleFileCheckpoint {
+    /// A config folder for this file must be a diffusers model of its architecture.
+    func checkConfigFolder(_ folder: URL, index: ModelIndex) throws {
+        guard layout.architecture == index.architecture else {
+            throw StableDiffusionError.invalidArgument(
+                "\(url.path) is an \(layout.rawValue) checkpoint, and the config folder \(folder.path) is a \(index.architecture.name) model")
+        }
+    }
+
+    /// Writes the model as a diffusers folder at `out` (which must not exist): `configFolder` (a diffusers folder of
+    /// this architecture) copied without its weights files, and each component's tensors under diffusers' names, in
+    /// the dtype and with the values the file stores. Built beside `out` under a temporary name and renamed into
+    /// place, so `out` is never half written.
+    public func writeDiffusersFolder(configFolder: URL, to out: URL) throws {
+        let fm = FileManager.default
+        guard !fm.fileExists(atPath: out.path) else { throw StableDiffusionError.invalidArgument("\(out.path): already exists") }
+        let index = try ModelIndex.read(folder: configFolder)
+        try checkConfigFolder(configFolder, index: index)
+        let partial = out.deletingLastPathComponent().appendingPathComponent(".\(out.lastPathComponent).partial-\(UUID().uuidString)")
+        try fm.copyItem(at: configFolder, to: partial)
+        do {
+            let weightExtensions: Set<String> = ["safetensors", "bin", "ckpt", "pt", "pth"]
+            if let files = fm.enumerator(at: partial, includingPropertiesForKeys: nil) {
+                for case let file as URL in files where weightExtensions.contains(file.pathExtension) { try fm.removeItem(at: file) }
+            }
+            func save(_ weights: any WeightSource, _ path: String) throws {
+                var tensors: [String: Tensor] = [:]
+                for key in weights.keys { tensors[key] = try weights.tensor(key) }
+                try Tensor.save(tensors, metadata: ["format": "pt"], to: partial.appendingPathComponent(path))
+            }
+            func config<C: Decodable>(_ type: C.Type, _ path: String) throws -> C {
+                try decodeConfig(type, from: configFolder.appendingPathComponent(path))
+            }
+            try save(try unet(config: config(UNet2DConditionConfig.self, "unet/config.json")), "unet/diffusion_pytorch_model.safetensors")
+            try save(try vae(config: config(AutoencoderKLConfig.self, "vae/config.json")), "vae/diffusion_pytorch_model.safetensors")
+            try save(try textEncoder(config: config(CLIPTextConfig.self, "text_encoder/config.json")), "text_encoder/model.safetensors")
+            if layout == .sdxl {
+                try save(
+                    try textEncoder2(config: config(CLIPTextConfig.self, "text_encoder_2/config.json")), "text_encoder_2/model.safetensors")
+            }
+            try fm.moveItem(at: partial, to: out)
+        } catch {
+            try? fm.removeItem(at: partial)
+            throw error
+        }
+    }
+}

@@ -141,10 +141,7 @@ public final class StableDiffusionPipeline {
     ) throws -> StableDiffusionPipeline {
         let index = try ModelIndex.read(folder: folder)
         let isXL = index.architecture == .sdxl
-        if let singleFile, singleFile.layout.architecture != index.architecture {
-            throw StableDiffusionError.invalidArgument(
-                "\(singleFile.url.path) is an \(singleFile.layout.rawValue) checkpoint, and the config folder \(folder.path) is a \(index.architecture.name) model")
-        }
+        try singleFile?.checkConfigFolder(folder, index: index)
         let textFolder = folder.appendingPathComponent("text_encoder")
         let textFolder2 = folder.appendingPathComponent("text_encoder_2")
         let unetConfigFile = folder.appendingPathComponent("unet/config.json")

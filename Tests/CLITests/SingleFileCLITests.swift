@@ -39,5 +39,54 @@ import Testing
         let unet = tinySD15 + "/unet/diffusion_pytorch_model.safetensors"
         let c = try generate(["--model", unet, "--model-config", tinySD15], out: "c")
         #expect(c.err == "Error: --model: \(unet): one diffusers component's weights, not a whole model: give its folder, or the model's diffusers folder\n", "\(c.err)")
+        // A pickle that asks to call os.system is refused by the reader, and nothing runs.
+        let evil = Self.single.appendingPathComponent("runs-code.ckpt").path
+        let d = try generate(["--model", evil, "--model-config", tinySD15], out: "d")
+        #expect(d.status != 0 && d.err.hasPrefix("Error: --model: ") && d.err.contains(evil) && d.err.contains("os"), "\(d.err)")
+        #expect(d.err.split(separator: "\n").count == 1 && !d.err.contains("this pickle ran code") && !d.out.path.isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: d.out.path))
+    }
+}
+
+/// `textcraftor convert FILE --model-config DIR --out OUT`: the tiny single files become diffusers folders whose every
+/// tensor is the original folder's, byte for byte (float32 throughout).
+@Suite final class ConvertCLITests {
+    let scratch = temporaryOutput()
+
+    deinit { try? FileManager.default.removeItem(at: scratch) }
+
+    /// name -> the raw bytes of each tensor (and its dtype and shape) of a safetensors file.
+    func tensors(_ url: URL) throws -> [String: Data] {
+        let data = try Data(contentsOf: url)
+        let (base, header) = try safetensorsHeader(data)
+        var out: [String: Data] = [:]
+        for (name, entry) in header where name != "__metadata__" {
+            let e = entry as! [String: Any], offsets = e["data_offsets"] as! [Int]
+            out[name] = Data("\(e["dtype"]!) \(e["shape"]!)".utf8) + data.subdata(in: base + offsets[0]..<base + offsets[1])
+        }
+        return out
+    }
+
+    @Test(arguments: [("tiny-sd15", tinySD15), ("tiny-sdxl", tinySDXL)])
+    func convertedFolderHoldsTheFolderTensors(name: String, folder: String) throws {
+        let file = SingleFileCLITests.single.appendingPathComponent(name + ".safetensors").path
+        let out = scratch.appendingPathComponent(name)
+        let run = try textcraftor(["convert", file, "--model-config", folder, "--out", out.path])
+        #expect(run.status == 0, "\(run.err)")
+        #expect(run.out.contains(name == "tiny-sdxl" ? "SDXL as a diffusers folder" : "SD 1.x as a diffusers folder"))
+        var components = ["unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"]
+        if name == "tiny-sdxl" { components.append("text_encoder_2/model.safetensors") }
+        for component in components {
+            let a = try tensors(out.appendingPathComponent(component))
+            let b = try tensors(URL(fileURLWithPath: folder).appendingPathComponent(component))
+            #expect(a.count == b.count && !a.isEmpty, "\(component)")
+            #expect(a == b, "\(component)")
+        }
+        #expect(FileManager.default.fileExists(atPath: out.appendingPathComponent("tokenizer/vocab.json").path))
+        // The folder exists now: a second conversion is refused and leaves it alone.
+        let again = try textcraftor(["convert", file, "--model-config", folder, "--out", out.path])
+        #expect(again.status != 0 && again.err == "Error: \(out.path): already exists\n", "\(again.err)")
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: scratch.path).filter { $0.contains("partial") }
+        #expect(leftovers.isEmpty)
     }
 }

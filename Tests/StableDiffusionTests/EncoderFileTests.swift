@@ -24,13 +24,7 @@ import Torch
     deinit { try? FileManager.default.removeItem(at: scratch) }
 
     func latents(_ encoder: CLIPTextModel?) throws -> Tensor {
-        var r = GenerationRequest(prompts: ["a red circle on a blue background"])
-        r.negativePrompts = ["blurry"]
-        r.steps = 3
-        r.seed = 42
-        r.height = 64
-        r.width = 64
-        return try pipeline.generate(r, mix: encoder.map { .mix([($0, 1)]) }).latents
+        try pipeline.generate(singleFileRequest(), mix: encoder.map { .mix([($0, 1)]) }).latents
     }
 
     /// The folder's encoder's state dict, renamed by `rename` (nil drops a key), saved as safetensors.

@@ -5,20 +5,21 @@ import Torch
 
 @testable import StableDiffusion
 
+/// One prompt with a negative, 3 steps at 64x64, seed 42: what the single-file tests generate with.
+func singleFileRequest() -> GenerationRequest {
+    var r = GenerationRequest(prompts: ["a red circle on a blue background"])
+    r.negativePrompts = ["blurry"]
+    r.steps = 3
+    r.seed = 42
+    r.height = 64
+    r.width = 64
+    return r
+}
+
 /// A whole model in one original-LDM checkpoint (Fixtures/single, scripts/parity/make_single_file_fixtures.py, which
 /// checks that diffusers' from_single_file loads each to the folder's weights), read with the folder's configs.
 @Suite struct SingleFileModelTests {
     static let single = fixturesURL.appendingPathComponent("single")
-
-    func request() -> GenerationRequest {
-        var r = GenerationRequest(prompts: ["a red circle on a blue background"])
-        r.negativePrompts = ["blurry"]
-        r.steps = 3
-        r.seed = 42
-        r.height = 64
-        r.width = 64
-        return r
-    }
 
     func expectSameWeights(_ a: some Module, _ b: some Module, _ what: String) {
         let x = a.namedParameters, y = b.namedParameters
@@ -42,7 +43,7 @@ import Torch
         expectSameWeights(fromFile.vae, fromFolder.vae, "vae")
         expectSameWeights(fromFile.textEncoder, fromFolder.textEncoder, "text_encoder")
         if let a = fromFile.textEncoder2, let b = fromFolder.textEncoder2 { expectSameWeights(a, b, "text_encoder_2") }
-        #expect(maxAbsDifference(try fromFile.generate(request()).latents, try fromFolder.generate(request()).latents) == 0)
+        #expect(maxAbsDifference(try fromFile.generate(singleFileRequest()).latents, try fromFolder.generate(singleFileRequest()).latents) == 0)
     }
 
     /// A file with `model_ema.*` copies of the UNet (each tensor + 1, named as diffusers reads them: the key past

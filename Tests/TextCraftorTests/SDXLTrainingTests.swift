@@ -303,7 +303,7 @@ func makeSDXLTrainer(_ out: URL, target: TrainedNetwork, maxSteps: Int, saveEver
             key: "mix", message: "\(run.path): holds only text_encoder_2/, and a Stable Diffusion 1.x/2.x model has one text encoder (text_encoder/)")) {
             try EncoderFolders.resolve(run.path, key: "mix", architecture: .sd)
         }
-        #expect(throws: TextCraftorError.invalidSetting(key: "k", message: "/nonexistent/run: no such folder")) {
+        #expect(throws: TextCraftorError.invalidSetting(key: "k", message: "/nonexistent/run: no such file or folder")) {
             try EncoderFolders.resolve("/nonexistent/run", key: "k", architecture: .sdxl)
         }
     }

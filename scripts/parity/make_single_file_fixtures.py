@@ -28,6 +28,8 @@ Writes under Tests/StableDiffusionTests/Fixtures/single/:
   tiny-sdxl.safetensors   tiny-sdxl: the UNet with label_emb (add_embedding), CLIP ViT-L under
                           `conditioner.embedders.0.transformer.`, OpenCLIP bigG under `conditioner.embedders.1.model.`
                           (text_projection stored as x @ P, the transpose of transformers' linear weight)
+  runs-code.ckpt          a torch.save file whose pickle asks to call os.system (never called: the Swift reader
+                          refuses the global; nothing here loads it)
 Checked: diffusers' StableDiffusionPipeline.from_single_file(path, config=tiny-sd15) loads it offline (config= gives
 the folder whose component configs, tokenizer and scheduler are used, so nothing is fetched from the Hub; with
 local_files_only=True a missing piece is an error rather than a download) to the folder's weights bit for bit.
@@ -89,12 +91,21 @@ def main():
     save_file({"module." + k: v.clone().contiguous() for k, v in model.state_dict().items()}, path)
     print("wrote", path, os.path.getsize(path), "bytes and", folder)
 
+    path = os.path.join(OUT, "runs-code.ckpt")
+    torch.save({"state_dict": {"model.diffusion_model.conv_in.weight": RunsCode()}}, path)
+    print("wrote", path, os.path.getsize(path), "bytes")
+
     for name, folder, cls in (("tiny-sd15", SD15, StableDiffusionPipeline), ("tiny-sd2", SD2, StableDiffusionPipeline),
                               ("tiny-sdxl", SDXL, StableDiffusionXLPipeline)):
         path = os.path.join(OUT, name + ".safetensors")
         save_file(sd_single_file(folder, name), path)
         check_single_file(path, folder, cls)
         print("wrote", path, os.path.getsize(path), "bytes")
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo this pickle ran code",))
 
 
 RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
