@@ -94,6 +94,13 @@ public final class Trainer {
         trained.map { run.url.appendingPathComponent($0.component.name) } + adapters.map { run.url.appendingPathComponent($0.fileName) }
     }
 
+    /// The weight files the run folder gets: `text_encoder/model.safetensors` (and the other trained components'),
+    /// `lora.safetensors`, or the token's `token/STEM.safetensors`.
+    public var weightFiles: [URL] {
+        trained.map { run.url.appendingPathComponent($0.component.name).appendingPathComponent($0.component.weights) }
+            + adapters.map { run.url.appendingPathComponent($0.fileName) }
+    }
+
     /// `original`: the frozen encoders for the sampling steps before the window (prompt mode, text stage); each
     /// encoder `config.train` trains must be a copy there, not the pipeline's own. `modelFolder`: the diffusers folder,
     /// whose component configs are copied next to the trained weights.

@@ -17,6 +17,15 @@ struct Demo: ParsableCommand {
             Writes OUT/: grid.png (rows: prompts; columns: original, fine-tuned, blends 0.25 0.5 0.75), curves.svg \
             (the rewards during training), metrics.json, report.html (self-contained, open it in a browser) and \
             run/ (the trained text_encoder/ and the training log). A folder left by an earlier demo is replaced.
+
+            --adapter lora trains LoRA adapters on the encoder's linear layers instead (run/lora.safetensors, \
+            learning rate --lora-lr); --adapter token trains one new token's embedding row (--token, starting from \
+            --init-word; run/token/; learning rate --token-lr), appended to every prompt in training and in the \
+            evaluation after it (no blends then: the token has no row in the original encoder). \
+            --compare-adapters also trains the other two, each from the original weights (run-full/, run-lora/, \
+            run-token/ beside run/), and compares full, LoRA and token on the same held-out prompts and noise: \
+            rewards, oracle alignment and quality, the size of the written weights, the numbers trained, seconds per \
+            step and the process's peak memory so far.
             """)
 
     @OptionGroup var flags: DemoFlags
@@ -37,6 +46,9 @@ struct Demo: ParsableCommand {
                     let bar = bars[label] ?? ProgressBar("eval \(label)", total: total)
                     bars[label] = bar
                     bar.update(done)
+                case .training(let adapter):
+                    bars["train"] = ProgressBar(demo.config.compareAdapters ? "train \(adapter.rawValue)" : "train",
+                                                total: demo.config.steps)
                 case .trained(let report):
                     let bar = bars["train"] ?? ProgressBar("train", total: demo.config.steps)
                     bars["train"] = bar
@@ -71,6 +83,14 @@ struct DemoFlags: ParsableArguments {
     @Option(help: "Last sampling steps with gradient (default 3).") var gradWindow: Int?
     @Option(help: "Classifier-free guidance (default 5).") var guidance: Double?
     @Option(help: "Seed of training (noise, prompt order) and of the evaluation noise (default 0).") var seed: UInt64?
+    @Option(help: "What training trains: full (default: every weight of the text encoder), lora (LoRA adapters, rank 8) or token (one new token's embedding row).")
+    var adapter: Adapter?
+    @Option(help: "--adapter token: the new token (default <shapes>).") var token: String?
+    @Option(help: "--adapter token: the word (one token) whose embedding the token starts from (default beautiful).") var initWord: String?
+    @Option(help: "Learning rate of LoRA training (default 1e-3: adapters commonly take ~10x full training's).") var loraLr: Double?
+    @Option(help: "Learning rate of token training (default 1e-3).") var tokenLr: Double?
+    @Flag(help: "Train full, lora and token, each from the original weights, and compare them on the same held-out prompts.")
+    var compareAdapters = false
 }
 
 /// The bundle at `--model`, or the one shipped with the binary.

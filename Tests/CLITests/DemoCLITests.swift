@@ -89,3 +89,80 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: out.path))
     }
 }
+
+/// `demo --adapter lora|token` and `--compare-adapters`, cut to a few seconds.
+@Suite(.serialized) struct DemoAdapterCLITests {
+    func json(_ url: URL) throws -> [String: Any] {
+        try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as! [String: Any]
+    }
+
+    @Test func loraWritesItsFileAndChangesTheImages() throws {
+        let out = temporaryOutput()
+        defer { try? FileManager.default.removeItem(at: out) }
+        let run = try textcraftor(["demo", "--out", out.path, "--adapter", "lora"] + DemoCLITests.quick)
+        #expect(run.status == 0, "\(run.err)")
+        let files = FileManager.default
+        #expect(files.fileExists(atPath: out.appendingPathComponent("run/lora.safetensors").path))
+        #expect(!files.fileExists(atPath: out.appendingPathComponent("run/text_encoder").path), "the encoder stays frozen")
+        let metrics = try json(out.appendingPathComponent("metrics.json"))
+        #expect(metrics["adapter"] as? String == "lora")
+        #expect((metrics["settings"] as? [String: Any])?["learning_rate"] as? Double == 1e-3, "the LoRA learning rate")
+        // The pipeline's encoder carries the adapters in evaluation: the images, so the scores, moved.
+        let baseline = try #require(metrics["baseline"] as? [String: Double])
+        let finetuned = try #require(metrics["finetuned"] as? [String: Double])
+        #expect(abs(finetuned["aesthetic"]! - baseline["aesthetic"]!) > 1e-6)
+        #expect(Set((metrics["blends"] as? [String: Any])?.keys ?? [:].keys) == ["0.25", "0.5", "0.75"])
+        #expect((metrics["adapters"] as? [Any])?.isEmpty == true)
+    }
+
+    @Test func tokenHasNoBlendsAndWritesItsFile() throws {
+        let out = temporaryOutput()
+        defer { try? FileManager.default.removeItem(at: out) }
+        let run = try textcraftor(["demo", "--out", out.path, "--adapter", "token", "--token-lr", "0.05"] + DemoCLITests.quick)
+        #expect(run.status == 0, "\(run.err)")
+        #expect(FileManager.default.fileExists(atPath: out.appendingPathComponent("run/token/shapes.safetensors").path))
+        let metrics = try json(out.appendingPathComponent("metrics.json"))
+        #expect(metrics["adapter"] as? String == "token")
+        #expect((metrics["blends"] as? [String: Any])?.isEmpty == true)
+        #expect(!run.out.contains("blend"))
+        let html = try String(contentsOf: out.appendingPathComponent("report.html"), encoding: .utf8)
+        #expect(!html.contains("blend") && html.contains("&lt;shapes&gt;"))
+        // Evaluated with ", <shapes>" appended: the trained row changes the images.
+        let baseline = try #require(metrics["baseline"] as? [String: Double])
+        let finetuned = try #require(metrics["finetuned"] as? [String: Double])
+        #expect(abs(finetuned["aesthetic"]! - baseline["aesthetic"]!) > 1e-6)
+    }
+
+    @Test func compareModeListsTheThreeAdapters() throws {
+        let out = temporaryOutput()
+        defer { try? FileManager.default.removeItem(at: out) }
+        let run = try textcraftor(["demo", "--out", out.path, "--compare-adapters"] + DemoCLITests.quick)
+        #expect(run.status == 0, "\(run.err)")
+        #expect(run.out.contains("adapters compared"))
+        let metrics = try json(out.appendingPathComponent("metrics.json"))
+        let adapters = try #require(metrics["adapters"] as? [[String: Any]])
+        #expect(adapters.map { $0["adapter"] as? String } == ["full", "lora", "token"])
+        let trained = adapters.map { $0["trained_parameters"] as? Int ?? 0 }
+        let bytes = adapters.map { $0["file_bytes"] as? Int ?? 0 }
+        #expect(trained[2] > 0 && trained[2] < trained[1] && trained[1] < trained[0], "\(trained)")
+        #expect(bytes[2] > 0 && bytes[2] < bytes[1] && bytes[1] < bytes[0], "\(bytes)")
+        // The token run trains one row of the encoder's width.
+        #expect(trained[2] == 64, "\(trained[2])")
+        for file in ["run/text_encoder/model.safetensors", "run-lora/lora.safetensors", "run-token/token/shapes.safetensors"] {
+            #expect(FileManager.default.fileExists(atPath: out.appendingPathComponent(file).path), "\(file)")
+        }
+        let html = try String(contentsOf: out.appendingPathComponent("report.html"), encoding: .utf8)
+        #expect(html.contains("Full, LoRA and token training"))
+    }
+
+    @Test func aBadInitWordFailsBeforeWriting() throws {
+        let out = temporaryOutput()
+        defer { try? FileManager.default.removeItem(at: out) }
+        let run = try textcraftor(["demo", "--out", out.path, "--adapter", "token", "--init-word", "red circle"] + DemoCLITests.quick)
+        #expect(run.status != 0)
+        #expect(run.err.hasPrefix("Error: --init-word"), "\(run.err)")
+        #expect(run.err.split(separator: "\n").count == 1, "\(run.err)")
+        #expect(!FileManager.default.fileExists(atPath: out.path))
+        #expect(!FileManager.default.fileExists(atPath: out.path + ".partial"))
+    }
+}

@@ -18,6 +18,10 @@ public struct DemoReport {
     var history: [StepReport]
     var trainSeconds: Double
     var gridRows: Int
+    /// `--compare-adapters`: full, lora and token, each trained from the original weights (empty otherwise).
+    public var adapters: [DemoAdapterResult] = []
+
+    public var adapter: Adapter { settings.adapter }
 
     /// The targets the demo is held to: the aesthetic reward up by 15% relative, alignment down by at most 2 points.
     public static let aestheticTarget = 0.15
@@ -63,7 +67,27 @@ public struct DemoReport {
         lines.append(Self.changeRow(before, after))
         lines += ["", "training prompts (sampled from in training):", Self.header(), row("original", seen.before),
                   row("fine-tuned", seen.after), Self.changeRow(seen.before, seen.after)]
+        if !adapters.isEmpty {
+            lines += ["", "adapters compared (held-out prompts, the same noise; peak memory: the process's peak so far):",
+                      Self.header() + "  aes. chg  align chg  file MB    trained  step s  peak MB", row("original", before)]
+            for result in adapters {
+                lines.append(row(result.adapter.rawValue, result.scores) + String(
+                    format: " %+8.1f%% %+7.1f pp %8.3f %10d %7.3f %8.0f", (result.scores.aesthetic / before.aesthetic - 1) * 100,
+                    (result.scores.alignment - before.alignment) * 100, Double(result.fileBytes) / 1e6,
+                    result.trainedParameters, result.stepSeconds, result.peakMemoryMB))
+            }
+        }
         return lines.joined(separator: "\n")
+    }
+
+    static func adapterObject(_ result: DemoAdapterResult, before: ShapesScores) -> [String: Any] {
+        [
+            "adapter": result.adapter.rawValue, "scores": scoresObject(result.scores),
+            "aesthetic_relative": result.scores.aesthetic / before.aesthetic - 1,
+            "alignment_pp": (result.scores.alignment - before.alignment) * 100,
+            "file_bytes": result.fileBytes, "trained_parameters": result.trainedParameters,
+            "step_seconds": result.stepSeconds, "peak_memory_mb": result.peakMemoryMB,
+        ]
     }
 
     public func verdict() -> String {
@@ -169,6 +193,7 @@ public struct DemoReport {
                 "steps": settings.maxSteps, "learning_rate": settings.learningRate, "batch_size": settings.batchSize,
                 "sampling_steps": settings.samplingSteps, "grad_window": settings.gradientWindow,
                 "guidance": settings.guidanceScale, "seed": settings.seed, "train_prompts": trainPromptCount,
+                "adapter": adapter.rawValue,
             ] as [String: Any],
             "evaluation": ["split": "held-out", "prompts": Set(baseline.prompts).count, "images_per_prompt": k],
             "baseline": Self.scoresObject(before),
@@ -187,6 +212,8 @@ public struct DemoReport {
                 "history": history.map { ["step": $0.step, "loss": $0.loss, "rewards": $0.rewards] as [String: Any] },
             ] as [String: Any],
             "per_prompt": perPrompt,
+            "adapter": adapter.rawValue,
+            "adapters": adapters.map { Self.adapterObject($0, before: before) },
             "training_prompts": ["baseline": Self.scoresObject(seen.before), "finetuned": Self.scoresObject(seen.after)],
         ]
     }
@@ -214,6 +241,34 @@ public struct DemoReport {
             }
             grid += "</tr>\n"
         }
+        var comparison = ""
+        if !adapters.isEmpty {
+            comparison = """
+                <h2>Full, LoRA and token training</h2>
+                <p>Each adapter trained from the original weights with the same settings (learning rates as given), \
+                measured on the same held-out prompts with the same noise. File: the trained weights as written; \
+                trained: the numbers AdamW updated; peak memory: the process's peak resident memory after that run's \
+                training (the peak so far, so it includes the runs before it).</p>
+                <table><tr><th></th><th>aesthetic</th><th>CLIP score</th><th>alignment</th><th>quality</th>\
+                <th>aesthetic change</th><th>alignment change</th><th>file</th><th>trained</th><th>step</th><th>peak memory</th></tr>
+                <tr><td>original</td>\(cells(before))<td></td><td></td><td></td><td></td><td></td><td></td></tr>
+
+                """
+            for result in adapters {
+                comparison += "<tr><td>\(result.adapter.rawValue)</td>\(cells(result.scores))" + String(
+                    format: "<td>%+.1f%%</td><td>%+.1f pp</td><td>%.3f MB</td><td>%d</td><td>%.3f s</td><td>%.0f MB</td></tr>\n",
+                    (result.scores.aesthetic / before.aesthetic - 1) * 100, (result.scores.alignment - before.alignment) * 100,
+                    Double(result.fileBytes) / 1e6, result.trainedParameters, result.stepSeconds, result.peakMemoryMB)
+            }
+            comparison += "</table>\n"
+        }
+        let trainedText: String
+        switch adapter {
+        case .full: trainedText = "The text encoder of the bundled tiny Stable Diffusion was fine-tuned"
+        case .lora: trainedText = "LoRA adapters (rank \(settings.lora.rank)) on the text encoder of the bundled tiny Stable Diffusion were trained"
+        case .token: trainedText = "A new token, \(escape(settings.token ?? "")), appended to every prompt, was trained (its embedding row only) for the bundled tiny Stable Diffusion"
+        }
+        let blendText = blends.isEmpty ? "" : " Blends interpolate the two encoders' embeddings: w·fine-tuned + (1−w)·original."
         let rewardText = terms.map { "\($0.name) (γ \($0.gamma))" }.joined(separator: ", ")
         return """
             <!doctype html>
@@ -225,7 +280,7 @@ public struct DemoReport {
             .verdict { font-weight: bold; padding: .5em 1em; background: \(targetsMet ? "#e6f4ea" : "#fdecea"); display: inline-block; }
             </style></head><body>
             <h1>TextCraftor on ShapesWorld</h1>
-            <p>The text encoder of the bundled tiny Stable Diffusion was fine-tuned with prompt-based TextCraftor for \
+            <p>\(trainedText) with prompt-based TextCraftor for \
             \(settings.maxSteps) steps (\(String(format: "%.0f", trainSeconds)) s) on \(trainPromptCount) training prompts, with \
             \(rewardText)\(clipConstraint ? "" : ", without the CLIP constraint"). Everything below is measured on \
             \(Set(baseline.prompts).count) held-out prompts (shape-colour pairs never seen in training), \(imagesPerPrompt) \
@@ -238,11 +293,10 @@ public struct DemoReport {
             <p>On \(Set(baseline.prompts).count) of the training prompts (sampled from during training), same settings:</p>
             <table><tr><th></th><th>aesthetic</th><th>CLIP score</th><th>alignment</th><th>quality</th></tr>
             <tr><td>original</td>\(cells(seen.before))</tr><tr><td><b>fine-tuned</b></td>\(cells(seen.after))</tr></table>
-            <h2>Rewards during training</h2>
+            \(comparison)<h2>Rewards during training</h2>
             \(curvesSVG())
             <h2>Images</h2>
-            <p>The first image of each prompt, the same noise in every column. Blends interpolate the two encoders' \
-            embeddings: w·fine-tuned + (1−w)·original.</p>
+            <p>The first image of each prompt, the same noise in every column.\(blendText)</p>
             <table>\(grid)</table>
             <p><small>Bundle: \(escape(bundle)). Sampling: DDIM, \(settings.samplingSteps) steps, guidance \
             \(settings.guidanceScale); gradient window \(settings.gradientWindow); learning rate \

@@ -28,6 +28,19 @@ public struct DemoConfig: Configuration {
     public var guidance = 5.0
     /// Seed of training (noise, prompt order) and of the evaluation noise.
     public var seed: UInt64 = 0
+    /// What the training run trains: every weight of the text encoder (full), LoRA adapters on its linear layers
+    /// (lora, `TrainingConfig.lora`'s defaults) or one new token's embedding row (token).
+    public var adapter = Adapter.full
+    /// adapter token: the new token, appended to every prompt (", TOKEN") in training and evaluation.
+    public var token = "<shapes>"
+    /// adapter token: the word (one token of the CLIP vocabulary) whose row the new token starts from.
+    public var initWord = "beautiful"
+    /// The learning rates of the lora and token runs (`lr` is full training's): adapters train far fewer numbers and
+    /// commonly take about 10x full fine-tuning's rate.
+    public var loraLr = 1e-3
+    public var tokenLr = 1e-3
+    /// Also train the other adapters, each from the original weights, and compare the three on the same prompts.
+    public var compareAdapters = false
 
     public init() {}
 
@@ -47,6 +60,12 @@ public struct DemoConfig: Configuration {
         .integer("grad_window", \.gradWindow, .positive),
         .number("guidance", \.guidance, .nonNegative),
         .seed("seed", \.seed),
+        .choice("adapter", \.adapter),
+        .string("token", \.token),
+        .string("init_word", \.initWord),
+        .number("lora_lr", \.loraLr, .positive),
+        .number("token_lr", \.tokenLr, .positive),
+        .flag("compare_adapters", \.compareAdapters),
     ]
 
     public func validateRelations() throws {
@@ -54,6 +73,7 @@ public struct DemoConfig: Configuration {
             throw TextCraftorError.invalidSetting(key: "grad_window", message: "\(gradWindow) is more than sampling_steps (\(samplingSteps))")
         }
         _ = try rewardTerms()
+        try training(adapter).validate()
     }
 
     /// "aesthetic:1,clip:0.5" → [(aesthetic, 1), (clip, 0.5)], with the CLIP constraint appended unless it is off or
@@ -79,10 +99,19 @@ public struct DemoConfig: Configuration {
         return terms
     }
 
-    /// The training run the demo makes: prompt-based TextCraftor with these settings, a checkpoint at the end only.
-    var training: TrainingConfig {
+    /// The training run the demo makes: prompt-based TextCraftor with these settings and `adapter`, a checkpoint at
+    /// the end only.
+    func training(_ adapter: Adapter) -> TrainingConfig {
         var config = TrainingConfig()
-        config.learningRate = lr
+        config.adapter = adapter
+        switch adapter {
+        case .full: config.learningRate = lr
+        case .lora: config.learningRate = loraLr
+        case .token:
+            config.learningRate = tokenLr
+            config.token = token
+            config.initWord = initWord
+        }
         config.batchSize = batchSize
         config.maxSteps = steps
         config.seed = seed
@@ -99,6 +128,8 @@ public struct DemoConfig: Configuration {
 /// What the demo does, step by step, for a command to show: baseline evaluations, training, evaluations after.
 public enum DemoProgress {
     case evaluating(label: String, done: Int, total: Int)
+    /// A training run begins (the compare mode makes one per adapter).
+    case training(Adapter)
     case trained(StepReport)
 }
 
@@ -130,6 +161,11 @@ public final class ShapesDemo {
         let weighted = WeightedReward()
         for term in terms { weighted.add(try ShapesWorldBundle.reward(term.name, in: bundle), gamma: term.gamma) }
 
+        // A token the vocabulary has, or an init word of several tokens, fails here, before anything is written.
+        for adapter in config.compareAdapters ? Adapter.allCases : [config.adapter] {
+            try TokenAdapter.check(config.training(adapter), pipeline: pipeline)
+        }
+
         let partial = output.deletingLastPathComponent().appendingPathComponent(output.lastPathComponent + ".partial")
         let files = FileManager.default
         if files.fileExists(atPath: partial.path) { try files.removeItem(at: partial) }
@@ -137,27 +173,103 @@ public final class ShapesDemo {
 
         let evalPrompts = ShapesPrompts.make(count: config.evalPrompts, split: .heldOut, seed: config.seed &+ 101)
         let trainPrompts = ShapesPrompts.make(count: 512, split: .train, seed: config.seed &+ 202)
-        func evaluator(_ prompts: [String], seed: UInt64) -> DemoEvaluator {
-            DemoEvaluator(pipeline: pipeline, original: original, judge: judge, prompts: prompts,
-                          imagesPerPrompt: config.imagesPerPrompt, steps: config.samplingSteps, guidance: config.guidance,
-                          seed: seed)
+        // `trained`: the evaluator of a trained pipeline. With a token it samples that pipeline as it is (its
+        // tokenizer and encoder hold the token) with ", TOKEN" after each prompt, as the trainer conditions them.
+        func evaluator(_ prompts: [String], seed: UInt64, trained: TrainedRun? = nil) -> DemoEvaluator {
+            let trainedPipeline = trained?.trainer.pipeline ?? pipeline
+            let token = trained?.tokenAdapter
+            let evaluator = DemoEvaluator(
+                pipeline: trainedPipeline, original: token == nil ? original : trainedPipeline.textEncoder, judge: judge,
+                prompts: prompts, imagesPerPrompt: config.imagesPerPrompt, steps: config.samplingSteps,
+                guidance: config.guidance, seed: seed)
+            if let token { evaluator.suffix = ", " + token.token }
+            return evaluator
         }
         let heldOut = evaluator(evalPrompts, seed: config.seed &+ 303)
         // Training prompts too (ones the run samples from), so the report tells "did it learn" from "does it carry
         // over to unseen shape-colour pairs".
-        let seen = evaluator(Array(trainPrompts.prefix(config.evalPrompts)), seed: config.seed &+ 404)
+        let seenPrompts = Array(trainPrompts.prefix(config.evalPrompts))
+        let seen = evaluator(seenPrompts, seed: config.seed &+ 404)
         func measure(_ evaluator: DemoEvaluator, _ label: String, blend: Double?) throws -> DemoEvaluation {
             try evaluator.evaluate(blend: blend) { progress(.evaluating(label: label, done: $0, total: $1)) }
         }
         let baseline = try measure(heldOut, "baseline", blend: nil)
         let seenBaseline = try measure(seen, "baseline (training prompts)", blend: nil)
 
-        let training = config.training
-        let runFolder = RunFolder(partial.appendingPathComponent("run"))
+        let main = try train(config.adapter, pipeline: pipeline, original: original, rewards: weighted, prompts: trainPrompts,
+                             folder: partial.appendingPathComponent("run"), progress: progress)
+        // The trained model: the fine-tuned encoder, the encoder carrying LoRA adapters, or the pipeline holding the
+        // token (whose prompts get it appended); blends between the two encoders (not for a token: its ids differ).
+        let heldOutAfter = main.tokenAdapter == nil ? heldOut : evaluator(evalPrompts, seed: config.seed &+ 303, trained: main)
+        let seenAfter = main.tokenAdapter == nil ? seen : evaluator(seenPrompts, seed: config.seed &+ 404, trained: main)
+        let finetuned = try measure(heldOutAfter, "fine-tuned", blend: main.tokenAdapter == nil ? 1 : nil)
+        let seenFinetuned = try measure(seenAfter, "fine-tuned (training prompts)", blend: main.tokenAdapter == nil ? 1 : nil)
+        var blends: [(weight: Double, result: DemoEvaluation)] = []
+        if main.tokenAdapter == nil {
+            for weight in [0.25, 0.5, 0.75] { blends.append((weight, try measure(heldOut, "blend \(weight)", blend: weight))) }
+        }
+
+        // --compare-adapters: the other adapters, each trained from the original weights (a freshly loaded pipeline)
+        // and measured on the same held-out prompts with the same noise.
+        var compared: [DemoAdapterResult] = []
+        if config.compareAdapters {
+            for adapter in Adapter.allCases {
+                if adapter == config.adapter {
+                    compared.append(try main.result(finetuned.mean))
+                    continue
+                }
+                let fresh = try StableDiffusionPipeline.load(folder: bundle)
+                let other = try train(adapter, pipeline: fresh, original: original, rewards: weighted, prompts: trainPrompts,
+                                      folder: partial.appendingPathComponent("run-\(adapter.rawValue)"), progress: progress)
+                let measured = try measure(evaluator(evalPrompts, seed: config.seed &+ 303, trained: other), adapter.rawValue,
+                                           blend: other.tokenAdapter == nil ? 1 : nil)
+                compared.append(try other.result(measured.mean))
+            }
+        }
+
+        let report = DemoReport(
+            bundle: bundle.path, terms: terms, clipConstraint: config.clipConstraint, settings: main.trainer.config,
+            trainPromptCount: trainPrompts.count, baseline: baseline, finetuned: finetuned, blends: blends,
+            seen: (seenBaseline.mean, seenFinetuned.mean),
+            history: main.history, trainSeconds: main.seconds, gridRows: min(config.gridRows, evalPrompts.count),
+            adapters: compared)
+        try report.write(to: partial)
+        if files.fileExists(atPath: output.path) { try files.removeItem(at: output) }
+        try files.moveItem(at: partial, to: output)
+        return report
+    }
+
+    /// A training run of the demo and what it cost.
+    struct TrainedRun {
+        let trainer: Trainer
+        let history: [StepReport]
+        let seconds: Double
+        /// The process's peak resident memory when the training ended.
+        let peakMemoryMB: Double
+        var tokenAdapter: TokenAdapter? { trainer.tokenAdapter }
+
+        func result(_ scores: ShapesScores) throws -> DemoAdapterResult {
+            let bytes = try trainer.weightFiles.reduce(0) { total, url in
+                total + ((try FileManager.default.attributesOfItem(atPath: url.path)[.size] as? Int) ?? 0)
+            }
+            return DemoAdapterResult(
+                adapter: trainer.config.adapter, scores: scores, fileBytes: bytes,
+                trainedParameters: trainer.optimizer.parameters.reduce(0) { $0 + $1.elementCount },
+                stepSeconds: seconds / Double(max(history.count, 1)), peakMemoryMB: peakMemoryMB)
+        }
+    }
+
+    /// Trains `pipeline` (its encoder in place, LoRA adapters on it, or a token added to it) with `adapter`, writing
+    /// the run to `folder`.
+    func train(_ adapter: Adapter, pipeline: StableDiffusionPipeline, original: CLIPTextModel, rewards: WeightedReward,
+               prompts: [String], folder: URL, progress: (DemoProgress) -> Void) throws -> TrainedRun {
+        let training = config.training(adapter)
+        let runFolder = RunFolder(folder)
         try runFolder.prepare()
+        progress(.training(adapter))
         let trainer = try Trainer(
-            pipeline: pipeline, original: TextEncoders(original), modelFolder: bundle, rewards: weighted,
-            data: .prompts(try SampledBatches(trainPrompts, batchSize: training.batchSize, shuffle: true, seed: training.seed)),
+            pipeline: pipeline, original: TextEncoders(original), modelFolder: bundle, rewards: rewards,
+            data: .prompts(try SampledBatches(prompts, batchSize: training.batchSize, shuffle: true, seed: training.seed)),
             config: training, run: runFolder)
         trainer.stopRequested = stopRequested
         var history: [StepReport] = []
@@ -166,28 +278,29 @@ public final class ShapesDemo {
             history.append(report)
             progress(.trained(report))
         }
-        let trainSeconds = Date().timeIntervalSince(trainStart)
+        let seconds = Date().timeIntervalSince(trainStart)
         if stopRequested() {
             throw TextCraftorError.invalidArgument(
-                "interrupted at step \(trainer.step); nothing written to \(config.out) (the partial run is in \(partial.path))")
+                "interrupted at step \(trainer.step); nothing written to \(config.out) (the partial run is in \(folder.path))")
         }
-
-        // The fine-tuned encoder and the blends between the two.
-        let finetuned = try measure(heldOut, "fine-tuned", blend: 1)
-        let seenFinetuned = try measure(seen, "fine-tuned (training prompts)", blend: 1)
-        var blends: [(weight: Double, result: DemoEvaluation)] = []
-        for weight in [0.25, 0.5, 0.75] { blends.append((weight, try measure(heldOut, "blend \(weight)", blend: weight))) }
-
-        let report = DemoReport(
-            bundle: bundle.path, terms: terms, clipConstraint: config.clipConstraint, settings: training,
-            trainPromptCount: trainPrompts.count, baseline: baseline, finetuned: finetuned, blends: blends,
-            seen: (seenBaseline.mean, seenFinetuned.mean),
-            history: history, trainSeconds: trainSeconds, gridRows: min(config.gridRows, evalPrompts.count))
-        try report.write(to: partial)
-        if files.fileExists(atPath: output.path) { try files.removeItem(at: output) }
-        try files.moveItem(at: partial, to: output)
-        return report
+        return TrainedRun(trainer: trainer, history: history, seconds: seconds, peakMemoryMB: peakResidentMemoryMB())
     }
+}
+
+/// One adapter's row of the comparison (`demo --compare-adapters`), measured on the held-out prompts.
+public struct DemoAdapterResult {
+    public var adapter: Adapter
+    public var scores: ShapesScores
+    /// The size on disk of the trained weights written: text_encoder/model.safetensors, lora.safetensors or the
+    /// token's TOKEN.safetensors.
+    public var fileBytes: Int
+    /// The numbers AdamW trained.
+    public var trainedParameters: Int
+    /// Training seconds per step.
+    public var stepSeconds: Double
+    /// The process's peak resident memory (VmHWM) after this run's training: the peak so far, so it includes the
+    /// runs before it.
+    public var peakMemoryMB: Double
 }
 
 /// What an evaluation measured: per image scores and the images, in prompt-major order.
@@ -212,6 +325,8 @@ public final class DemoEvaluator {
     let seed: UInt64
     /// Words put before every prompt when sampling (the judge still reads the plain prompt).
     public var prefix = ""
+    /// Words put after every prompt when sampling (a trained token: ", TOKEN").
+    public var suffix = ""
     /// The negative prompt of every sample ("" by default, as the trainer's unconditional half).
     public var negative = ""
 
@@ -239,7 +354,7 @@ public final class DemoEvaluator {
         var images: [Tensor] = []
         var expanded: [String] = []
         for (i, prompt) in prompts.enumerated() {
-            var request = GenerationRequest(prompts: [prefix + prompt])
+            var request = GenerationRequest(prompts: [prefix + prompt + suffix])
             if !negative.isEmpty { request.negativePrompts = [negative] }
             request.steps = steps
             request.guidanceScale = guidance
