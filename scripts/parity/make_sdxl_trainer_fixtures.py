@@ -66,7 +66,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
-from safetensors.torch import save_file
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 import make_trainer_fixtures as ref
@@ -74,7 +73,6 @@ from make_trainer_fixtures import (BETAS, EPS, GAMMAS, HF, LR, MEAN, PROMPTS, RO
                                    WEIGHT_DECAY, features, frozen)
 
 SDXL = os.path.join(ROOT, "Tests", "StableDiffusionTests", "Fixtures", "sdxl", "tiny-sdxl")
-OUT = os.path.join(ROOT, "Tests", "TextCraftorTests", "Fixtures")
 SAMPLING_STEPS = 4
 GUIDANCE = 7.5
 SIZE = 64
@@ -294,12 +292,7 @@ def main():
         "versions": {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__,
                      "transformers": __import__("transformers").__version__},
     }
-    with open(os.path.join(OUT, "sdxl_train_step.json"), "w") as f:
-        f.write(json.dumps(meta, indent=2) + "\n")
-    path = os.path.join(OUT, "sdxl_train_step.safetensors")
-    save_file({k: v.detach().contiguous().cpu() for k, v in sorted(tensors.items())}, path,
-              metadata={"meta": json.dumps(meta, sort_keys=True)})
-    print(f"{os.path.relpath(path, ROOT)}: {len(tensors)} tensors, {os.path.getsize(path) / 1024:.1f} KB")
+    ref.write_fixture("sdxl_train_step", meta, tensors)
 
 
 if __name__ == "__main__":

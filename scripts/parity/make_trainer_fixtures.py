@@ -356,11 +356,16 @@ def main():
         "versions": {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__,
                      "transformers": __import__("transformers").__version__},
     }
+    write_fixture("train_step", meta, tensors)
+
+
+def write_fixture(name, meta, tensors):
+    """OUT/name.json (the settings and results, indented) and OUT/name.safetensors (the tensors, the settings again
+    in its metadata), as the Swift parity tests read them."""
     os.makedirs(OUT, exist_ok=True)
-    text = json.dumps(meta, indent=2) + "\n"
-    with open(os.path.join(OUT, "train_step.json"), "w") as f:
-        f.write(text)
-    path = os.path.join(OUT, "train_step.safetensors")
+    with open(os.path.join(OUT, name + ".json"), "w") as f:
+        f.write(json.dumps(meta, indent=2) + "\n")
+    path = os.path.join(OUT, name + ".safetensors")
     save_file({k: v.detach().contiguous().cpu() for k, v in sorted(tensors.items())}, path,
               metadata={"meta": json.dumps(meta, sort_keys=True)})
     print(f"{os.path.relpath(path, ROOT)}: {len(tensors)} tensors, {os.path.getsize(path) / 1024:.1f} KB")
