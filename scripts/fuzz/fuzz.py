@@ -358,6 +358,36 @@ def train_flag_case(rng, folder):
             "--sampling-steps", "2", "--grad-window", "1", flag, rng.choice(values)]
 
 
+def adapter_file_case(rng, folder):
+    """LoRA, textual-inversion, single-file encoder and single-file checkpoint files (the committed fixtures), mutated in their safetensors
+    header or bytes, given to the flag that reads them (generate --lora/--embedding/--text-encoder/--model) or to inspect."""
+    fixtures = os.path.join(ROOT, "Tests/StableDiffusionTests/Fixtures")
+    kind, model, name = rng.choice([
+        ("--lora", SD, "lora/sd15_kohya.safetensors"), ("--lora", SD, "lora/sd15_peft.safetensors"),
+        ("--lora", SD, "lora/sd15_old.safetensors"), ("--lora", SDXL, "lora/sdxl_kohya.safetensors"),
+        ("--embedding", SD, "token/learned_embeds.safetensors"), ("--embedding", SD, "token/emb.safetensors"),
+        ("--embedding", SD, "token/tiny.pt"), ("--embedding", SDXL, "token/xl.safetensors"),
+        ("--text-encoder", SD, "single/tc_text_tiny_sd15.pth"),
+        ("--text-encoder", SDXL, "single/tc_text2_tiny_sdxl.safetensors"),
+        ("--model", SD, "single/tiny-sd15.safetensors"), ("--model", SDXL, "single/tiny-sdxl.safetensors")])
+    data = read(os.path.join(fixtures, name))
+    if name.endswith(".safetensors") and rng.random() < 0.5:
+        (length,) = struct.unpack("<Q", data[:8])
+        header = mutate_value(rng, json.loads(data[8:8 + length]))
+        blob = json.dumps(header).encode()
+        data = struct.pack("<Q", len(blob)) + blob + data[8 + length:]
+    else:
+        data = mutate_bytes(rng, data)
+    path = os.path.join(folder, os.path.basename(name))
+    write(path, data)
+    if rng.random() < 0.3:
+        return ["inspect", path]
+    if kind == "--model":  # a whole single-file checkpoint, its configs from the folder it was made from
+        return ["generate", "--model", path, "--model-config", model, "--prompt", "a red circle", "--steps", "2",
+                "--out", os.path.join(folder, "out")]
+    return ["generate", "--model", model, "--prompt", "a red circle", "--steps", "2", "--out", os.path.join(folder, "out"),
+            kind, path + (rng.choice(["", ":0.5", ":nan", ":x"]) if kind == "--lora" else "")]
+
 def generate_flag_case(rng, folder):
     """generate's sampler and SDXL flags, one to three at a time, on SD or SDXL."""
     choices = [("--scheduler", ["ddim", "euler", "euler-ancestral", "dpm", "dpm-sde", "pndm", "lms", "", "EULER"]),
@@ -387,6 +417,7 @@ CLASSES = [
     ("toml-config", 2, toml_case),
     ("train-flag", 1, train_flag_case),
     ("generate-flag", 1, generate_flag_case),
+    ("adapter-file", 2, adapter_file_case),
 ]
 # The fast subset: classes that fail or finish in well under a second each.
 QUICK = {"safetensors", "pickle", "deep-pickle", "prompt-text", "reward-flag", "toml-config", "image"}
