@@ -147,6 +147,8 @@ public struct RenamedWeights: WeightSource {
 
     public var origin: String { base.origin }
     public var keys: [String] { names.keys.sorted() }
+    /// The base's key a name is read from, and how.
+    public func entry(_ name: String) -> (key: String, transform: WeightTransform)? { names[name] }
     public func info(_ key: String) -> (dtype: DType, shape: [Int])? {
         guard let entry = names[key], let info = base.info(entry.key), let shape = entry.transform.shape(info.shape) else { return nil }
         return (info.dtype, shape)
@@ -154,5 +156,33 @@ public struct RenamedWeights: WeightSource {
     public func tensor(_ key: String) throws -> Tensor {
         guard let entry = names[key] else { throw WeightLoadingError.missingKey(key, origin: origin) }
         return entry.transform.apply(try base.tensor(entry.key))
+    }
+}
+
+/// Tensors made on demand, each announced by its dtype and shape: a model in another layout computed one tensor at
+/// a time as a writer reaches it (`SafeTensors.write(entries:produce:)`), never all at once.
+public struct LazyWeights: WeightSource {
+    public struct Entry {
+        public let dtype: DType
+        public let shape: [Int]
+        public let make: () throws -> Tensor
+        public init(dtype: DType, shape: [Int], make: @escaping () throws -> Tensor) {
+            (self.dtype, self.shape, self.make) = (dtype, shape, make)
+        }
+    }
+
+    public let origin: String
+    public var entries: [String: Entry]
+
+    public init(_ entries: [String: Entry] = [:], origin: String) {
+        self.entries = entries
+        self.origin = origin
+    }
+
+    public var keys: [String] { entries.keys.sorted() }
+    public func info(_ key: String) -> (dtype: DType, shape: [Int])? { entries[key].map { ($0.dtype, $0.shape) } }
+    public func tensor(_ key: String) throws -> Tensor {
+        guard let entry = entries[key] else { throw WeightLoadingError.missingKey(key, origin: origin) }
+        return try entry.make()
     }
 }

@@ -32,12 +32,19 @@ public struct SingleFileCheckpoint {
     static let unetPrefix = "model.diffusion_model.", vaePrefix = "first_stage_model."
 
     public init(url: URL, useEMA: Bool = true) throws {
+        guard Self.extensions.contains(url.pathExtension) else {
+            throw StableDiffusionError.invalidArgument(
+                "\(url.path): a single-file model is a .safetensors, .ckpt, .pt, .pth or .bin file (or give a diffusers folder)")
+        }
+        try self.init(source: try Weights.open(url), url: url, useEMA: useEMA)
+    }
+
+    /// The checkpoint whose tensors `source` holds (`url` names it in messages): a file opened, or weights about to
+    /// be written, seen as a reader will see them.
+    public init(source: any WeightSource, url: URL, useEMA: Bool = true) throws {
         self.url = url
         func fail(_ message: String) -> StableDiffusionError { .invalidArgument("\(url.path): \(message)") }
-        guard Self.extensions.contains(url.pathExtension) else {
-            throw fail("a single-file model is a .safetensors, .ckpt, .pt, .pth or .bin file (or give a diffusers folder)")
-        }
-        let source = try Weights.open(url), keys = Set(source.keys)
+        let keys = Set(source.keys)
         func has(_ prefix: String) -> Bool { keys.contains { $0.hasPrefix(prefix) } }
         if keys.contains(where: { $0.hasPrefix("lora_") || $0.contains(".lora_down.") || $0.contains(".lora_A.") || $0.contains(".lora_up.") }) {
             throw fail("a LoRA file, not a model (keys like '\(excerpt(keys.sorted().first!, limit: 80))'): give the base model as --model")
@@ -252,10 +259,32 @@ extension SingleFileCheckpoint {
     /// the dtype and with the values the file stores. Built beside `out` under a temporary name and renamed into
     /// place, so `out` is never half written.
     public func writeDiffusersFolder(configFolder: URL, to out: URL) throws {
-        let fm = FileManager.default
-        guard !fm.fileExists(atPath: out.path) else { throw StableDiffusionError.invalidArgument("\(out.path): already exists") }
         let index = try ModelIndex.read(folder: configFolder)
         try checkConfigFolder(configFolder, index: index)
+        func config<C: Decodable>(_ type: C.Type, _ path: String) throws -> C {
+            try decodeConfig(type, from: configFolder.appendingPathComponent(path))
+        }
+        var components: [(name: String, weights: any WeightSource)] = [
+            ("unet", try unet(config: config(UNet2DConditionConfig.self, "unet/config.json"))),
+            ("vae", try vae(config: config(AutoencoderKLConfig.self, "vae/config.json"))),
+            ("text_encoder", try textEncoder(config: config(CLIPTextConfig.self, "text_encoder/config.json"))),
+        ]
+        if layout == .sdxl { components.append(("text_encoder_2", try textEncoder2(config: config(CLIPTextConfig.self, "text_encoder_2/config.json")))) }
+        try ModelWriter.writeDiffusersFolder(configFolder: configFolder, components: components, to: out)
+    }
+}
+
+extension ModelWriter {
+    /// A diffusers folder at `out` (which must not exist): `configFolder` copied without its weights files, and each
+    /// component's weights (diffusers' names) as its `model.safetensors` or `diffusion_pytorch_model.safetensors`,
+    /// each tensor through `transform` (a dtype cast, or as stored) and written one at a time. Built beside `out`
+    /// under a temporary name and renamed into place, so `out` is never half written.
+    public static func writeDiffusersFolder(
+        configFolder: URL, components: [(name: String, weights: any WeightSource)], to out: URL,
+        transform: (Tensor) -> Tensor = { $0 }
+    ) throws {
+        let fm = FileManager.default
+        guard !fm.fileExists(atPath: out.path) else { throw StableDiffusionError.invalidArgument("\(out.path): already exists") }
         let partial = out.deletingLastPathComponent().appendingPathComponent(".\(out.lastPathComponent).partial-\(UUID().uuidString)")
         try fm.copyItem(at: configFolder, to: partial)
         do {
@@ -263,20 +292,17 @@ extension SingleFileCheckpoint {
             if let files = fm.enumerator(at: partial, includingPropertiesForKeys: nil) {
                 for case let file as URL in files where weightExtensions.contains(file.pathExtension) { try fm.removeItem(at: file) }
             }
-            func save(_ weights: any WeightSource, _ path: String) throws {
-                var tensors: [String: Tensor] = [:]
-                for key in weights.keys { tensors[key] = try weights.tensor(key) }
-                try Tensor.save(tensors, metadata: ["format": "pt"], to: partial.appendingPathComponent(path))
-            }
-            func config<C: Decodable>(_ type: C.Type, _ path: String) throws -> C {
-                try decodeConfig(type, from: configFolder.appendingPathComponent(path))
-            }
-            try save(try unet(config: config(UNet2DConditionConfig.self, "unet/config.json")), "unet/diffusion_pytorch_model.safetensors")
-            try save(try vae(config: config(AutoencoderKLConfig.self, "vae/config.json")), "vae/diffusion_pytorch_model.safetensors")
-            try save(try textEncoder(config: config(CLIPTextConfig.self, "text_encoder/config.json")), "text_encoder/model.safetensors")
-            if layout == .sdxl {
-                try save(
-                    try textEncoder2(config: config(CLIPTextConfig.self, "text_encoder_2/config.json")), "text_encoder_2/model.safetensors")
+            for (name, weights) in components {
+                let file = name.hasPrefix("text_encoder") ? "model.safetensors" : "diffusion_pytorch_model.safetensors"
+                let entries = try weights.keys.map { key -> (name: String, dtype: DType, shape: [Int]) in
+                    guard let info = weights.info(key) else { throw WeightLoadingError.missingKey(key, origin: weights.origin) }
+                    // The dtype after the transform, from a one-element probe of the same type.
+                    let dtype = transform(Tensor.zeros([1], dtype: info.dtype)).dtype
+                    return (key, dtype, info.shape)
+                }
+                try SafeTensors.write(entries: entries, metadata: ["format": "pt"], to: partial.appendingPathComponent("\(name)/\(file)")) { key in
+                    transform(try weights.tensor(key)).contiguous().tensorData()
+                }
             }
             try fm.moveItem(at: partial, to: out)
         } catch {

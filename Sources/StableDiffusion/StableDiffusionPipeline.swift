@@ -133,11 +133,12 @@ public final class StableDiffusionPipeline {
     /// `dtype` is float16, as diffusers' SDXL pipeline decodes (SD 1.x/2.x's pipeline does not upcast).
     ///
     /// `singleFile`: the weights come from one original-layout checkpoint instead of the folder's files (`folder` then
-    /// gives the configs, tokenizers and scheduler, and its architecture must be the file's).
+    /// gives the configs, tokenizers and scheduler, and its architecture must be the file's). `predictionType`: the
+    /// scheduler's, in place of its config's.
     public static func load(
         folder: URL, dtype: DType = .float32, device: Device = .cpu, variant: String? = nil,
         textEncoderDType: DType? = nil, textEncoder2DType: DType? = nil, unetDType: DType? = nil, vaeDType: DType? = nil,
-        singleFile: SingleFileCheckpoint? = nil
+        singleFile: SingleFileCheckpoint? = nil, predictionType: String? = nil
     ) throws -> StableDiffusionPipeline {
         let index = try ModelIndex.read(folder: folder)
         let isXL = index.architecture == .sdxl
@@ -172,6 +173,8 @@ public final class StableDiffusionPipeline {
             }
             return try load(weights, folder.appendingPathComponent("config.json"), type ?? dtype, device)
         }
+        var scheduler = try decodeConfig(SchedulerConfig.self, from: folder.appendingPathComponent("scheduler/scheduler_config.json"))
+        if let predictionType { scheduler.predictionType = predictionType }
         return StableDiffusionPipeline(
             tokenizer: try CLIPTokenizer(directory: folder.appendingPathComponent("tokenizer")),
             textEncoder: try text(textFolder, textEncoderDType) { try CLIPTextModel.load($0, configFile: $1, dtype: $2, device: $3) },
@@ -183,8 +186,7 @@ public final class StableDiffusionPipeline {
                 weights: singleFile.map { file in { try file.unet(config: $0) } }),
             vae: try AutoencoderKL.load(
                 folder: vaeFolder, variant: variant, dtype: vaeType, device: device, weights: singleFile.map { file in { try file.vae(config: $0) } }),
-            schedulerConfig: try decodeConfig(
-                SchedulerConfig.self, from: folder.appendingPathComponent("scheduler/scheduler_config.json")),
+            schedulerConfig: scheduler,
             schedulerConfigFile: folder.appendingPathComponent("scheduler/scheduler_config.json").path,
             forceZerosForEmptyPrompt: index.forceZerosForEmptyPrompt, device: device)
     }

@@ -10,6 +10,8 @@ public struct GenerationConfig: InferenceConfiguration {
     public var modelConfig: String?
     /// With a single-file `model`: its UNet's weights rather than its `model_ema.*` copy.
     public var noEma = false
+    /// The scheduler's prediction type, where it is not the model's (`ModelSource`).
+    public var predictionType: String?
     /// Weights variant to prefer, e.g. fp16.
     public var variant: String?
     public var dtype = FloatType.float32
@@ -112,6 +114,8 @@ public final class ImageGeneration {
     let recipe: EncoderRecipe?
     let mix: EncoderMix?
     let unetCalls: Int
+    /// How a single-file model was read (`ModelSource.notes`), for the output.
+    public let modelNotes: [String]
 
     /// `warn(key, message)`: something to tell the user that does not stop the run.
     public init(config: GenerationConfig, warn: (String, String) -> Void = { _, _ in }) throws {
@@ -139,10 +143,9 @@ public final class ImageGeneration {
         self.request = request
         self.config = config
         recipe = try EncoderRecipe(textEncoder: config.textEncoder, blend: config.blend, mix: config.mix, finetunedSteps: config.finetunedSteps)
-        let location = try config.modelLocation()
-        pipeline = try StableDiffusionPipeline.load(
-            folder: location.folder, dtype: config.dtype.dtype, device: try Device.opened(config.device, key: "device"),
-            variant: config.variant, singleFile: location.singleFile)
+        let source = try config.modelSource()
+        modelNotes = source.notes
+        pipeline = try source.load(dtype: config.dtype.dtype, device: try Device.opened(config.device, key: "device"), variant: config.variant)
         try pipeline.applyLoRAs(config.lora)
         try pipeline.loadEmbeddings(config.embedding)
         scheduler = try pipeline.makeScheduler(config.scheduler, karras: config.karras)

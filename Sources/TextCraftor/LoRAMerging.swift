@@ -30,19 +30,20 @@ extension StableDiffusionPipeline {
 public enum EncoderMerge {
     /// Returns the folders written. Everything is checked and computed before anything is written; each folder is
     /// written beside its place and renamed into it.
-    public static func run(model: String, textEncoder: String?, blend: String?, mix: [String], lora: [String], out: String,
+    public static func run(model source: ModelSource, textEncoder: String?, blend: String?, mix: [String], lora: [String], out: String,
                            warn: (String, String) -> Void = { _, _ in }) throws -> [URL] {
+        let model = source.path
         let recipe = try EncoderRecipe(textEncoder: textEncoder, blend: blend, mix: mix, finetunedSteps: nil)
         let specs = try loraSpecs(lora)
         guard recipe != nil || !specs.isEmpty else {
             throw TextCraftorError.invalidSetting(key: "lora", message: "nothing to merge: give --lora, --text-encoder or --mix")
         }
-        let modelURL = URL(fileURLWithPath: model).standardizedFileURL, outURL = URL(fileURLWithPath: out).standardizedFileURL
-        guard modelURL.path != outURL.path else {
+        let modelURL = source.folder, outURL = URL(fileURLWithPath: out).standardizedFileURL
+        guard URL(fileURLWithPath: model).standardizedFileURL.path != outURL.path else {
             throw TextCraftorError.invalidSetting(key: "out", message: "\(out) is the model folder: write the merge elsewhere")
         }
         let pipeline: StableDiffusionPipeline
-        do { pipeline = try StableDiffusionPipeline.load(folder: modelURL) } catch {
+        do { pipeline = try source.load() } catch {
             throw TextCraftorError.invalidSetting(key: "model", message: "\(model): \(error)")
         }
         if let recipe {

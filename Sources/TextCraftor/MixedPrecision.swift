@@ -19,19 +19,19 @@ public enum MixedPrecision: String, CaseIterable, Codable, Sendable {
         }
     }
 
-    /// The pipeline of a diffusers folder for training `target`: that network in float32, the rest in `frozenDType`.
+    /// The pipeline of a model for training `target`: that network in float32, the rest in `frozenDType`.
     /// On SDXL each encoder has its own type: one that does not train stays in `frozenDType` beside one that does.
     /// A VAE whose config sets `force_upcast` (SD 1.x/2.x's overflows in float16) stays float32 under fp16, as
     /// diffusers upcasts it; bfloat16 has float32's range and needs no upcast.
-    public func loadPipeline(folder: URL, device: Device, training target: TrainedNetwork) throws -> StableDiffusionPipeline {
+    public func loadPipeline(_ model: ModelSource, device: Device, training target: TrainedNetwork) throws -> StableDiffusionPipeline {
         let frozen = frozenDType
         var vae = frozen
         if self == .fp16 {
-            let config = try decodeConfig(AutoencoderKLConfig.self, from: folder.appendingPathComponent("vae/config.json"))
+            let config = try decodeConfig(AutoencoderKLConfig.self, from: model.folder.appendingPathComponent("vae/config.json"))
             if config.force_upcast { vae = .float32 }
         }
-        return try StableDiffusionPipeline.load(
-            folder: folder, dtype: frozen, device: device,
+        return try model.load(
+            dtype: frozen, device: device,
             textEncoderDType: target.trainsFirstEncoder ? .float32 : frozen,
             textEncoder2DType: target.trainsSecondEncoder ? .float32 : frozen, unetDType: target == .unet ? .float32 : frozen,
             vaeDType: vae)

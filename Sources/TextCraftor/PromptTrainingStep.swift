@@ -83,14 +83,11 @@ public struct TextEncoders {
     public init(of pipeline: StableDiffusionPipeline) { self.init(pipeline.textEncoder, pipeline.textEncoder2) }
 
     /// The frozen originals of a run that trains `target`: a copy of each encoder that trains, loaded from the model
-    /// folder in `dtype`; the pipeline's own for one that does not.
+    /// in `dtype`; the pipeline's own for one that does not.
     public static func originals(
-        of pipeline: StableDiffusionPipeline, modelFolder: URL, training target: TrainedNetwork, dtype: DType, device: Device
+        of pipeline: StableDiffusionPipeline, model: ModelSource, training target: TrainedNetwork, dtype: DType, device: Device
     ) throws -> TextEncoders {
-        func weights(_ name: String) throws -> (any WeightSource, URL) {
-            let folder = modelFolder.appendingPathComponent(name)
-            return (try componentWeights(in: folder, baseName: "model", binBaseName: "pytorch_model"), folder.appendingPathComponent("config.json"))
-        }
+        func weights(_ name: String) throws -> (any WeightSource, URL) { try model.weights(name) }
         var original = TextEncoders(of: pipeline)
         if target.trainsFirstEncoder {
             let (source, configFile) = try weights("text_encoder")

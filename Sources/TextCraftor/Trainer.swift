@@ -103,11 +103,13 @@ public final class Trainer {
 
     /// `original`: the frozen encoders for the sampling steps before the window (prompt mode, text stage); each
     /// encoder `config.train` trains must be a copy there, not the pipeline's own. `modelFolder`: the diffusers folder,
-    /// whose component configs are copied next to the trained weights.
+    /// whose component configs are copied next to the trained weights. `modelName`: the model's name in the written
+    /// files' metadata (default: the folder's; a single file's name when the model is one).
     public init(
-        pipeline: StableDiffusionPipeline, original: TextEncoders, modelFolder: URL, rewards: WeightedReward,
-        data: TrainingData, config: TrainingConfig, run: RunFolder
+        pipeline: StableDiffusionPipeline, original: TextEncoders, modelFolder: URL, modelName: String? = nil,
+        rewards: WeightedReward, data: TrainingData, config: TrainingConfig, run: RunFolder
     ) throws {
+        let modelName = modelName ?? modelFolder.lastPathComponent
         try config.validate()
         let target = config.train
         try target.requireSupported(by: pipeline.architecture, model: modelFolder.path)
@@ -132,14 +134,14 @@ public final class Trainer {
         let lora = config.adapter == .lora
         if config.adapter == .token, let token = config.token, let initWord = config.initWord {  // validated above
             let adapter = try TokenAdapter(pipeline: pipeline, token: token, initWord: initWord, vectors: config.vectors,
-                                           train: target, modelName: modelFolder.lastPathComponent)
+                                           train: target, modelName: modelName)
             tokenAdapter = adapter
             trained = [(adapter.component(modelFolder: modelFolder), adapter)]
         } else {
             tokenAdapter = nil
         }
         self.trained = lora ? [] : trained
-        adapters = lora ? [LoRARun(pipeline: pipeline, config: config, modelName: modelFolder.lastPathComponent)] : []
+        adapters = lora ? [LoRARun(pipeline: pipeline, config: config, modelName: modelName)] : []
         rewards.setPreprocessing(.training)
         original.first.setTrainable(false)
         original.second?.setTrainable(false)

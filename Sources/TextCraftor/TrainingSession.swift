@@ -16,6 +16,8 @@ public final class TrainingSession {
     public let trainer: Trainer
     /// Whether `init` continued a run from its newest checkpoint.
     public let resumed: Bool
+    /// How a single-file model was read (`ModelSource.notes`), for the output.
+    public let modelNotes: [String]
     /// Rank 0 (or the only process) writes the run folder and reports progress.
     public var isWriter: Bool { trainer.isWriter }
 
@@ -69,11 +71,13 @@ public final class TrainingSession {
 
         let data = try Self.trainingData(config)
         let precision = config.mixedPrecision
-        let modelURL = URL(fileURLWithPath: model)
-        let architecture = try StableDiffusionPipeline.architecture(of: modelURL)
+        let source = try config.modelSource()
+        modelNotes = source.notes
+        let modelURL = source.folder
+        let architecture = try source.architecture
         try config.train.requireSupported(by: architecture, model: model)
         let fineTuned = try config.textEncoder.map { try EncoderFolders.resolve($0, key: "text_encoder", architecture: architecture) }
-        let pipeline = try precision.loadPipeline(folder: modelURL, device: device, training: config.train)
+        let pipeline = try precision.loadPipeline(source, device: device, training: config.train)
         if let resolution = config.resolution, resolution % pipeline.vaeScaleFactor != 0 {
             throw TextCraftorError.invalidSetting(
                 key: "resolution", message: "expected a positive multiple of \(pipeline.vaeScaleFactor), found \(resolution)")
@@ -83,7 +87,7 @@ public final class TrainingSession {
         let original = config.adapter == .token
             ? TextEncoders(of: pipeline)
             : try TextEncoders.originals(
-                of: pipeline, modelFolder: modelURL, training: config.train, dtype: precision.frozenDType, device: device)
+                of: pipeline, model: source, training: config.train, dtype: precision.frozenDType, device: device)
         // The UNet stage on fine-tuned encoders: their weights replace the pipeline's (same architecture).
         try fineTuned?.load(into: pipeline)
         try TokenAdapter.check(config, pipeline: pipeline)
@@ -96,8 +100,8 @@ public final class TrainingSession {
         let group = try distributed.map { try $0.join(timeout: config.distTimeout, backend: backend!) }
         run = RunFolder(URL(fileURLWithPath: out))
         if rank == 0 { try run.prepare() }
-        trainer = try Trainer(pipeline: pipeline, original: original, modelFolder: modelURL, rewards: rewards, data: data,
-                              config: config, run: run)
+        trainer = try Trainer(pipeline: pipeline, original: original, modelFolder: modelURL, modelName: source.name, rewards: rewards,
+                              data: data, config: config, run: run)
         trainer.parallel = group.map { DataParallel(group: $0, syncCheckEvery: config.syncCheckEvery) }
         self.config = config
         resumed = resume

@@ -70,6 +70,11 @@ struct BenchTrain: ParsableCommand {
             throw CommandError("--reference-precision \(referencePrecision): expected fp32 or bf16")
         }
         let modelURL = URL(fileURLWithPath: model)
+        var isFolder: ObjCBool = false
+        if FileManager.default.fileExists(atPath: model, isDirectory: &isFolder), !isFolder.boolValue {
+            throw CommandError("--model \(model): a single file; the PyTorch reference reads diffusers folders: convert it first (textcraftor convert \(model) --out DIR)")
+        }
+        let source = ModelSource(folder: modelURL)
         try speakingFlags {
             guard train.trainsTextEncoder else { throw CommandError("--train unet: bench train times the text-encoder step") }
             try train.requireSupported(by: try StableDiffusionPipeline.architecture(of: modelURL), model: model)
@@ -78,9 +83,9 @@ struct BenchTrain: ParsableCommand {
         // Ours first, in a scope of its own: its models are freed (and the allocator's free pages returned) before
         // the reference loads its own, so that the two never share the machine's memory (SDXL's would not fit).
         func measureOurs() throws -> (numbers: [String: Double], stepFLOP: Double, rewardNames: String) {
-            let pipeline = try precision.loadPipeline(folder: modelURL, device: device, training: train)
+            let pipeline = try precision.loadPipeline(source, device: device, training: train)
             let original = try TextEncoders.originals(
-                of: pipeline, modelFolder: modelURL, training: train, dtype: precision.frozenDType, device: device)
+                of: pipeline, model: source, training: train, dtype: precision.frozenDType, device: device)
             // The reference's rewards: aesthetic and CLIP score on one CLIP, then PickScore and HPSv2 when given.
             let rewards = WeightedReward()
             let sharedCLIP = try CLIPModel.load(folder: URL(fileURLWithPath: clip), dtype: precision.frozenDType, device: device)

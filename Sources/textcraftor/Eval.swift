@@ -33,6 +33,7 @@ struct Eval: ParsableCommand {
         let evaluator = try speakingFlags {
             try Evaluator(config: options.configuration(flags))
         }
+        sayModelNotes(evaluator.modelNotes)
         var generating: ProgressBar?
         var scoring: ProgressBar?
         let out = evaluator.config.out!

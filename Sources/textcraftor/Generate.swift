@@ -44,6 +44,7 @@ struct Generate: ParsableCommand {
         let generation = try speakingFlags {
             try ImageGeneration(config: options.configuration(flags)) { key, message in warn("--\(key.replacingOccurrences(of: "_", with: "-")) \(message)") }
         }
+        sayModelNotes(generation.modelNotes)
         if generation.config.seed == nil { FileHandle.standardError.write(Data("seed: \(generation.request.seed)\n".utf8)) }
         var bar: ProgressBar?  // the total is the scheduler's UNet calls, which can differ from --steps (PNDM)
         let output = try generation.run { done, total in

@@ -31,9 +31,8 @@ struct Merge: ParsableCommand {
     @Option(help: "Output folder.", completion: .directory) var out: String
 
     func run() throws {
-        guard let model = model.model else { throw CommandError("give --model (a diffusers folder)") }
         let written = try speakingFlags {
-            try EncoderMerge.run(model: model, textEncoder: textEncoder, blend: blend, mix: mix, lora: lora, out: out) { key, message in
+            try EncoderMerge.run(model: model.source(), textEncoder: textEncoder, blend: blend, mix: mix, lora: lora, out: out) { key, message in
                 warn("--\(key) \(message)")
             }
         }

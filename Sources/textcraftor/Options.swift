@@ -8,25 +8,44 @@ import Torch
 // overlays a `Configuration` is named after its key (`gradWindow` is `--grad-window` and the key `grad_window`), is
 // optional (nil: not given, the file's or the default value stands), and `configValues(of:)` reads the given ones.
 
-/// --model, --model-config and --variant: a diffusers folder (or a single file and a folder of its configs) and the
+/// --model, the single-file flags and --variant: a diffusers folder or one original-layout checkpoint, and the
 /// weights variant to prefer.
 struct ModelOptions: ParsableArguments {
     @Option(help: ArgumentHelp(
-        "A diffusers model folder (model_index.json, text_encoder/, tokenizer/, unet/, vae/, scheduler/), or one original-layout checkpoint (.safetensors, .ckpt) with --model-config.",
-        discussion: "A single file (SD 1.x: cond_stage_model.transformer.*, SD 2.x: OpenCLIP cond_stage_model.model.*, SDXL base: conditioner.embedders.*; with model.diffusion_model.* and first_stage_model.*) is read in place, its keys renamed to diffusers' on the fly; .ckpt/.pt without running code; the UNet's model_ema.* copy when present."),
-            completion: .file())
+        "A diffusers model folder (model_index.json, text_encoder/, tokenizer/, unet/, vae/, scheduler/), or one original-layout checkpoint (.safetensors, .ckpt).",
+        discussion: singleFileDiscussion), completion: .file())
     var model: String?
 
+    @OptionGroup(title: "Single-file models") var singleFile: SingleFileOptions
+
+    @Option(help: "Weights variant to prefer, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors).")
+    var variant: String?
+}
+
+/// How `--model FILE` is read, for the help of every command that takes one.
+let singleFileDiscussion = """
+    A single file (SD 1.x: cond_stage_model.transformer.*, SD 2.x: OpenCLIP cond_stage_model.model.*, SDXL base: \
+    conditioner.embedders.*; with model.diffusion_model.* and first_stage_model.*) is read in place, its keys renamed \
+    to diffusers' on the fly; .ckpt/.pt without running code; the UNet's model_ema.* copy when present. Its configs, \
+    tokenizers and scheduler are the published model's of its architecture (SD 1.5, SD 2.1 768 v-prediction or 2.1-base \
+    512 epsilon, SDXL base 1.0), or those of --model-config DIR. The output says what was chosen and why.
+    """
+
+/// --model-config, --no-ema and --prediction-type: how a single-file --model is read (`ModelSource`).
+struct SingleFileOptions: ParsableArguments {
     @Option(help: ArgumentHelp(
-        "With a single-file --model: a diffusers folder of the same architecture whose configs, tokenizers and scheduler (prediction_type included) are used.",
+        "With a single-file --model: a diffusers folder of the same architecture whose configs, tokenizers and scheduler are used (default: the published ones, built in).",
         valueName: "DIR"), completion: .directory)
     var modelConfig: String?
 
     @Flag(help: "With a single-file --model: its UNet's own weights rather than the model_ema.* copy (used by default when present).")
     var noEma = false
 
-    @Option(help: "Weights variant to prefer, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors).")
-    var variant: String?
+    @Option(help: ArgumentHelp(
+        "The scheduler's prediction type: epsilon, v_prediction or sample (default: the model's config).",
+        discussion: "For an SD 2.x single file without --model-config the default comes from the usual test of its weights (the 768 v-models' last output-block norm varies more; a v_pred key marks v-models too), said in the output. Set it when a fine-tune was trained otherwise.",
+        valueName: "TYPE"))
+    var predictionType: String?
 }
 
 /// What `generate` and `eval` share: a `--config` TOML file, the model and the device.
@@ -39,7 +58,7 @@ struct InferenceOptions: ParsableArguments {
 
     /// The `--config` file's settings (or the defaults) with these flags and `flags`' over them.
     func configuration<C: Configuration>(_ flags: any ParsableArguments) throws -> C {
-        try loadConfiguration(file: config, flags: model, device, embeddings, flags)
+        try loadConfiguration(file: config, flags: model, model.singleFile, device, embeddings, flags)
     }
 }
 
@@ -213,4 +232,9 @@ func speakingFlags<T>(_ body: () throws -> T) throws -> T {
     do { return try body() } catch let error as CommandError { throw error } catch let error as ExitCode { throw error } catch {
         throw CommandError(error)
     }
+}
+
+/// How a single-file model was read (`ModelSource.notes`), one line each on stderr.
+func sayModelNotes(_ notes: [String]) {
+    for note in notes { FileHandle.standardError.write(Data("model: \(note)\n".utf8)) }
 }

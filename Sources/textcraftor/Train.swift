@@ -64,6 +64,7 @@ struct Train: ParsableCommand {
             return try TrainingSession(config: config, resume: resume != nil, distributed: environment)
         }
         let writer = session.isWriter
+        if writer { sayModelNotes(session.modelNotes) }
         if session.resumed, writer { FileHandle.standardError.write(Data("resuming \(session.run.url.path) at step \(session.trainer.step)\n".utf8)) }
         if writer, let lora = session.trainer.adapters.first as? LoRARun { FileHandle.standardError.write(Data("\(lora.sizeNote)\n".utf8)) }
         let interrupt = Interrupt()
@@ -88,14 +89,14 @@ struct Train: ParsableCommand {
             if let resume {
                 config = try TrainingSession.recordedConfig(in: URL(fileURLWithPath: resume))
                 config = try config.overlaying(
-                    configValues(of: [model, training, adapter, device, distributed], skipping: DistributedOptions.launcherFlags))
+                    configValues(of: [model, model.singleFile, training, adapter, device, distributed], skipping: DistributedOptions.launcherFlags))
             } else {
-                config = try loadConfiguration(file: self.config, flags: model, training, adapter, device, distributed,
+                config = try loadConfiguration(file: self.config, flags: model, model.singleFile, training, adapter, device, distributed,
                                            skipping: DistributedOptions.launcherFlags)
             }
             if let resume { config.out = resume }
             guard config.out != nil else { throw CommandError("give --out (the run folder), or `out` in the config") }
-            guard config.model != nil else { throw CommandError("give --model (a diffusers folder), or `model` in the config") }
+            guard config.model != nil else { throw CommandError("give --model (a diffusers folder or a single-file checkpoint), or `model` in the config") }
             guard !config.rewards.isEmpty else {
                 throw CommandError("give at least one --reward NAME=PATH[:GAMMA], or [[reward]] in the config")
             }
@@ -108,9 +109,18 @@ struct Train: ParsableCommand {
     }
 }
 
-/// `train --model`: the one model flag training takes (no weights variant: training loads float32 master weights).
+/// `train --model` and the single-file flags (no weights variant: training loads float32 master weights).
 struct ModelFlag: ParsableArguments {
-    @Option(help: "A diffusers model folder.", completion: .directory) var model: String?
+    @Option(help: ArgumentHelp("A diffusers model folder, or one original-layout checkpoint (.safetensors, .ckpt).", discussion: singleFileDiscussion),
+            completion: .file()) var model: String?
+    @OptionGroup(title: "Single-file models") var singleFile: SingleFileOptions
+
+    /// The model these flags name (`ModelSource`); a missing --model is an error naming it.
+    func source() throws -> ModelSource {
+        guard let model else { throw CommandError("give --model (a diffusers folder or a single-file checkpoint)") }
+        return try ModelSource(model: model, modelConfig: singleFile.modelConfig, noEMA: singleFile.noEma,
+                               predictionType: singleFile.predictionType)
+    }
 }
 
 /// Every key of `TrainingConfig` that has a flag of its own name (`--grad-window` is `grad_window`); nil: not given.

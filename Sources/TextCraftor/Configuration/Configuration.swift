@@ -48,14 +48,9 @@ extension Configuration {
     }
 }
 
-/// A job that loads a Stable Diffusion folder to sample from it (generation, evaluation): the keys `model`,
-/// `variant`, `dtype` and `device`, read and checked alike.
-public protocol InferenceConfiguration: Configuration {
-    var model: String? { get set }
-    /// With a single-file `model`: the diffusers folder whose configs, tokenizers and scheduler it is read with.
-    var modelConfig: String? { get set }
-    /// With a single-file `model`: its UNet's weights rather than its `model_ema.*` copy.
-    var noEma: Bool { get set }
+/// A job that loads a Stable Diffusion model to sample from it (generation, evaluation): the model's keys
+/// (`ModelConfiguration`), `variant`, `dtype`, `device` and `embedding`, read and checked alike.
+public protocol InferenceConfiguration: ModelConfiguration {
     var variant: String? { get set }
     var dtype: FloatType { get set }
     var device: String { get set }
@@ -65,33 +60,8 @@ public protocol InferenceConfiguration: Configuration {
 
 extension InferenceConfiguration {
     static var inferenceFields: [ConfigField<Self>] {
-        [.path("model", \.model), .path("model_config", \.modelConfig), .flag("no_ema", \.noEma), .string("variant", \.variant), .choice("dtype", \.dtype), .device("device", \.device),
-         .strings("embedding", \.embedding)]
-    }
-
-    /// Where the model's weights and configs are: `model` a diffusers folder, or one original-layout checkpoint
-    /// (`SingleFileCheckpoint`: SD 1.x, 2.x or SDXL) read with `model_config`'s configs, tokenizers and scheduler.
-    public func modelLocation() throws -> (folder: URL, singleFile: SingleFileCheckpoint?) {
-        guard let model else { throw TextCraftorError.invalidSetting(key: "model", message: "no model folder given") }
-        let url = URL(fileURLWithPath: model)
-        var isFolder: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isFolder), !isFolder.boolValue else {
-            if let modelConfig {
-                throw TextCraftorError.invalidSetting(
-                    key: "model_config", message: "\(excerpt(modelConfig, limit: 200)): only for a single-file model, and \(excerpt(model, limit: 200)) is not a file")
-            }
-            return (url, nil)
-        }
-        guard let modelConfig else {
-            throw TextCraftorError.invalidSetting(
-                key: "model_config",
-                message: "\(excerpt(model, limit: 200)) is a single file: give a diffusers folder of its architecture for its configs, tokenizers and scheduler")
-        }
-        do {
-            return (URL(fileURLWithPath: modelConfig), try SingleFileCheckpoint(url: url, useEMA: !noEma))
-        } catch {
-            throw TextCraftorError.invalidSetting(key: "model", message: "\(error)")
-        }
+        modelFields + [.string("variant", \.variant), .choice("dtype", \.dtype), .device("device", \.device),
+                       .strings("embedding", \.embedding)]
     }
 }
 

@@ -7,7 +7,7 @@ import Torch
 /// code), `fields` names each key as the TOML file and the flags spell it, `validate()` checks them all. The TOML
 /// file decodes into it, the flags of `textcraftor train` overlay it, `OUT/run.json` records it, `Trainer` and
 /// `TrainingSession` consume it, and `--resume` reads it back.
-public struct TrainingConfig: Configuration {
+public struct TrainingConfig: ModelConfiguration {
     // What is trained, on what
     /// prompt (TextCraftor) or direct (paired images and captions, the paper's baseline).
     public var mode = TrainingMode.prompt
@@ -17,8 +17,14 @@ public struct TrainingConfig: Configuration {
     /// (lora, `lora`'s settings), or one new token's rows (token).
     public var adapter = Adapter.full
     public var lora = LoRASettings()
-    /// A diffusers Stable Diffusion folder.
+    /// A diffusers Stable Diffusion folder, or one original-layout checkpoint (`ModelSource`).
     public var model: String?
+    /// With a single-file `model`: a diffusers folder of its architecture (configs, tokenizers, scheduler).
+    public var modelConfig: String?
+    /// With a single-file `model`: its UNet's weights rather than its `model_ema.*` copy.
+    public var noEma = false
+    /// The scheduler's prediction type, where it is not the model's.
+    public var predictionType: String?
     /// Prompt mode: a .txt, Parti .tsv, .csv or .json prompt file.
     public var prompts: String?
     /// The CSV column holding the prompts.
@@ -87,7 +93,7 @@ public struct TrainingConfig: Configuration {
 
     public init() {}
 
-    public static let fields: [ConfigField<Self>] = [
+    public static let fields: [ConfigField<Self>] = modelFields + [
         .choice("mode", \.mode),
         .choice("train", \.train),
         .choice("adapter", \.adapter),
@@ -97,7 +103,6 @@ public struct TrainingConfig: Configuration {
         .strings("lora_targets", \.lora.targets),
         .choice("lora_format", \.lora.format),
         .choice("lora_dtype", \.lora.dtype),
-        .path("model", \.model),
         .path("prompts", \.prompts),
         .string("prompt_column", \.promptColumn),
         .path("data", \.data),
@@ -154,7 +159,7 @@ public struct TrainingConfig: Configuration {
     public var withAbsolutePaths: TrainingConfig {
         func absolute(_ path: String) -> String { URL(fileURLWithPath: path).standardizedFileURL.path }
         var config = self
-        for path in [\Self.model, \Self.prompts, \Self.data, \Self.textEncoder, \Self.out] {
+        for path in [\Self.model, \Self.modelConfig, \Self.prompts, \Self.data, \Self.textEncoder, \Self.out] {
             config[keyPath: path] = config[keyPath: path].map(absolute)
         }
         for index in config.rewards.indices { config.rewards[index].paths = config.rewards[index].paths.map(absolute) }

@@ -10,6 +10,8 @@ public struct EvalConfig: InferenceConfiguration {
     public var modelConfig: String?
     /// With a single-file `model`: its UNet's weights rather than its `model_ema.*` copy.
     public var noEma = false
+    /// The scheduler's prediction type, where it is not the model's (`ModelSource`).
+    public var predictionType: String?
     /// Weights variant to prefer, e.g. fp16.
     public var variant: String?
     public var dtype = FloatType.float32

@@ -21,6 +21,10 @@ public enum EvalProgress {
 public final class Evaluator {
     public let config: EvalConfig
     public let model: URL
+    /// How a single-file model was read (`ModelSource.notes`), for the output.
+    public let modelNotes: [String]
+    /// The model as the user named it: the folder, or the single file.
+    let modelPath: String
     public let prompts: EvalPromptSet
     let sampling: EvalSampling
     let pipeline: StableDiffusionPipeline
@@ -32,15 +36,15 @@ public final class Evaluator {
         try config.validate()
         self.config = config
         let device = try Device.opened(config.device, key: "device")
-        let location: (folder: URL, singleFile: SingleFileCheckpoint?) =
-            config.demo ? (try ShapesWorldBundle.located(config.model), nil) : try config.modelLocation()
-        model = location.folder
+        let source = config.demo ? ModelSource(folder: try ShapesWorldBundle.located(config.model)) : try config.modelSource()
+        model = source.folder
+        modelNotes = source.notes
+        modelPath = source.path
         prompts = try Self.promptSet(config)
         sampling = config.sampling
         output = URL(fileURLWithPath: config.out!)
         do {
-            pipeline = try StableDiffusionPipeline.load(
-                folder: model, dtype: config.dtype.dtype, device: device, variant: config.variant, singleFile: location.singleFile)
+            pipeline = try source.load(dtype: config.dtype.dtype, device: device, variant: config.variant)
         } catch {
             throw TextCraftorError.invalidSetting(key: "model", message: "\(model.path): \(error)")
         }
@@ -63,7 +67,7 @@ public final class Evaluator {
     /// Prepares OUT, generates the missing images, scores them all and writes the results; returns the summary.
     public func run(progress: (EvalProgress) -> Void = { _ in }) throws -> EvalSummary {
         let manifest = EvalManifest(
-            model: model.path + (config.lora.isEmpty ? "" : " + LoRA " + config.lora.joined(separator: " + ")), dtype: config.dtype.rawValue, device: config.device, prompts: prompts.prompts, sampling: sampling,
+            model: modelPath + (config.lora.isEmpty ? "" : " + LoRA " + config.lora.joined(separator: " + ")), dtype: config.dtype.rawValue, device: config.device, prompts: prompts.prompts, sampling: sampling,
             variants: variants.map { EvalManifest.Variant(name: $0.name, description: $0.description) })
         try EvalFolder.prepare(output, manifest: manifest, overwrite: config.overwrite)
         let images = try generate(progress: progress)
@@ -330,7 +334,7 @@ public final class Evaluator {
              images: images.map { (try? Data(contentsOf: $0[p * sampling.imagesPerPrompt])) ?? Data() })
         }
         let settings = [
-            "model: \(model.path)",
+            "model: \(modelPath)",
             "prompts: \(prompts.prompts.count)" + (prompts.grouping == .none ? "" : " in \(prompts.groups.count) \(prompts.grouping == .style ? "styles" : "categories")"),
             "sampling: \(sampling.steps) steps, guidance \(sampling.guidance), \(sampling.imagesPerPrompt) image(s) per prompt, seed \(sampling.seed) (prompt i: seed + i)",
             "variants: " + variants.map { "\($0.name) (\($0.description))" }.joined(separator: "; "),

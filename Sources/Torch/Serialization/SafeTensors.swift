@@ -88,8 +88,20 @@ public enum SafeTensors {
     public static func write(
         _ tensors: [(name: String, data: TensorData)], metadata: [String: String]? = nil, to url: URL
     ) throws {
+        let data = Dictionary(tensors.map { ($0.name, $0.data) }, uniquingKeysWith: { first, _ in first })
+        try write(entries: tensors.map { (name: $0.name, dtype: $0.data.dtype, shape: $0.data.shape) }, metadata: metadata,
+                  to: url) { data[$0]! }
+    }
+
+    /// Writes tensors given by name, dtype and shape, whose bytes `produce` makes one at a time when the file
+    /// reaches them (so a model larger than memory can be written from lazily read or converted sources); each must
+    /// have the dtype and shape announced. Laid out and written as `write(_:metadata:to:)` writes.
+    public static func write(
+        entries: [(name: String, dtype: DType, shape: [Int])], metadata: [String: String]? = nil, to url: URL,
+        produce: (String) throws -> TensorData
+    ) throws {
         let path = url.path
-        let sorted = tensors.sorted { $0.name < $1.name }
+        let sorted = entries.sorted { $0.name < $1.name }
         for (previous, next) in zip(sorted, sorted.dropFirst()) where previous.name == next.name {
             throw SerializationError.invalidSafeTensors(
                 path: path, reason: "duplicate tensor name '\(excerpt(next.name, limit: 200))'")
@@ -101,13 +113,14 @@ public enum SafeTensors {
         var header: [String: Any] = [:]
         if let metadata { header[metadataKey] = metadata }
         var offset = 0
-        for (name, data) in sorted {
-            let fields: [String: Any] = [
-                "dtype": data.dtype.safeTensorsName, "shape": data.shape,
-                "data_offsets": [offset, offset + data.byteCount],
-            ]
-            header[name] = fields
-            offset += data.byteCount
+        var sizes: [Int] = []
+        for entry in sorted {
+            let size = entry.shape.reduce(1, *) * entry.dtype.itemSize
+            header[entry.name] = [
+                "dtype": entry.dtype.safeTensorsName, "shape": entry.shape, "data_offsets": [offset, offset + size],
+            ] as [String: Any]
+            offset += size
+            sizes.append(size)
         }
         var headerBytes = try JSONSerialization.data(
             withJSONObject: header, options: [.sortedKeys, .withoutEscapingSlashes])
@@ -116,7 +129,13 @@ public enum SafeTensors {
         try AtomicFileWriter.replaceFile(at: url) { sink in
             try sink.append(littleEndian: UInt64(headerBytes.count))
             try headerBytes.withUnsafeBytes { try sink.append($0) }
-            for (_, data) in sorted {
+            for (entry, size) in zip(sorted, sizes) {
+                let data = try produce(entry.name)
+                guard data.dtype == entry.dtype, data.shape == entry.shape, data.byteCount == size else {
+                    throw SerializationError.invalidSafeTensors(
+                        path: path,
+                        reason: "'\(excerpt(entry.name, limit: 200))' was announced as \(entry.dtype) \(entry.shape) and came as \(data.dtype) \(data.shape)")
+                }
                 try data.withUnsafeBytes { try sink.append($0) }
             }
         }
