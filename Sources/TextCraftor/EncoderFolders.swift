@@ -40,7 +40,11 @@ public struct EncoderFolders: Equatable, Sendable {
         }
         func hasConfig(_ url: URL) -> Bool { FileManager.default.fileExists(atPath: url.appendingPathComponent("config.json").path) }
         if hasConfig(folder) {
-            return isSecondEncoder(folder) ? EncoderFolders(second: folder) : EncoderFolders(first: folder)
+            guard isSecondEncoder(folder) else { return EncoderFolders(first: folder) }
+            if architecture == .sd {
+                throw fail("is SDXL's text_encoder_2 (CLIPTextModelWithProjection), and a \(architecture.name) model has one text encoder")
+            }
+            return EncoderFolders(second: folder)
         }
         let first = folder.appendingPathComponent("text_encoder"), second = folder.appendingPathComponent("text_encoder_2")
         var found = EncoderFolders(first: hasConfig(first) ? first : nil, second: hasConfig(second) ? second : nil)

@@ -65,6 +65,9 @@ public enum ModelExport {
         guard out.path != URL(fileURLWithPath: model.path).standardizedFileURL.path else { throw fail("out", "\(request.out) is the model") }
         let layout = try layout(of: model)
         let architecture = try model.architecture
+        do { try FileManager.default.createDirectory(at: out.deletingLastPathComponent(), withIntermediateDirectories: true) } catch {
+            throw fail("out", "\(request.out): cannot write there (\(error.localizedDescription))")
+        }
 
         // What changes: fine-tuned encoders, LoRAs (by place).
         let fineTuned = try request.textEncoder.map { try EncoderFolders.resolve($0, key: "text_encoder", architecture: architecture) }
