@@ -277,11 +277,12 @@ extension SingleFileCheckpoint {
 extension ModelWriter {
     /// A diffusers folder at `out` (which must not exist): `configFolder` copied without its weights files, and each
     /// component's weights (diffusers' names) as its `model.safetensors` or `diffusion_pytorch_model.safetensors`,
-    /// each tensor through `transform` (a dtype cast, or as stored) and written one at a time. Built beside `out`
-    /// under a temporary name and renamed into place, so `out` is never half written.
+    /// each tensor through `transform` (a dtype cast, or as stored) and written one at a time; `finish` may change
+    /// the folder before it is moved into place (the scheduler's prediction type). Built beside `out` under a
+    /// temporary name and renamed into place, so `out` is never half written.
     public static func writeDiffusersFolder(
         configFolder: URL, components: [(name: String, weights: any WeightSource)], to out: URL,
-        transform: (Tensor) -> Tensor = { $0 }
+        transform: (Tensor) -> Tensor = { $0 }, finish: (URL) throws -> Void = { _ in }
     ) throws {
         let fm = FileManager.default
         guard !fm.fileExists(atPath: out.path) else { throw StableDiffusionError.invalidArgument("\(out.path): already exists") }
@@ -304,6 +305,7 @@ extension ModelWriter {
                     transform(try weights.tensor(key)).contiguous().tensorData()
                 }
             }
+            try finish(partial)
             try fm.moveItem(at: partial, to: out)
         } catch {
             try? fm.removeItem(at: partial)

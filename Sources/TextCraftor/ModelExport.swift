@@ -133,7 +133,15 @@ public enum ModelExport {
 
         switch request.format {
         case .diffusers:
-            try ModelWriter.writeDiffusersFolder(configFolder: model.folder, components: components, to: out) { cast($0) }
+            try ModelWriter.writeDiffusersFolder(configFolder: model.folder, components: components, to: out, transform: cast) { folder in
+                // A prediction type given or found for a single file goes into the folder's scheduler.
+                guard let type = model.predictionType else { return }
+                let file = folder.appendingPathComponent("scheduler/scheduler_config.json")
+                var scheduler = try decodeConfig(SchedulerConfig.self, from: file)
+                guard scheduler.predictionType != type else { return }
+                scheduler.predictionType = type
+                try ModelWriter.writeScheduler(scheduler, to: file.deletingLastPathComponent())
+            }
             say("\(out.path): \(layout.rawValue) as a diffusers folder" + (changed.isEmpty ? "" : " (\(changed.joined(separator: ", ")) changed)"))
             return Summary(out: out, layout: layout, changed: changed, tensors: components.reduce(0) { $0 + $1.weights.keys.count },
                            droppedEMA: false)

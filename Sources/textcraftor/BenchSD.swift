@@ -34,6 +34,10 @@ struct BenchSD: ParsableCommand {
 
     func run() throws {
         let model = try self.model ?? shapesBundle(nil).path
+        var isFolder: ObjCBool = false
+        if FileManager.default.fileExists(atPath: model, isDirectory: &isFolder), !isFolder.boolValue {
+            throw CommandError("--model \(model): a single file; the diffusers reference reads folders: convert it first (textcraftor convert \(model) --out DIR)")
+        }
         guard batch >= 1, steps >= 1, repeats >= 1 else { throw CommandError("--batch, --steps and --repeats must be at least 1") }
         let (type, device) = (dtypeOptions.dtype.dtype, try speakingFlags { try deviceOptions.opened() })
         // Ours in a scope of its own, its models freed before the reference loads (as bench train).

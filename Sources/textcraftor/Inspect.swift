@@ -17,6 +17,10 @@ struct Inspect: ParsableCommand {
             A textual-inversion embedding (diffusers' learned_embeds, A1111's .pt or .safetensors, SDXL's clip_l/clip_g) \
             is also described: its format, the token prompts use, its vectors and width, and the model it fits \
             (clip_l/clip_g: SDXL; 768 wide: SD 1.x; 1024 wide: SD 2.x).
+
+            A whole single-file model (SD 1.x, SD 2.x, SDXL in the original layout) is described as --model reads it: \
+            its layout, whether it holds a model_ema.* copy, the UNet's input channels (9: inpainting) and the prediction \
+            type with the reason (the usual SD 2.x test of its weights, or a v_pred key).
             """)
 
     @Argument(help: "A weights file or a folder.", completion: .file())
@@ -66,6 +70,14 @@ struct Inspect: ParsableCommand {
                     let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
                     print(String(decoding: data, as: UTF8.self))
                 }
+                if let checkpoint = try? SingleFileCheckpoint(source: source, url: file) {
+                    let hint = checkpoint.predictionTypeHint()
+                    let object: [String: Any] = ["file": file.path, "model": [
+                        "layout": checkpoint.layout.rawValue, "ema": checkpoint.usesEMA, "prediction_type": hint.type,
+                        "prediction_type_reason": hint.reason, "unet_in_channels": checkpoint.unetInChannels ?? 0]]
+                    let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
+                    print(String(decoding: data, as: UTF8.self))
+                }
                 for (name, dtype, shape) in rows {
                     let object: [String: Any] = ["file": file.path, "name": name, "dtype": dtype.description, "shape": shape]
                     let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
@@ -75,6 +87,7 @@ struct Inspect: ParsableCommand {
             }
             print("\(file.path): \(rows.count) tensors, \(formatCount(count)) values")
             if file.pathExtension == "safetensors", let lora = try? LoRAFile(file) { lora.summary.forEach { print("  " + $0) } }
+            if let model = singleFileSummary(source, file) { print("  " + model) }
             // Names are the file's bytes: escaped (no terminal escape codes reach the terminal) and cut when very
             // long; very long shapes are abridged. The JSON form keeps them exact (JSON escapes control characters).
             printTable(["name", "dtype", "shape"], rows.map {
@@ -122,4 +135,14 @@ func formatCount(_ n: Int) -> String {
     case 1_000...: String(format: "%.1fK", Double(n) / 1e3)
     default: "\(n)"
     }
+}
+
+/// One line on a whole single-file model (`SingleFileCheckpoint`): its layout, EMA copy, UNet inputs and prediction
+/// type with the reason; nil for any other file.
+func singleFileSummary(_ source: any WeightSource, _ file: URL) -> String? {
+    guard let checkpoint = try? SingleFileCheckpoint(source: source, url: file) else { return nil }
+    let hint = checkpoint.predictionTypeHint()
+    return "\(checkpoint.layout.rawValue) single-file model: UNet with \(checkpoint.unetInChannels ?? 0) input channels"
+        + (checkpoint.usesEMA ? ", a model_ema.* copy (used by default; --no-ema for the other)" : "")
+        + "; prediction type \(hint.type) (\(hint.reason)); load it with --model \(file.lastPathComponent)"
 }

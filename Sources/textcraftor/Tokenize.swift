@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import StableDiffusion
+import TextCraftor
 import Torch
 
 struct Tokenize: ParsableCommand {
@@ -17,7 +18,7 @@ struct Tokenize: ParsableCommand {
     /// The longest --max-length: far beyond any CLIP context (77), small enough to pad without harm.
     static let maxContextLength = 65_536
 
-    @Option(help: "A diffusers model folder whose tokenizer/ to use.", completion: .directory) var model: String?
+    @Option(help: "A diffusers model folder whose tokenizer/ to use, or a single-file checkpoint (its architecture's published tokenizers).", completion: .file()) var model: String?
     @Option(help: "A tokenizer folder or a bpe_simple_vocab_16e6.txt.gz file.", completion: .file()) var tokenizer: String?
     @Option(help: "Context length (ids are truncated to it).") var maxLength = 77
     @Flag(help: "Pad the ids to --max-length, as the model sees them.") var pad = false
@@ -33,7 +34,8 @@ struct Tokenize: ParsableCommand {
         let clip: CLIPTokenizer
         var second: CLIPTokenizer? = nil
         if let model {
-            let folder = URL(fileURLWithPath: model)
+            // A single file's tokenizers are its architecture's published ones (`ModelSource`).
+            let folder = try speakingFlags { try ModelSource(model: model, modelConfig: nil).folder }
             clip = try CLIPTokenizer(directory: folder.appendingPathComponent("tokenizer"))
             let folder2 = folder.appendingPathComponent("tokenizer_2")
             if FileManager.default.fileExists(atPath: folder2.path) { second = try CLIPTokenizer(directory: folder2) }

@@ -136,3 +136,16 @@ func safetensorsHeader(_ data: Data) throws -> (base: Int, header: [String: Any]
     let header = try JSONSerialization.jsonObject(with: data.subdata(in: 8..<8 + length)) as! [String: Any]
     return (8 + length, header)
 }
+
+/// name -> "dtype shape" followed by the raw bytes of each tensor of a safetensors file: equal entries are equal
+/// tensors, bit for bit.
+func safetensorsEntries(_ url: URL) throws -> [String: Data] {
+    let data = try Data(contentsOf: url)
+    let (base, header) = try safetensorsHeader(data)
+    var out: [String: Data] = [:]
+    for (name, entry) in header where name != "__metadata__" {
+        let e = entry as! [String: Any], offsets = e["data_offsets"] as! [Int]
+        out[name] = Data("\(e["dtype"]!) \(e["shape"]!)".utf8) + data.subdata(in: base + offsets[0]..<base + offsets[1])
+    }
+    return out
+}

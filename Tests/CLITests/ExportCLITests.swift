@@ -10,17 +10,7 @@ import Testing
 
     deinit { try? FileManager.default.removeItem(at: scratch) }
 
-    /// name -> "dtype shape" + raw bytes of each tensor of a safetensors file.
-    func tensors(_ url: URL) throws -> [String: Data] {
-        let data = try Data(contentsOf: url)
-        let (base, header) = try safetensorsHeader(data)
-        var out: [String: Data] = [:]
-        for (name, entry) in header where name != "__metadata__" {
-            let e = entry as! [String: Any], offsets = e["data_offsets"] as! [Int]
-            out[name] = Data("\(e["dtype"]!) \(e["shape"]!)".utf8) + data.subdata(in: base + offsets[0]..<base + offsets[1])
-        }
-        return out
-    }
+    func tensors(_ url: URL) throws -> [String: Data] { try safetensorsEntries(url) }
 
     func generate(_ model: [String], _ name: String) throws -> Data {
         let out = scratch.appendingPathComponent(name)

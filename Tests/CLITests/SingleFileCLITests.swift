@@ -55,6 +55,12 @@ import Testing
         let a = try generate(["--model", file, "--model-config", tinySD15 + "/../tiny-sd2", "--prediction-type", "epsilon"], out: "a")
         #expect(a.status == 0, "\(a.err)")
         #expect(a.err.contains("model: tiny-sd2.safetensors: SD 2.x single file\nmodel: configs, tokenizers and scheduler from \(tinySD15)/../tiny-sd2\nmodel: prediction type epsilon (--prediction-type)\n"), "\(a.err)")
+        let inspect = try textcraftor(["inspect", file])
+        #expect(inspect.out.contains("\n  SD 2.x single-file model: UNet with 4 input channels; prediction type epsilon (the usual SD 2.x test: "), "\(inspect.out.prefix(400))")
+        // tokenize takes the file's architecture's tokenizers: SDXL's second pads with "!" (id 0).
+        let xl = Self.single.appendingPathComponent("tiny-sdxl.safetensors").path
+        let tokens = try textcraftor(["tokenize", "--model", xl, "--pad", "--max-length", "6", "a cat"])
+        #expect(tokens.out.contains("\"ids\":[49406,320,2368,49407,49407,49407]") && tokens.out.contains("\"ids_2\":[49406,320,2368,49407,0,0]"), "\(tokens.out) \(tokens.err)")
         let b = try generate(["--model", file, "--prediction-type", "x"], out: "b")
         #expect(b.err == "Error: --prediction-type: expected epsilon, v_prediction or sample, found \"x\"\n", "\(b.err)")
     }
@@ -86,17 +92,7 @@ import Testing
 
     deinit { try? FileManager.default.removeItem(at: scratch) }
 
-    /// name -> the raw bytes of each tensor (and its dtype and shape) of a safetensors file.
-    func tensors(_ url: URL) throws -> [String: Data] {
-        let data = try Data(contentsOf: url)
-        let (base, header) = try safetensorsHeader(data)
-        var out: [String: Data] = [:]
-        for (name, entry) in header where name != "__metadata__" {
-            let e = entry as! [String: Any], offsets = e["data_offsets"] as! [Int]
-            out[name] = Data("\(e["dtype"]!) \(e["shape"]!)".utf8) + data.subdata(in: base + offsets[0]..<base + offsets[1])
-        }
-        return out
-    }
+    func tensors(_ url: URL) throws -> [String: Data] { try safetensorsEntries(url) }
 
     @Test(arguments: [("tiny-sd15", tinySD15), ("tiny-sdxl", tinySDXL)])
     func convertedFolderHoldsTheFolderTensors(name: String, folder: String) throws {

@@ -403,6 +403,47 @@ def generate_flag_case(rng, folder):
             "--out", os.path.join(folder, "out")] + arguments
 
 
+def single_file_io_case(rng, folder):
+    """Single-file checkpoints through export and convert (both directions), generate without --model-config (the
+    built-in published configs), tokenize and inspect: a committed fixture mutated in its header or bytes, or a sound
+    one with odd export flags."""
+    fixtures = os.path.join(ROOT, "Tests/StableDiffusionTests/Fixtures")
+    model, name = rng.choice([(SD, "single/tiny-sd15.safetensors"), (SD, "single/tiny-sd2.safetensors"),
+                              (SDXL, "single/tiny-sdxl.safetensors")])
+    if "sd2" in name:
+        model = os.path.join(os.path.dirname(SD), "tiny-sd2")
+    data = read(os.path.join(fixtures, name))
+    if rng.random() < 0.6:
+        if rng.random() < 0.5:
+            (length,) = struct.unpack("<Q", data[:8])
+            header = mutate_value(rng, json.loads(data[8:8 + length]))
+            blob = json.dumps(header).encode()
+            data = struct.pack("<Q", len(blob)) + blob + data[8 + length:]
+        else:
+            data = mutate_bytes(rng, data)
+    path = os.path.join(folder, os.path.basename(name))
+    write(path, data)
+    out = os.path.join(folder, rng.choice(["out.safetensors", "out", "out.ckpt", "sub/dir/out.safetensors"]))
+    flags = []
+    for flag, values in rng.sample([("--dtype", ["float16", "bfloat16", "float32", "int8", ""]),
+                                    ("--format", ["single-file", "diffusers", "ckpt"]),
+                                    ("--prediction-type", ["epsilon", "v_prediction", "sample", "v", ""]),
+                                    ("--text-encoder", [os.path.join(fixtures, "single/tc_text_tiny_sd15.pth"),
+                                                        os.path.join(fixtures, "single/tc_text2_tiny_sdxl"), folder]),
+                                    ("--lora", [os.path.join(fixtures, "lora/sd15_kohya.safetensors") + ":0.5",
+                                                os.path.join(fixtures, "lora/sdxl_kohya.safetensors")])], rng.randint(0, 2)):
+        flags += [flag, rng.choice(values)]
+    return rng.choice([
+        ["export", "--model", path, "--model-config", model, "--out", out] + flags,
+        ["export", "--model", model, "--out", out] + flags,
+        ["convert", path, "--model-config", model, "--out", out],
+        ["convert", model, "--out", out],
+        ["generate", "--model", path, "--prompt", "a red circle", "--steps", "2", "--out", os.path.join(folder, "g")],
+        ["tokenize", "--model", path, "a red circle"],
+        ["inspect", path],
+    ])
+
+
 CLASSES = [
     ("safetensors", 3, safetensors_case),
     ("pickle", 3, pickle_case),
@@ -418,6 +459,7 @@ CLASSES = [
     ("train-flag", 1, train_flag_case),
     ("generate-flag", 1, generate_flag_case),
     ("adapter-file", 2, adapter_file_case),
+    ("single-file-io", 2, single_file_io_case),
 ]
 # The fast subset: classes that fail or finish in well under a second each.
 QUICK = {"safetensors", "pickle", "deep-pickle", "prompt-text", "reward-flag", "toml-config", "image"}
