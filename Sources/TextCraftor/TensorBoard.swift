@@ -66,7 +66,7 @@ public enum TFRecord {
             guard CRC32C.masked(CRC32C.checksum(Data(bytes[offset..<offset + 8]))) == word(UInt32.self, at: offset + 8) else {
                 throw TextCraftorError.invalidArgument("\(source): the length of the record at byte \(offset) fails its CRC-32C")
             }
-            guard length <= UInt64(bytes.count - offset - 16) else { return try incomplete() }
+            guard bytes.count - offset >= 16, length <= UInt64(bytes.count - offset - 16) else { return try incomplete() }
             let start = offset + 12, end = start + Int(length)
             let record = Data(bytes[start..<end])
             guard CRC32C.masked(CRC32C.checksum(record)) == word(UInt32.self, at: end) else {
