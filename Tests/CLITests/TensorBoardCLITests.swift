@@ -2,6 +2,7 @@ import Foundation
 import Rewards
 import Testing
 import TextCraftor
+import Torch
 
 /// `textcraftor train` writes TensorBoard event files beside metrics.jsonl, read back here with the Swift reader
 /// (every record's CRCs verified); scripts/check_tensorboard.py does the same with TensorBoard's own.
@@ -88,6 +89,20 @@ import TextCraftor
         #expect(try TensorBoardLog.read(files[0]).map(\.step) == [0, 1, 2])
         steps = try expectEventsMatchMetrics(out)
         #expect(steps.map(\.step) == [1, 2, 3, 4])
+    }
+
+    /// Data-parallel: rank 0 alone writes events (one file, each step once).
+    @Test(.enabled(if: ProcessGroup.isAvailable, "built without Gloo's headers (libgloo-dev)"))
+    func onlyRankZeroLogs() throws {
+        let out = temporaryOutput()
+        defer { [out, out.appendingPathExtension("prompts.txt")].forEach { try? FileManager.default.removeItem(at: $0) } }
+        let run = try train(out, ["--max-steps", "2", "--nproc-per-node", "2", "--tensorboard-images-every", "1"])
+        #expect(run.status == 0, "\(run.err)")
+        #expect(TensorBoardLog.eventFiles(in: out.appendingPathComponent("tensorboard")).count == 1)
+        let steps = try expectEventsMatchMetrics(out)
+        #expect(steps.map(\.step) == [1, 2])
+        // Rank 0's rows of the global batch of 2: one image per grid.
+        #expect(steps.compactMap { $0.values.first { $0.image != nil }?.image?.width } == [64, 64])
     }
 
     @Test func noTensorBoardWritesNoEvents() throws {
