@@ -333,7 +333,8 @@ public final class TensorBoardWriter {
 
     public init(folder: URL, now: Date = Date()) throws {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        let host = ProcessInfo.processInfo.hostName.replacingOccurrences(of: "/", with: "_")
+        var name = [CChar](repeating: 0, count: 256)  // gethostname: ProcessInfo.hostName may wait on a DNS lookup
+        let host = gethostname(&name, name.count - 1) == 0 ? String(cString: name).replacingOccurrences(of: "/", with: "_") : ""
         let base = "events.out.tfevents.\(Int(now.timeIntervalSince1970)).\(host.isEmpty ? "localhost" : host)"
         var url = folder.appendingPathComponent(base), index = 0
         while FileManager.default.fileExists(atPath: url.path) {
