@@ -30,6 +30,8 @@ public struct RunFolder: Sendable {
     public let url: URL
     public var checkpoints: URL { url.appendingPathComponent("checkpoints") }
     public var metrics: URL { url.appendingPathComponent("metrics.jsonl") }
+    /// TensorBoard's event files (`tensorboard --logdir OUT`).
+    public var tensorBoard: URL { url.appendingPathComponent("tensorboard") }
     public var textEncoder: URL { url.appendingPathComponent("text_encoder") }
     public var textEncoder2: URL { url.appendingPathComponent("text_encoder_2") }
 

@@ -84,6 +84,8 @@ public final class Trainer {
     public var parallel: DataParallel? = nil
     /// Whether this process writes checkpoints and metrics (rank 0, or the only process).
     public var isWriter: Bool { (parallel?.rank ?? 0) == 0 }
+    /// The run's TensorBoard event file (`TrainingTelemetry.swift`), opened at the first step this process logs.
+    var tensorBoardWriter: TensorBoardWriter?
 
     /// The modules being trained: one encoder, SDXL's two, or the UNet.
     public var trainedModules: [any Module] { trained.map(\.module) }
@@ -163,7 +165,10 @@ public final class Trainer {
         try data.restore(cursor: state.promptCursor)
         step = state.step
         if lossScaler != nil { lossScaler = state.lossScaler ?? LossScaler() }
-        if isWriter { try truncateMetrics(after: step) }
+        if isWriter {
+            try truncateMetrics(after: step)
+            try TensorBoardLog.truncate(run.tensorBoard, after: step)
+        }
     }
 
     /// Trains until `maxSteps` (or a stop request), saving every `saveEvery` steps and at the end.
@@ -188,6 +193,7 @@ public final class Trainer {
             optimizer.learningRate = config.learningRate(at: step)
             var loss = 0.0
             var rewardSums: [String: Double] = [:]
+            var images: Tensor?  // the last batch's decoded images, for TensorBoard
             for _ in 0..<config.gradientAccumulation {
                 let outcome: StepOutcome
                 let scale = (lossScaler?.scale ?? 1) / Double(config.gradientAccumulation)
@@ -216,6 +222,7 @@ public final class Trainer {
                         timestepRange: config.timestepRange.range, generator: noise,
                         lossScale: scale, trainsTextEncoder: target.trainsTextEncoder)
                 }
+                images = outcome.images
                 loss += outcome.loss / Double(config.gradientAccumulation)
                 for (name, mean) in outcome.rewards { rewardSums[name, default: 0] += mean / Double(config.gradientAccumulation) }
             }
@@ -248,7 +255,10 @@ public final class Trainer {
             }
             let report = StepReport(step: step, loss: loss, rewards: rewardSums, learningRate: optimizer.learningRate,
                                     gradNorm: gradNorm, seconds: Date().timeIntervalSince(start))
-            if isWriter { try appendMetrics(report) }
+            if isWriter {
+                try appendMetrics(report)
+                try logTensorBoard(report, images: images)
+            }
             onStep(report)
             if step % config.saveEvery == 0 || step == config.maxSteps { try save() }
         }
@@ -293,7 +303,8 @@ public final class Trainer {
         return norm
     }
 
-    func appendMetrics(_ report: StepReport) throws {
+    /// A step's line of metrics.jsonl (TensorBoard's scalars are its numbers).
+    func metricsRecord(_ report: StepReport) -> [String: Any] {
         var object: [String: Any] = ["step": report.step, "loss": report.loss, "lr": report.learningRate,
                                      "grad_norm": report.gradNorm, "step_time": report.seconds]
         for (name, value) in report.rewards { object[name] = value }
@@ -302,7 +313,11 @@ public final class Trainer {
             object["grad_norm"] = nil
             object["skipped"] = true
         }
-        var line = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+        return object
+    }
+
+    func appendMetrics(_ report: StepReport) throws {
+        var line = try JSONSerialization.data(withJSONObject: metricsRecord(report), options: [.sortedKeys])
         line.append(0x0A)
         if !FileManager.default.fileExists(atPath: run.metrics.path) { _ = FileManager.default.createFile(atPath: run.metrics.path, contents: nil) }
         let handle = try FileHandle(forWritingTo: run.metrics)

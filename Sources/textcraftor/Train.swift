@@ -22,7 +22,8 @@ struct Train: ParsableCommand {
             Writes OUT/text_encoder/ (and on SDXL OUT/text_encoder_2/ for the encoders trained; config.json + \
             model.safetensors, loadable by diffusers and by `textcraftor generate --text-encoder OUT`; with --adapter lora \
             OUT/lora.safetensors instead, for `generate --lora`, diffusers, AUTOMATIC1111 and ComfyUI), \
-            OUT/metrics.jsonl, OUT/run.json and OUT/checkpoints/. \
+            OUT/metrics.jsonl, OUT/tensorboard/ (TensorBoard event files: `tensorboard --logdir OUT`), OUT/run.json and \
+            OUT/checkpoints/. \
             Ctrl-C saves a checkpoint and exits; `--resume OUT` continues exactly where it stopped.
             """)
 
@@ -34,6 +35,7 @@ struct Train: ParsableCommand {
     @OptionGroup(title: "Adapter") var adapter: AdapterFlags
     @OptionGroup(title: "Device") var device: DeviceOptions
     @OptionGroup(title: "Data-parallel") var distributed: DistributedOptions
+    @OptionGroup(title: "Telemetry") var telemetry: TelemetryFlags
 
     func validate() throws {
         if let resume, let out = training.out, out != resume { throw CommandError("--resume continues in its own folder: drop --out") }
@@ -89,9 +91,9 @@ struct Train: ParsableCommand {
             if let resume {
                 config = try TrainingSession.recordedConfig(in: URL(fileURLWithPath: resume))
                 config = try config.overlaying(
-                    configValues(of: [model, model.singleFile, training, adapter, device, distributed], skipping: DistributedOptions.launcherFlags))
+                    configValues(of: [model, model.singleFile, training, adapter, device, distributed, telemetry], skipping: DistributedOptions.launcherFlags))
             } else {
-                config = try loadConfiguration(file: self.config, flags: model, model.singleFile, training, adapter, device, distributed,
+                config = try loadConfiguration(file: self.config, flags: model, model.singleFile, training, adapter, device, distributed, telemetry,
                                            skipping: DistributedOptions.launcherFlags)
             }
             if let resume { config.out = resume }
@@ -121,6 +123,19 @@ struct ModelFlag: ParsableArguments {
         return try ModelSource(model: model, modelConfig: singleFile.modelConfig, noEMA: singleFile.noEma,
                                predictionType: singleFile.predictionType)
     }
+}
+
+/// TensorBoard logging (`TensorBoardSettings`), keys `tensorboard` and `tensorboard_images_every`.
+struct TelemetryFlags: ParsableArguments {
+    @Flag(inversion: .prefixedNo, help: ArgumentHelp(
+        "Write TensorBoard event files to OUT/tensorboard/ (default: on).",
+        discussion: "Every step's numbers of metrics.jsonl (loss, each reward by name, grad_norm, lr, step_time, loss_scale under fp16) as scalars of the same names; view with `tensorboard --logdir OUT`. A resumed run drops the events of the steps it does again and writes a new file beside the old ones."))
+    var tensorboard: Bool?
+    @Option(help: ArgumentHelp(
+        "Every N steps, also log a grid of the images the step sampled and scored (tag images; 0: never; default 100).",
+        discussion: "The images the step decoded anyway (before its update): no extra sampling. Cells larger than 512 pixels are scaled down; with --grad-accumulation the last batch, under data-parallel training rank 0's rows.",
+        valueName: "N"))
+    var tensorboardImagesEvery: Int?
 }
 
 /// Every key of `TrainingConfig` that has a flag of its own name (`--grad-window` is `grad_window`); nil: not given.

@@ -67,6 +67,8 @@ import Testing
         c.distTimeout = 60
         c.syncCheckEvery = 10
         c.distBackend = .gloo
+        c.tensorBoard.enabled = false
+        c.tensorBoard.imagesEvery = 25
         return c
     }
 
@@ -115,6 +117,8 @@ import Testing
             dist_timeout = 60
             sync_check_every = 10
             dist_backend = "gloo"
+            tensorboard = false
+            tensorboard_images_every = 25
 
             [[reward]]
             name = "aesthetic"
@@ -130,7 +134,7 @@ import Testing
         #expect(config == everyKeyChanged())
         #expect(config.prompts == folder.deletingLastPathComponent().appendingPathComponent("prompts/parti.tsv").path)
         // Every key of the type is a key of the file: the test above gives them all.
-        #expect(TrainingConfig.keys.count == 43)
+        #expect(TrainingConfig.keys.count == 45)
     }
 
     @Test func anEmptyFileGivesTheDefaults() throws {
@@ -275,6 +279,16 @@ import Testing
         #expect(try parse("train = \"text\"").train == .textEncoder)
         for choice in TrainedNetwork.allCases { #expect(try parse("train = \"\(choice.rawValue)\"").train == choice) }
         #expect(TrainedNetwork.allCases.map(\.rawValue) == ["text-encoder", "text-encoder-2", "text-encoders", "unet"])
+    }
+
+    /// A run.json written before TensorBoard logging existed resumes with its defaults (on, images every 100 steps).
+    @Test func aRecordWithoutTensorBoardSettingsReads() throws {
+        var record = try JSONSerialization.jsonObject(with: try JSONEncoder().encode(everyKeyChanged())) as! [String: Any]
+        record["tensorBoard"] = nil
+        let old = try JSONDecoder().decode(TrainingConfig.self, from: try JSONSerialization.data(withJSONObject: record))
+        #expect(old.tensorBoard == TensorBoardSettings())
+        #expect((old.tensorBoard.enabled, old.tensorBoard.imagesEvery) == (true, 100))
+        #expect(message { try parse("tensorboard_images_every = -3") }?.hasSuffix("key \"tensorboard_images_every\": expected an integer >= 0, found -3") == true)
     }
 }
 

@@ -91,6 +91,10 @@ public struct TrainingConfig: ModelConfiguration {
     public var syncCheckEvery = 100
     public var distBackend = DistributedBackend.auto
 
+    // Telemetry
+    /// TensorBoard event files in `OUT/tensorboard/` beside metrics.jsonl (`TensorBoardSettings`).
+    public var tensorBoard = TensorBoardSettings()
+
     public init() {}
 
     public static let fields: [ConfigField<Self>] = modelFields + [
@@ -136,6 +140,8 @@ public struct TrainingConfig: ModelConfiguration {
         .number("dist_timeout", \.distTimeout, .positive),
         .integer("sync_check_every", \.syncCheckEvery, .positive),
         .choice("dist_backend", \.distBackend),
+        .flag("tensorboard", \.tensorBoard.enabled),
+        .integer("tensorboard_images_every", \.tensorBoard.imagesEvery, .nonNegative),
     ]
 
     public func validateRelations() throws {
@@ -401,5 +407,21 @@ extension ConfigField {
                 config[keyPath: path] = value
                 return true
             })
+    }
+}
+
+/// TensorBoard logging of a training run (`TrainingTelemetry`): every step's metrics.jsonl values as scalars, and
+/// every `imagesEvery` steps (0: never) a grid of the step's sampled images.
+public struct TensorBoardSettings: Codable, Sendable, Equatable {
+    public var enabled = true
+    public var imagesEvery = 100
+
+    public init() {}
+}
+
+/// Run records written before TensorBoard logging existed decode with its defaults, so they still resume.
+extension KeyedDecodingContainer {
+    func decode(_ type: TensorBoardSettings.Type, forKey key: Key) throws -> TensorBoardSettings {
+        try decodeIfPresent(TensorBoardSettings.self, forKey: key) ?? TensorBoardSettings()
     }
 }
