@@ -28,7 +28,10 @@ import Testing
         c.lora.targets = ["q_proj", "v_proj"]
         c.lora.format = .peft
         c.lora.dtype = .bfloat16
-        c.model = path("models/sd15")
+        c.model = path("models/sd15.safetensors")
+        c.modelConfig = path("models/sd15")
+        c.noEma = true
+        c.predictionType = "v_prediction"
         c.prompts = path("../prompts/parti.tsv")
         c.promptColumn = "caption"
         c.data = "/data/pairs"
@@ -83,7 +86,10 @@ import Testing
             lora_targets = ["q_proj", "v_proj"]
             lora_format = "peft"
             lora_dtype = "bfloat16"
-            model = "models/sd15"
+            model = "models/sd15.safetensors"
+            model_config = "models/sd15"
+            no_ema = true
+            prediction_type = "v_prediction"
             prompts = "../prompts/parti.tsv"
             prompt_column = "caption"
             data = "/data/pairs"
@@ -134,7 +140,7 @@ import Testing
         #expect(config == everyKeyChanged())
         #expect(config.prompts == folder.deletingLastPathComponent().appendingPathComponent("prompts/parti.tsv").path)
         // Every key of the type is a key of the file: the test above gives them all.
-        #expect(TrainingConfig.keys.count == 45)
+        #expect(TrainingConfig.keys.count == 48)
     }
 
     @Test func anEmptyFileGivesTheDefaults() throws {
