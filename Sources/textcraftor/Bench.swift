@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import TextCraftor
 import Torch
 
 struct Bench: ParsableCommand {
@@ -126,4 +127,32 @@ func printTable(_ header: [String], _ rows: [[String]]) {
     print(line(header))
     print(widths.map { String(repeating: "-", count: $0) }.joined(separator: "  "))
     rows.forEach { print(line($0)) }
+}
+
+/// The model of a benchmark: ours reads `--model` as given (a folder, or a single file with its published configs);
+/// the diffusers reference reads folders, so a single file is first written as a temporary diffusers folder
+/// (`textcraftor convert`), removed at the end.
+struct BenchModel {
+    let source: ModelSource
+    /// What the reference loads: the folder, or the temporary conversion of the file.
+    let referenceFolder: String
+    private let temporary: URL?
+
+    init(_ model: String) throws {
+        source = try speakingFlags { try ModelSource(model: model, modelConfig: nil) }
+        guard source.singleFile != nil else {
+            (referenceFolder, temporary) = (model, nil)
+            return
+        }
+        sayModelNotes(source.notes)
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("textcraftor-bench-\(UUID().uuidString)")
+        FileHandle.standardError.write(Data("model: written as a diffusers folder for the reference (\(folder.path), removed at the end)\n".utf8))
+        let file = source
+        _ = try speakingFlags { try ModelExport.run(ModelExport.Request(model: file, out: folder.path, format: .diffusers)) }
+        (referenceFolder, temporary) = (folder.path, folder)
+    }
+
+    func cleanUp() {
+        if let temporary { try? FileManager.default.removeItem(at: temporary) }
+    }
 }

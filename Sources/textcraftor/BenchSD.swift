@@ -20,7 +20,7 @@ struct BenchSD: ParsableCommand {
             """,
         aliases: ["sd"])
 
-    @Option(help: "A diffusers model folder (default: the ShapesWorld bundle).", completion: .directory)
+    @Option(help: "A diffusers model folder or a single file (default: the ShapesWorld bundle).", completion: .file())
     var model: String?
     @Option(help: "Image size in pixels.") var size = 64
     @Option(help: "Denoising steps of the pipeline.") var steps = 10
@@ -33,16 +33,14 @@ struct BenchSD: ParsableCommand {
     @Option(help: "The reference script.") var script = "scripts/bench/sd.py"
 
     func run() throws {
-        let model = try self.model ?? shapesBundle(nil).path
-        var isFolder: ObjCBool = false
-        if FileManager.default.fileExists(atPath: model, isDirectory: &isFolder), !isFolder.boolValue {
-            throw CommandError("--model \(model): a single file; the diffusers reference reads folders: convert it first (textcraftor convert \(model) --out DIR)")
-        }
+        let bench = try BenchModel(self.model ?? shapesBundle(nil).path)
+        defer { bench.cleanUp() }
+        let model = bench.referenceFolder
         guard batch >= 1, steps >= 1, repeats >= 1 else { throw CommandError("--batch, --steps and --repeats must be at least 1") }
         let (type, device) = (dtypeOptions.dtype.dtype, try speakingFlags { try deviceOptions.opened() })
         // Ours in a scope of its own, its models freed before the reference loads (as bench train).
         func measureOurs() throws -> (numbers: [String: Double], runFLOP: Double) {
-            let pipeline = try StableDiffusionPipeline.load(folder: URL(fileURLWithPath: model), dtype: type, device: device)
+            let pipeline = try bench.source.load(dtype: type, device: device)
             let g = Generator(seed: 0)
             let latent = size / pipeline.vaeScaleFactor
             let sample = Tensor.randn([2 * batch, pipeline.unet.config.in_channels, latent, latent], generator: g).to(dtype: type, device: device)

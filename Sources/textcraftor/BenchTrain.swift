@@ -28,7 +28,7 @@ struct BenchTrain: ParsableCommand {
             authors' float32: --mixed-precision bf16 --reference-precision fp32.
             """)
 
-    @Option(help: "A diffusers model folder (default: the ShapesWorld bundle).") var model: String?
+    @Option(help: "A diffusers model folder or a single file (default: the ShapesWorld bundle).") var model: String?
     @Option(help: "A transformers CLIP folder for the aesthetic reward (default: the bundle's rewards/clip).") var clip: String?
     @Option(help: "The aesthetic head (default: the bundle's rewards/aesthetic.safetensors).") var aesthetic: String?
     @Option(help: "Prompts per step.") var batch = 2
@@ -58,7 +58,7 @@ struct BenchTrain: ParsableCommand {
 
     func run() throws {
         let bundle = model == nil || clip == nil || aesthetic == nil ? try shapesBundle(nil) : nil
-        let model = self.model ?? bundle!.path
+        let given = self.model ?? bundle!.path
         let clip = self.clip ?? bundle!.appendingPathComponent("rewards/clip").path
         let aesthetic = self.aesthetic ?? bundle!.appendingPathComponent("rewards/aesthetic.safetensors").path
         guard let mode: GradientMode = ["windowed": .windowed, "full": .fullBackprop][gradient] else {
@@ -69,15 +69,13 @@ struct BenchTrain: ParsableCommand {
         guard ["fp32", "bf16"].contains(referencePrecision) else {
             throw CommandError("--reference-precision \(referencePrecision): expected fp32 or bf16")
         }
-        let modelURL = URL(fileURLWithPath: model)
-        var isFolder: ObjCBool = false
-        if FileManager.default.fileExists(atPath: model, isDirectory: &isFolder), !isFolder.boolValue {
-            throw CommandError("--model \(model): a single file; the PyTorch reference reads diffusers folders: convert it first (textcraftor convert \(model) --out DIR)")
-        }
-        let source = ModelSource(folder: modelURL)
+        let bench = try BenchModel(given)
+        defer { bench.cleanUp() }
+        let source = bench.source
+        let model = bench.referenceFolder
         try speakingFlags {
             guard train.trainsTextEncoder else { throw CommandError("--train unet: bench train times the text-encoder step") }
-            try train.requireSupported(by: try StableDiffusionPipeline.architecture(of: modelURL), model: model)
+            try train.requireSupported(by: try source.architecture, model: given)
         }
         let device = try speakingFlags { try deviceOptions.opened() }
         // Ours first, in a scope of its own: its models are freed (and the allocator's free pages returned) before
