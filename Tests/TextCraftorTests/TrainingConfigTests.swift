@@ -67,6 +67,12 @@ import Testing
         c.distTimeout = 60
         c.syncCheckEvery = 10
         c.distBackend = .gloo
+        c.proximityWeight = 0.5
+        c.randomWindow = true
+        c.earlyStop = "pickscore=" + path("pickscore") + "," + path("clip-vit-h")
+        c.earlyStopEvery = 20
+        c.earlyStopPatience = 5
+        c.heldOutPrompts = path("held-out.txt")
         return c
     }
 
@@ -115,6 +121,12 @@ import Testing
             dist_timeout = 60
             sync_check_every = 10
             dist_backend = "gloo"
+            proximity_weight = 0.5
+            random_window = true
+            early_stop = "pickscore=pickscore,clip-vit-h"
+            early_stop_every = 20
+            early_stop_patience = 5
+            held_out_prompts = "held-out.txt"
 
             [[reward]]
             name = "aesthetic"
@@ -130,7 +142,7 @@ import Testing
         #expect(config == everyKeyChanged())
         #expect(config.prompts == folder.deletingLastPathComponent().appendingPathComponent("prompts/parti.tsv").path)
         // Every key of the type is a key of the file: the test above gives them all.
-        #expect(TrainingConfig.keys.count == 43)
+        #expect(TrainingConfig.keys.count == 49)
     }
 
     @Test func anEmptyFileGivesTheDefaults() throws {
