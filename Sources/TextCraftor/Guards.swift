@@ -19,15 +19,18 @@ import Torch
 
 /// The embedding-proximity term of one batch: the mean squared difference between `trainable`'s conditioning of
 /// `prompts` and `original`'s (no unconditional rows: the prompts' own), on SDXL the hidden states' mean plus the
-/// pooled embeddings'. With `weight` > 0, d(weight · lossScale · term)/d(parameters) is accumulated into the trainable
+/// pooled embeddings'. With a reward token (`tokenAdapter`) the original is the same encoders reading the token's
+/// initial rows (the init word's). With `weight` > 0, d(weight · lossScale · term)/d(parameters) is accumulated into the trainable
 /// parameters' `.grad` (a separate backward pass through the encoders: it adds to the reward's gradient, whatever path
 /// that took). Returns the term's value (not weighted, not scaled).
 public func proximityTerm(
     pipeline: StableDiffusionPipeline, trainable: TextEncoders, original: TextEncoders, prompts: [String],
-    height: Int, width: Int, weight: Double, lossScale: Double = 1
+    height: Int, width: Int, weight: Double, lossScale: Double = 1, tokenAdapter: TokenAdapter? = nil
 ) -> Double {
     let conditioning = StepConditioning(pipeline: pipeline, prompts: prompts, guided: false, height: height, width: width)
-    let reference = withNoGrad { conditioning.encode(original) }
+    let reference = withNoGrad {
+        tokenAdapter.map { token in token.withInitialRows(pipeline) { conditioning.encode(original) } } ?? conditioning.encode(original)
+    }
     let current = conditioning.encode(trainable)
     var term = (current.hiddenStates - reference.hiddenStates.to(current.hiddenStates.dtype)).square().mean()
     if let pooled = current.textEmbeds, let referencePooled = reference.textEmbeds {
@@ -36,6 +39,19 @@ public func proximityTerm(
     let value = term.item()
     if weight > 0, term.requiresGrad { (term * (weight * lossScale)).backward() }
     return value
+}
+
+extension TokenAdapter {
+    /// `body` with the pipeline's encoders reading the token's initial rows in place of the trained ones (a swap of
+    /// the tensor they look the token up in, undone after).
+    func withInitialRows<T>(_ pipeline: StableDiffusionPipeline, _ body: () -> T) -> T {
+        var places: [(CLIPTextModel, Tensor, Tensor)] = [(pipeline.textEncoder, first, initialFirst)]
+        if let encoder = pipeline.textEncoder2?.textModel, let second, let initialSecond { places.append((encoder, second, initialSecond)) }
+        let swapped = places.filter { $0.0.addedTokenEmbeddings === $0.1 }
+        for (encoder, _, initial) in swapped { encoder.addedTokenEmbeddings = initial }
+        defer { for (encoder, rows, _) in swapped { encoder.addedTokenEmbeddings = rows } }
+        return body()
+    }
 }
 
 // MARK: - The random window
@@ -165,10 +181,6 @@ extension TrainingConfig {
                 throw TextCraftorError.invalidSetting(
                     key: "proximity_weight", message: "the UNet stage trains no text encoder: there is no embedding to keep close")
             }
-            if adapter == .token {
-                throw TextCraftorError.invalidSetting(
-                    key: "proximity_weight", message: "not available with adapter token (the encoders are frozen there)")
-            }
         }
         guard let earlyStop else { return }
         let signal = try EarlyStopSignal(spec: earlyStop)
@@ -282,8 +294,8 @@ extension Trainer {
     func proximity(encoders: TextEncoders, prompts: [String], size: Int, scale: Double, into guards: inout [String: Double]) -> Double {
         let weight = config.proximityWeight
         guard weight > 0 else { return 0 }
-        let term = proximityTerm(pipeline: pipeline, trainable: encoders, original: original, prompts: prompts,
-                                 height: size, width: size, weight: weight, lossScale: scale)
+        let term = proximityTerm(pipeline: pipeline, trainable: encoders, original: tokenAdapter == nil ? original : encoders,
+                                 prompts: prompts, height: size, width: size, weight: weight, lossScale: scale, tokenAdapter: tokenAdapter)
         let share = 1 / Double(config.gradientAccumulation)
         guards["proximity", default: 0] += term * share
         return weight * term * share

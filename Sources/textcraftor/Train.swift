@@ -123,7 +123,7 @@ struct Train: ParsableCommand {
 struct GuardFlags: ParsableArguments {
     @Option(help: ArgumentHelp(
         "Embedding-proximity penalty W (default 0: off).",
-        discussion: "Adds W x the mean squared difference between the conditioning the trained encoders give the step's prompts (the hidden states the UNet reads; on SDXL also the pooled embedding) and the one the original encoders give them, with its gradient, so the encoder cannot drift far from what the UNet was trained on. Written as proximity (the unweighted term) in metrics.jsonl. Full and LoRA training (the original is the encoder without adapters); not the UNet stage nor --adapter token.",
+        discussion: "Adds W x the mean squared difference between the conditioning the trained encoders give the step's prompts (the hidden states the UNet reads; on SDXL also the pooled embedding) and the one the original encoders give them, with its gradient, so the encoder cannot drift far from what the UNet was trained on. Written as proximity (the unweighted term) in metrics.jsonl. The original is the frozen copy of the encoder (with --adapter lora: the encoder without adapters; with --adapter token: the token's initial rows, the init word's). Not for the UNet stage.",
         valueName: "W"))
     var proximityWeight: Double?
     @Flag(inversion: .prefixedNo, help: "Draw each step's gradient window uniformly from 1...--grad-window (AlignProp, DRaFT-LV), from the seed and the step, so a resumed run draws the same; written as grad_window in metrics.jsonl.")

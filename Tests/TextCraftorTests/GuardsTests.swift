@@ -70,6 +70,31 @@ import Torch
         #expect(bias.grad == nil)
     }
 
+    /// A reward token's original is the token reading its initial rows, the init word's: the penalty is 0 at the start
+    /// and, after the rows move, the MSE against the prompts with the init word written out in the token's place.
+    @Test func proximityOfARewardTokenIsAgainstTheInitWord() throws {
+        let (pipeline, _, _, _) = try tinySetup()
+        let adapter = try TokenAdapter(pipeline: pipeline, token: "<aes>", initWord: "red", vectors: 2, train: .textEncoder)
+        let encoders = TextEncoders(of: pipeline)
+        let prompts = ["a circle", "two squares"].map(adapter.prompt)
+        func term(_ weight: Double) -> Double {
+            proximityTerm(pipeline: pipeline, trainable: encoders, original: encoders, prompts: prompts, height: 64, width: 64,
+                          weight: weight, tokenAdapter: adapter)
+        }
+        #expect(term(1) == 0)
+        #expect((adapter.first.grad?.square().sum().item() ?? 0) == 0)
+        withNoGrad { adapter.first.copy_(adapter.first + Tensor.randn(adapter.first.shape, generator: Generator(seed: 2)) * 0.1) }
+        adapter.first.grad = nil
+        let value = term(2)
+        func hidden(_ texts: [String]) -> Tensor {
+            withNoGrad { pipeline.encode(pipeline.promptTokens(texts), textEncoder: pipeline.textEncoder, textEncoder2: nil, sizes: nil).hiddenStates }
+        }
+        let expected = (hidden(prompts) - hidden(["a circle, red red", "two squares, red red"])).to(.float64).square().mean().item()
+        #expect(value > 0 && abs(value - expected) <= 1e-6 * expected, "\(value) against \(expected)")
+        #expect(try #require(adapter.first.grad).square().sum().item() > 0)
+        #expect(pipeline.textEncoder.addedTokenEmbeddings === adapter.first, "the swap is undone")
+    }
+
     /// In a run: `proximity` is 0 at step 1 (the weights are still the original's), positive after, and the loss
     /// carries W times it.
     @Test func proximityIsLoggedAndWeighted() throws {
