@@ -82,7 +82,7 @@ struct Train: ParsableCommand {
             let signal = config.earlyStop.map { (try? EarlyStopSignal(spec: $0))?.name ?? $0 } ?? "held-out"
             let how = stopping.stopped
                 ? "stopped early at step \(session.trainer.step): held-out \(signal) did not improve for \(stopping.patience) evaluations"
-                : "held-out \(signal)"
+                : "early stopping did not stop the run"
             print("\(how); best step \(best) (held-out \(signal) \(String(format: "%.4f", value))), its weights in \(session.run.best.path)")
         }
         if interrupt.requested {

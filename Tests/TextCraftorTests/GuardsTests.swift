@@ -70,6 +70,31 @@ import Torch
         #expect(bias.grad == nil)
     }
 
+    /// SDXL: scaling text_encoder_2's projection by 1 + ε leaves the hidden states as they were and moves the pooled
+    /// embeddings by ε times themselves, so the term is ε² mean(pooled²); the first encoder's gradient is 0.
+    @Test func proximityOnSDXLCountsThePooledEmbeddings() throws {
+        let (pipeline, original, _) = try tinySDXLSetup()
+        let trainable = TextEncoders(of: pipeline)
+        func term() -> Double {
+            proximityTerm(pipeline: pipeline, trainable: trainable, original: original, prompts: fixturePrompts, height: 64, width: 64, weight: 1)
+        }
+        #expect(term() == 0)
+        let projection = try #require(pipeline.textEncoder2!.namedParameters.first { $0.name == "text_projection.weight" }?.tensor)
+        let epsilon = 0.01
+        withNoGrad { projection.copy_(projection * (1 + epsilon)) }
+        clearGradients(pipeline)
+        let value = term()
+        let tokens = pipeline.promptTokens(fixturePrompts)
+        let pooled = withNoGrad {
+            pipeline.encode(tokens, textEncoder: original.first, textEncoder2: original.second, sizes: SizeConditioning(height: 64, width: 64))
+        }.textEmbeds!
+        let expected = epsilon * epsilon * pooled.to(.float64).square().mean().item()
+        #expect(abs(value - expected) <= 1e-3 * expected, "\(value) against \(expected)")
+        let grads = sdxlGradients(pipeline)
+        #expect(grads.filter { $0.key.hasPrefix("text_encoder.") }.allSatisfy { $0.value.square().sum().item() == 0 })
+        #expect(grads["text_encoder_2.text_projection.weight"]!.square().sum().item() > 0)
+    }
+
     /// A reward token's original is the token reading its initial rows, the init word's: the penalty is 0 at the start
     /// and, after the rows move, the MSE against the prompts with the init word written out in the token's place.
     @Test func proximityOfARewardTokenIsAgainstTheInitWord() throws {
