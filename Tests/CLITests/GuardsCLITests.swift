@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import Torch
 
 /// `train`'s guards against reward hacking, run as a user would on the ShapesWorld bundle.
 @Suite(.serialized) struct GuardsCLITests {
@@ -69,6 +70,24 @@ import Testing
             #expect(again.err.contains("this run stopped early"))
             #expect(try metrics(out).count == lines.count)
         }
+    }
+
+    /// Data-parallel (a group of one over Gloo): the held-out value and the proximity go through the all-reduce and
+    /// come back as they were.
+    @Test(.enabled(if: ProcessGroup.isAvailable, "built without Gloo's headers (libgloo-dev)"))
+    func aProcessGroupAveragesTheGuards() throws {
+        let alone = temporaryOutput(), grouped = temporaryOutput()
+        let held = try file(["a blue triangle over a yellow background"])
+        defer { [alone, grouped, held].forEach { try? FileManager.default.removeItem(at: $0) } }
+        let flags = ["--max-steps", "2", "--early-stop", "clip=\(clip)", "--early-stop-every", "1", "--held-out-prompts", held.path,
+                     "--proximity-weight", "1"]
+        let a = try train(alone, flags), b = try train(grouped, flags + ["--dist-backend", "gloo"])
+        #expect(a.status == 0 && b.status == 0, "\(a.err) \(b.err)")
+        func guards(_ run: URL) throws -> [[Double?]] {
+            try metrics(run).map { [$0["held_out"] as? Double, $0["proximity"] as? Double] }
+        }
+        #expect(try guards(alone) == guards(grouped))
+        #expect(try guards(alone).count == 3)
     }
 
     @Test(arguments: [
