@@ -257,9 +257,10 @@ public final class Trainer {
             if let parallel, step % parallel.syncCheckEvery == 0 || step == config.maxSteps {
                 try parallel.checkInSync(optimizer.parameters, step: step)
             }
+            let seconds = Date().timeIntervalSince(start)  // the step's own time, without the held-out evaluation
             try evaluateHeldOut(encoders: encoders, size: size, into: &guards)
             var report = StepReport(step: step, loss: loss, rewards: rewardSums, learningRate: optimizer.learningRate,
-                                    gradNorm: gradNorm, seconds: Date().timeIntervalSince(start))
+                                    gradNorm: gradNorm, seconds: seconds)
             report.guards = guards
             if isWriter { try appendMetrics(report) }
             onStep(report)
