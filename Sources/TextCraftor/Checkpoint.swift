@@ -12,6 +12,8 @@ public struct TrainingState: Codable, Equatable, Sendable {
     public var version = 1
     /// fp16 training's loss scale (nil otherwise).
     public var lossScaler: LossScaler?
+    /// `early_stop`: the best held-out value, its step and the patience used (nil otherwise).
+    public var earlyStopping: EarlyStopping?
 
     public init(step: Int, promptCursor: Data, seed: UInt64) {
         self.step = step

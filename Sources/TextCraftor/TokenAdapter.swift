@@ -47,6 +47,9 @@ public final class TokenAdapter: WritesOwnFolder {
     /// `text_encoder`'s rows (SDXL: clip_l) and SDXL's `text_encoder_2` rows (clip_g).
     public let first: Tensor
     public let second: Tensor?
+    /// The rows as they started (the init word's): the original of the proximity penalty (`withInitialRows`).
+    let initialFirst: Tensor
+    let initialSecond: Tensor?
     /// The step the written files record (A1111's `step`); the trainer sets it before saving.
     public var step = 0
     /// The model's folder name (A1111's `sd_checkpoint_name`).
@@ -65,6 +68,8 @@ public final class TokenAdapter: WritesOwnFolder {
         self.token = token
         first = rows[0]
         second = rows.count > 1 ? rows[1] : nil
+        initialFirst = rows[0].detach().clone()
+        initialSecond = rows.count > 1 ? rows[1].detach().clone() : nil
         self.modelName = modelName
         first.requiresGrad = train.trainsFirstEncoder
         second?.requiresGrad = train.trainsSecondEncoder

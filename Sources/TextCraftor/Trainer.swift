@@ -48,6 +48,8 @@ public struct StepReport: Sendable {
     public let learningRate: Double
     public let gradNorm: Double
     public let seconds: Double
+    /// The guards' numbers (`Guards.swift`): `proximity`, the drawn `grad_window`, `held_out`.
+    public var guards: [String: Double] = [:]
 }
 
 /// TextCraftor's trainer: the text encoder(s) (or, in the second stage, the UNet) are trained so that images sampled
@@ -86,6 +88,9 @@ public final class Trainer {
     public var isWriter: Bool { (parallel?.rank ?? 0) == 0 }
     /// The run's TensorBoard event file (`TrainingTelemetry.swift`), opened at the first step this process logs.
     var tensorBoardWriter: TensorBoardWriter?
+    /// `early_stop`: the held-out evaluation (set by `TrainingSession`) and its bookkeeping, restored on resume.
+    public var heldOut: HeldOutEvaluator?
+    public internal(set) var earlyStopping: EarlyStopping?
 
     /// The modules being trained: one encoder, SDXL's two, or the UNet.
     public var trainedModules: [any Module] { trained.map(\.module) }
@@ -156,6 +161,7 @@ public final class Trainer {
             learningRate: config.learningRate, betas: config.betas.pair, eps: config.eps, weightDecay: config.weightDecay)
         noise = Generator(seed: config.seed)
         lossScaler = config.mixedPrecision == .fp16 ? LossScaler() : nil
+        earlyStopping = config.earlyStop.map { _ in EarlyStopping(patience: config.earlyStopPatience) }
     }
 
     /// Continues from the newest complete checkpoint of the run folder.
@@ -165,6 +171,7 @@ public final class Trainer {
         try data.restore(cursor: state.promptCursor)
         step = state.step
         if lossScaler != nil { lossScaler = state.lossScaler ?? LossScaler() }
+        restoreGuards(state)
         if isWriter {
             try truncateMetrics(after: step)
             try TensorBoardLog.truncate(run.tensorBoard, after: step)
@@ -187,13 +194,15 @@ public final class Trainer {
         let latentShape = [config.batchSize, pipeline.unet.config.in_channels, size / pipeline.vaeScaleFactor, size / pipeline.vaeScaleFactor]
         var stopAgreed = false  // data-parallel: every rank stops after the same step, once any rank was asked to
         let encoders = TextEncoders(of: pipeline)  // trainable where `target` says, frozen elsewhere
-        while step < config.maxSteps {
+        try evaluateBaseline(encoders: encoders, size: size)
+        while step < config.maxSteps, !(earlyStopping?.stopped ?? false) {
             if parallel == nil ? stopRequested() : stopAgreed { break }
             let start = Date()
             optimizer.learningRate = config.learningRate(at: step)
             var loss = 0.0
             var rewardSums: [String: Double] = [:]
             var images: Tensor?  // the last batch's decoded images, for TensorBoard
+            var guards = stepGuards()  // random_window: this step's K
             for _ in 0..<config.gradientAccumulation {
                 let outcome: StepOutcome
                 let scale = (lossScaler?.scale ?? 1) / Double(config.gradientAccumulation)
@@ -211,8 +220,9 @@ public final class Trainer {
                     outcome = try promptTrainingStep(
                         pipeline: pipeline, trainable: encoders,
                         original: target.trainsTextEncoder && tokenAdapter == nil ? original : encoders,
-                        rewards: rewards, prompts: conditioned ?? prompts, initialNoise: noiseTensor, settings: config.sampling,
+                        rewards: rewards, prompts: conditioned ?? prompts, initialNoise: noiseTensor, settings: sampling(guards),
                         lossScale: scale, trainsTextEncoder: target.trainsTextEncoder, rewardPrompts: prompts)
+                    loss += proximity(encoders: encoders, prompts: conditioned ?? prompts, size: size, scale: scale, into: &guards)
                 case .pairs(let batches):
                     let batch = batches.next()
                     let images = try Tensor.stack(batch.map { try Self.loadImage($0.image, size: size) }).to(pipeline.device)
@@ -221,6 +231,8 @@ public final class Trainer {
                         captions: batch.map { tokenAdapter?.prompt($0.caption) ?? $0.caption }, rewardCaptions: batch.map(\.caption),
                         timestepRange: config.timestepRange.range, generator: noise,
                         lossScale: scale, trainsTextEncoder: target.trainsTextEncoder)
+                    loss += proximity(encoders: encoders, prompts: batch.map { tokenAdapter?.prompt($0.caption) ?? $0.caption },
+                                      size: size, scale: scale, into: &guards)
                 }
                 images = outcome.images
                 loss += outcome.loss / Double(config.gradientAccumulation)
@@ -229,11 +241,12 @@ public final class Trainer {
             if let parallel {
                 let names = rewardSums.keys.sorted()
                 let averaged = try parallel.average(
-                    gradientsOf: optimizer.parameters, scalars: [loss, stopRequested() ? 1 : 0] + names.map { rewardSums[$0]! },
-                    step: step + 1)
+                    gradientsOf: optimizer.parameters,
+                    scalars: [loss, stopRequested() ? 1 : 0, guards["proximity"] ?? 0] + names.map { rewardSums[$0]! }, step: step + 1)
                 loss = averaged[0]
                 stopAgreed = averaged[1] > 0
-                for (name, value) in zip(names, averaged.dropFirst(2)) { rewardSums[name] = value }
+                if guards["proximity"] != nil { guards["proximity"] = averaged[2] }
+                for (name, value) in zip(names, averaged.dropFirst(3)) { rewardSums[name] = value }
             }
             if let scale = lossScaler?.scale {  // the gradients of the scaled loss, back to the loss's
                 withNoGrad { optimizer.parameters.compactMap(\.grad).forEach { $0 *= 1 / scale } }
@@ -253,8 +266,11 @@ public final class Trainer {
             if let parallel, step % parallel.syncCheckEvery == 0 || step == config.maxSteps {
                 try parallel.checkInSync(optimizer.parameters, step: step)
             }
-            let report = StepReport(step: step, loss: loss, rewards: rewardSums, learningRate: optimizer.learningRate,
-                                    gradNorm: gradNorm, seconds: Date().timeIntervalSince(start))
+            let seconds = Date().timeIntervalSince(start)  // the step's own time, without the held-out evaluation
+            try evaluateHeldOut(encoders: encoders, size: size, into: &guards)
+            var report = StepReport(step: step, loss: loss, rewards: rewardSums, learningRate: optimizer.learningRate,
+                                    gradNorm: gradNorm, seconds: seconds)
+            report.guards = guards
             if isWriter {
                 try appendMetrics(report)
                 try logTensorBoard(report, images: images)
@@ -279,6 +295,7 @@ public final class Trainer {
     func state() throws -> TrainingState {
         var state = TrainingState(step: step, promptCursor: try data.cursor(), seed: config.seed)
         state.lossScaler = lossScaler
+        state.earlyStopping = earlyStopping
         return state
     }
 
@@ -308,6 +325,7 @@ public final class Trainer {
         var object: [String: Any] = ["step": report.step, "loss": report.loss, "lr": report.learningRate,
                                      "grad_norm": report.gradNorm, "step_time": report.seconds]
         for (name, value) in report.rewards { object[name] = value }
+        for (name, value) in report.guards { object[name] = value }
         if let lossScaler { object["loss_scale"] = lossScaler.scale }
         if !report.gradNorm.isFinite {  // an fp16 step skipped for overflow (JSON has no inf)
             object["grad_norm"] = nil
@@ -317,7 +335,12 @@ public final class Trainer {
     }
 
     func appendMetrics(_ report: StepReport) throws {
-        var line = try JSONSerialization.data(withJSONObject: metricsRecord(report), options: [.sortedKeys])
+        try appendMetricsLine(metricsRecord(report))
+    }
+
+    /// One JSON object as a line of `metrics.jsonl`.
+    func appendMetricsLine(_ object: [String: Any]) throws {
+        var line = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
         line.append(0x0A)
         if !FileManager.default.fileExists(atPath: run.metrics.path) { _ = FileManager.default.createFile(atPath: run.metrics.path, contents: nil) }
         let handle = try FileHandle(forWritingTo: run.metrics)

@@ -30,7 +30,13 @@ public final class TrainingSession {
         guard let data = FileManager.default.contents(atPath: url.path) else {
             throw TextCraftorError.invalidCheckpoint(folder: folder.path, message: "not a training run (no \(recordName))")
         }
-        do { return try JSONDecoder().decode(TrainingConfig.self, from: data) } catch {
+        do {
+            // A record from before a key existed lacks it: the key's default fills it (the record's keys win).
+            var record = try JSONSerialization.jsonObject(with: data) as? [String: Any] ?? [:]
+            let defaults = try JSONSerialization.jsonObject(with: JSONEncoder().encode(TrainingConfig())) as? [String: Any] ?? [:]
+            record.merge(defaults) { recorded, _ in recorded }
+            return try JSONDecoder().decode(TrainingConfig.self, from: JSONSerialization.data(withJSONObject: record))
+        } catch {
             throw TextCraftorError.invalidCheckpoint(folder: url.path, message: "not a valid \(recordName)")
         }
     }
@@ -96,12 +102,18 @@ public final class TrainingSession {
             rewards.add(try RewardRegistry.load(name: reward.name, paths: reward.paths, dtype: precision.frozenDType, device: device),
                         gamma: reward.gamma, scale: reward.scale)
         }
+        // early_stop: the held-out prompts and the signal's reward, loaded before the run folder is touched.
+        let heldOut = try config.earlyStop.map { spec in
+            try HeldOutEvaluator(prompts: try Self.heldOutPrompts(config), signal: try EarlyStopSignal(spec: spec),
+                                 dtype: precision.frozenDType, device: device)
+        }
         let backend = try distributed.map { _ in try DistributedEnvironment.backend(config.distBackend, device: device) }
         let group = try distributed.map { try $0.join(timeout: config.distTimeout, backend: backend!) }
         run = RunFolder(URL(fileURLWithPath: out))
         if rank == 0 { try run.prepare() }
         trainer = try Trainer(pipeline: pipeline, original: original, modelFolder: modelURL, modelName: source.name, rewards: rewards,
                               data: data, config: config, run: run)
+        trainer.heldOut = heldOut
         trainer.parallel = group.map { DataParallel(group: $0, syncCheckEvery: config.syncCheckEvery) }
         self.config = config
         resumed = resume
@@ -121,8 +133,11 @@ public final class TrainingSession {
             guard let prompts = config.prompts else {
                 throw TextCraftorError.invalidSetting(key: "prompts", message: "prompt mode needs a prompt file")
             }
-            let source = try PromptSource(contentsOf: URL(fileURLWithPath: prompts), column: config.promptColumn)
-            return .prompts(try SampledBatches(source.prompts, batchSize: config.batchSize, shuffle: config.shuffle, seed: config.seed))
+            var source = try PromptSource(contentsOf: URL(fileURLWithPath: prompts), column: config.promptColumn).prompts
+            if config.earlyStop != nil {  // without a file of its own, early stopping holds every tenth prompt out of training
+                source = try heldOutSplit(source, heldOutFile: config.heldOutPrompts, column: config.promptColumn).train
+            }
+            return .prompts(try SampledBatches(source, batchSize: config.batchSize, shuffle: config.shuffle, seed: config.seed))
         case .direct:
             guard let folder = config.data else {
                 throw TextCraftorError.invalidSetting(
@@ -131,6 +146,18 @@ public final class TrainingSession {
             let pairs = try PairedData(contentsOf: URL(fileURLWithPath: folder)).pairs
             return .pairs(try SampledBatches(pairs, batchSize: config.batchSize, shuffle: config.shuffle, seed: config.seed))
         }
+    }
+
+    /// `early_stop`'s prompts: `held_out_prompts`, or every tenth prompt of the prompt file.
+    static func heldOutPrompts(_ config: TrainingConfig) throws -> [String] {
+        if let file = config.heldOutPrompts {
+            return try PromptSource(contentsOf: URL(fileURLWithPath: file), column: config.promptColumn).prompts
+        }
+        guard let prompts = config.prompts else {
+            throw TextCraftorError.invalidSetting(key: "held_out_prompts", message: "no prompt file to hold prompts out of: give one")
+        }
+        let all = try PromptSource(contentsOf: URL(fileURLWithPath: prompts), column: config.promptColumn).prompts
+        return try heldOutSplit(all, heldOutFile: nil, column: config.promptColumn).heldOut
     }
 
     /// Trains until `max_steps`, or until `stopRequested` says so (then a checkpoint is saved first).

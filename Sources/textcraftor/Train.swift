@@ -33,6 +33,7 @@ struct Train: ParsableCommand {
     @OptionGroup(title: "Model and data") var model: ModelFlag
     @OptionGroup(title: "Training") var training: TrainingFlags
     @OptionGroup(title: "Adapter") var adapter: AdapterFlags
+    @OptionGroup(title: "Guards against reward hacking") var guards: GuardFlags
     @OptionGroup(title: "Device") var device: DeviceOptions
     @OptionGroup(title: "Data-parallel") var distributed: DistributedOptions
     @OptionGroup(title: "Telemetry") var telemetry: TelemetryFlags
@@ -68,6 +69,9 @@ struct Train: ParsableCommand {
         let writer = session.isWriter
         if writer { sayModelNotes(session.modelNotes) }
         if session.resumed, writer { FileHandle.standardError.write(Data("resuming \(session.run.url.path) at step \(session.trainer.step)\n".utf8)) }
+        if session.resumed, writer, session.trainer.earlyStopping?.stopped == true {
+            FileHandle.standardError.write(Data("this run stopped early; raise --early-stop-patience to go on\n".utf8))
+        }
         if writer, let lora = session.trainer.adapters.first as? LoRARun { FileHandle.standardError.write(Data("\(lora.sizeNote)\n".utf8)) }
         let interrupt = Interrupt()
         let bar = writer ? ProgressBar("train", total: config.maxSteps) : nil
@@ -77,6 +81,13 @@ struct Train: ParsableCommand {
             }
         }
         guard writer else { return }
+        if let stopping = session.trainer.earlyStopping, let best = stopping.bestStep, let value = stopping.best {
+            let signal = config.earlyStop.map { (try? EarlyStopSignal(spec: $0))?.name ?? $0 } ?? "held-out"
+            let how = stopping.stopped
+                ? "stopped early at step \(session.trainer.step): held-out \(signal) did not improve for \(stopping.patience) evaluations"
+                : "early stopping did not stop the run"
+            print("\(how); best step \(best) (held-out \(signal) \(String(format: "%.4f", value))), its weights in \(session.run.best.path)")
+        }
         if interrupt.requested {
             print("interrupted at step \(session.trainer.step): checkpoint saved; continue with --resume \(session.run.url.path)")
         } else {
@@ -91,9 +102,9 @@ struct Train: ParsableCommand {
             if let resume {
                 config = try TrainingSession.recordedConfig(in: URL(fileURLWithPath: resume))
                 config = try config.overlaying(
-                    configValues(of: [model, model.singleFile, training, adapter, device, distributed, telemetry], skipping: DistributedOptions.launcherFlags))
+                    configValues(of: [model, model.singleFile, training, adapter, guards, device, distributed, telemetry], skipping: DistributedOptions.launcherFlags))
             } else {
-                config = try loadConfiguration(file: self.config, flags: model, model.singleFile, training, adapter, device, distributed, telemetry,
+                config = try loadConfiguration(file: self.config, flags: model, model.singleFile, training, adapter, guards, device, distributed, telemetry,
                                            skipping: DistributedOptions.launcherFlags)
             }
             if let resume { config.out = resume }
@@ -109,6 +120,26 @@ struct Train: ParsableCommand {
             return config
         }
     }
+}
+
+/// The guards against reward hacking (`TrainingConfig`'s proximity_weight, random_window and early_stop keys).
+struct GuardFlags: ParsableArguments {
+    @Option(help: ArgumentHelp(
+        "Embedding-proximity penalty W (default 0: off).",
+        discussion: "Adds W x the mean squared difference between the conditioning the trained encoders give the step's prompts (the hidden states the UNet reads; on SDXL also the pooled embedding) and the one the original encoders give them, with its gradient, so the encoder cannot drift far from what the UNet was trained on. Written as proximity (the unweighted term) in metrics.jsonl. The original is the frozen copy of the encoder (with --adapter lora: the encoder without adapters; with --adapter token: the token's initial rows, the init word's). Not for the UNet stage.",
+        valueName: "W"))
+    var proximityWeight: Double?
+    @Flag(inversion: .prefixedNo, help: "Draw each step's gradient window uniformly from 1...--grad-window (AlignProp, DRaFT-LV), from the seed and the step, so a resumed run draws the same; written as grad_window in metrics.jsonl.")
+    var randomWindow: Bool?
+    @Option(help: ArgumentHelp(
+        "Early stopping on a held-out signal that is not trained: NAME=PATH as --reward takes it (no weight), or oracle (ShapesWorld's alignment).",
+        discussion: "Every --early-stop-every steps (and at step 0 and the last) the held-out prompts are sampled with the current encoder (no gradient, the same seeds each time) and scored; the mean is held_out in metrics.jsonl. The best evaluation's weights are kept in OUT/best/ (with best.json naming the step); after --early-stop-patience evaluations without improvement the run saves a checkpoint and stops. e.g. --reward aesthetic=... --early-stop clip=PATH.",
+        valueName: "REWARD"))
+    var earlyStop: String?
+    @Option(help: "Steps between held-out evaluations (default 50).") var earlyStopEvery: Int?
+    @Option(help: "Held-out evaluations without improvement before the run stops (default 3).") var earlyStopPatience: Int?
+    @Option(help: "The held-out prompts for --early-stop (default: every tenth prompt of --prompts, at most 32, which are then not trained on).",
+            completion: .file()) var heldOutPrompts: String?
 }
 
 /// `train --model` and the single-file flags (no weights variant: training loads float32 master weights).

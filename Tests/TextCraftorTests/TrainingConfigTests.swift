@@ -72,6 +72,12 @@ import Testing
         c.distBackend = .gloo
         c.tensorBoard.enabled = false
         c.tensorBoard.imagesEvery = 25
+        c.proximityWeight = 0.5
+        c.randomWindow = true
+        c.earlyStop = "pickscore=" + path("pickscore") + "," + path("clip-vit-h")
+        c.earlyStopEvery = 20
+        c.earlyStopPatience = 5
+        c.heldOutPrompts = path("held-out.txt")
         return c
     }
 
@@ -125,6 +131,12 @@ import Testing
             dist_backend = "gloo"
             tensorboard = false
             tensorboard_images_every = 25
+            proximity_weight = 0.5
+            random_window = true
+            early_stop = "pickscore=pickscore,clip-vit-h"
+            early_stop_every = 20
+            early_stop_patience = 5
+            held_out_prompts = "held-out.txt"
 
             [[reward]]
             name = "aesthetic"
@@ -140,7 +152,7 @@ import Testing
         #expect(config == everyKeyChanged())
         #expect(config.prompts == folder.deletingLastPathComponent().appendingPathComponent("prompts/parti.tsv").path)
         // Every key of the type is a key of the file: the test above gives them all.
-        #expect(TrainingConfig.keys.count == 48)
+        #expect(TrainingConfig.keys.count == 54)
     }
 
     @Test func anEmptyFileGivesTheDefaults() throws {

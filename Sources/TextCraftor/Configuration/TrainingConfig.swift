@@ -91,6 +91,22 @@ public struct TrainingConfig: ModelConfiguration {
     public var syncCheckEvery = 100
     public var distBackend = DistributedBackend.auto
 
+    // Guards against reward hacking (`Guards.swift`)
+    /// W of the embedding-proximity penalty: W x the mean squared difference between the trained encoders'
+    /// conditioning of the step's prompts and the original encoders' (0: off).
+    public var proximityWeight = 0.0
+    /// Each step's gradient window is drawn uniformly from 1...grad_window (from the seed and the step).
+    public var randomWindow = false
+    /// A reward that is not trained, `NAME=PATH[,PATH]` as `reward` takes it, or `oracle` (ShapesWorld's alignment):
+    /// the held-out signal for early stopping (nil: off).
+    public var earlyStop: String?
+    /// Steps between held-out evaluations.
+    public var earlyStopEvery = 50
+    /// Held-out evaluations without improvement before the run stops.
+    public var earlyStopPatience = 3
+    /// The held-out prompts (nil: every tenth prompt of `prompts`, at most 32, held out of training).
+    public var heldOutPrompts: String?
+
     // Telemetry
     /// TensorBoard event files in `OUT/tensorboard/` beside metrics.jsonl (`TensorBoardSettings`).
     public var tensorBoard = TensorBoardSettings()
@@ -140,6 +156,12 @@ public struct TrainingConfig: ModelConfiguration {
         .number("dist_timeout", \.distTimeout, .positive),
         .integer("sync_check_every", \.syncCheckEvery, .positive),
         .choice("dist_backend", \.distBackend),
+        .number("proximity_weight", \.proximityWeight, .nonNegative),
+        .flag("random_window", \.randomWindow),
+        ConfigField("early_stop", \.earlyStop, read: { try $1.earlyStopSpec($0, $2) }, problem: EarlyStopSignal.problem),
+        .integer("early_stop_every", \.earlyStopEvery, .between(1, 1_000_000)),
+        .integer("early_stop_patience", \.earlyStopPatience, .between(1, 1_000_000)),
+        .path("held_out_prompts", \.heldOutPrompts),
         .flag("tensorboard", \.tensorBoard.enabled),
         .integer("tensorboard_images_every", \.tensorBoard.imagesEvery, .nonNegative),
     ]
@@ -153,6 +175,7 @@ public struct TrainingConfig: ModelConfiguration {
             throw TextCraftorError.invalidSetting(key: "grad_window", message: "\(gradientWindow) is more than sampling_steps (\(samplingSteps))")
         }
         try TokenAdapter.validate(self)
+        try validateGuards()
     }
 
     /// The learning rate at a step (0-based): linear warm-up, then constant.
@@ -165,9 +188,10 @@ public struct TrainingConfig: ModelConfiguration {
     public var withAbsolutePaths: TrainingConfig {
         func absolute(_ path: String) -> String { URL(fileURLWithPath: path).standardizedFileURL.path }
         var config = self
-        for path in [\Self.model, \Self.modelConfig, \Self.prompts, \Self.data, \Self.textEncoder, \Self.out] {
+        for path in [\Self.model, \Self.modelConfig, \Self.prompts, \Self.data, \Self.textEncoder, \Self.out, \Self.heldOutPrompts] {
             config[keyPath: path] = config[keyPath: path].map(absolute)
         }
+        config.earlyStop = config.earlyStop.map { EarlyStopSignal.absolutePaths($0, absolute) }
         for index in config.rewards.indices { config.rewards[index].paths = config.rewards[index].paths.map(absolute) }
         return config
     }
