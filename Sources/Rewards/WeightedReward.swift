@@ -9,8 +9,11 @@ public final class WeightedReward {
         public var scale: Double
     }
 
-    /// The authors' scales: aesthetic 3, PickScore 1, HPSv2 100, CLIP 100.
-    public static let defaultScales = ["aesthetic": 3.0, "pickscore": 1.0, "hpsv2": 100.0, "clip": 100.0]
+    /// The authors' scales: aesthetic 3, PickScore 1, HPSv2 100, CLIP 100; HPSv2.1 as HPSv2 and the aesthetic
+    /// predictor v2.5 as the first one (scores of the same 1–10 range).
+    public static let defaultScales = [
+        "aesthetic": 3.0, "pickscore": 1.0, "hpsv2": 100.0, "clip": 100.0, "hpsv2.1": 100.0, "aesthetic25": 3.0,
+    ]
 
     public private(set) var terms: [Term] = []
 
