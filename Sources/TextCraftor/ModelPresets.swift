@@ -9,7 +9,7 @@ import Torch
 /// `scripts/parity/make_preset_fixtures.py` builds the same models in diffusers, transformers and open_clip on the
 /// meta device; the tests compare every key, every shape and the configs.
 public enum ModelPreset: String, CaseIterable, Sendable {
-    case sd15, sd21, sdxl, pickscore, hpsv2, aesthetic
+    case sd15, sd21, sdxl, pickscore, hpsv2, aesthetic, aesthetic25
 
     public var summary: String {
         switch self {
@@ -19,6 +19,7 @@ public enum ModelPreset: String, CaseIterable, Sendable {
         case .pickscore: "PickScore_v1: transformers CLIPModel ViT-H/14"
         case .hpsv2: "HPSv2: open_clip ViT-H-14 state dict (safetensors)"
         case .aesthetic: "LAION aesthetic predictor v2: transformers CLIP ViT-L/14 and its MLP head"
+        case .aesthetic25: "Aesthetic Predictor v2.5: SigLIP so400m-patch14-384 vision tower (transformers) and its MLP head"
         }
     }
 
@@ -36,6 +37,7 @@ public enum ModelPreset: String, CaseIterable, Sendable {
         case .pickscore: "--reward pickscore=\(folder)"
         case .hpsv2: "--reward hpsv2=\(folder)/HPS_v2.safetensors"
         case .aesthetic: "--reward aesthetic=\(folder)/clip,\(folder)/aesthetic.safetensors"
+        case .aesthetic25: "--reward aesthetic25=\(folder)/siglip,\(folder)/aesthetic_predictor_v2_5.safetensors"
         }
     }
 
@@ -167,6 +169,18 @@ public enum ModelPreset: String, CaseIterable, Sendable {
         return config
     }
 
+    /// google/siglip-so400m-patch14-384's vision tower (the Aesthetic Predictor v2.5 reads its pooled output).
+    static var siglipSO400M: SiglipVisionConfig {
+        var config = SiglipVisionConfig()
+        config.hidden_size = 1152
+        config.intermediate_size = 4304
+        config.num_hidden_layers = 27
+        config.num_attention_heads = 16
+        config.patch_size = 14
+        config.image_size = 384
+        return config
+    }
+
     static func scheduler(_ preset: ModelPreset) -> SchedulerConfig {
         let names: [ModelPreset: String] = [.sd21: "DDIMScheduler", .sdxl: "EulerDiscreteScheduler"]
         var config = SchedulerConfig(className: names[preset] ?? "PNDMScheduler")
@@ -222,6 +236,13 @@ public enum ModelPreset: String, CaseIterable, Sendable {
                 config: try Self.json(Self.vitL14CLIP)))
             try body(Component(name: "head", module: try builder().build { AestheticPredictor($0, inputWidth: 768) },
                                config: ["input_width": 768]))
+        case .aesthetic25:
+            let config = Self.siglipSO400M
+            try body(Component(name: "siglip", module: try builder().build { try SiglipVisionModel($0, config: config) },
+                               config: try Self.json(config)))
+            try body(Component(
+                name: "head", module: try builder().build { AestheticPredictorV25Head($0, inputWidth: config.hidden_size) },
+                config: ["input_width": config.hidden_size]))
         case .hpsv2:
             try body(Component(
                 name: "open_clip", module: try builder().build { try OpenCLIPModel($0, config: .vitH14, tokenizer: tokenizer) },
@@ -231,7 +252,7 @@ public enum ModelPreset: String, CaseIterable, Sendable {
 
     /// Writes the preset with random weights in `dtype` into `folder` (which must not exist): a diffusers folder
     /// for sd15/sd21/sdxl, a transformers CLIPModel folder for pickscore, `clip/` + `aesthetic.safetensors` for
-    /// aesthetic, `HPS_v2.safetensors` for hpsv2. `progress` hears each component's name before it is built.
+    /// aesthetic, `siglip/` + `aesthetic_predictor_v2_5.safetensors` for aesthetic25, `HPS_v2.safetensors` for hpsv2. `progress` hears each component's name before it is built.
     public func write(to folder: URL, seed: UInt64, dtype: DType, progress: (String) -> Void = { _ in }) throws {
         let generator = Generator(seed: seed)
         let names = componentNames()
@@ -264,7 +285,7 @@ public enum ModelPreset: String, CaseIterable, Sendable {
         case .sd15, .sd21: ["text_encoder", "unet", "vae"]
         case .sdxl: ["text_encoder", "text_encoder_2", "unet", "vae"]
         case .pickscore: ["clip"]
-        case .aesthetic: ["clip", "head"]
+        case .aesthetic, .aesthetic25: [self == .aesthetic ? "clip" : "siglip", "head"]
         case .hpsv2: ["open_clip"]
         }
     }
@@ -295,6 +316,17 @@ public enum ModelPreset: String, CaseIterable, Sendable {
             let target = self == .pickscore ? folder : folder.appendingPathComponent("clip")
             try ModelWriter.writeCLIP(clip, dtype: dtype, to: target)
             try clip.tokenizer.write(to: target)
+        case (_, "siglip"):
+            // A transformers SiglipVisionModel folder.
+            let target = folder.appendingPathComponent("siglip")
+            try FileManager.default.createDirectory(at: target, withIntermediateDirectories: true)
+            try ModelWriter.writeTransformersConfig(
+                (component.module as! SiglipVisionModel).config, architecture: "SiglipVisionModel",
+                modelType: "siglip_vision_model", dtype: dtype, to: target.appendingPathComponent("config.json"))
+            try ModelWriter.saveWeights(weights, dtype: dtype, to: target.appendingPathComponent("model.safetensors"))
+        case (.aesthetic25, "head"):
+            try ModelWriter.saveWeights(weights, dtype: dtype, metadata: ["source": "textcraftor synth-model (random)"],
+                                        to: folder.appendingPathComponent("aesthetic_predictor_v2_5.safetensors"))
         case (_, "head"):
             try ModelWriter.saveWeights(weights, dtype: dtype, metadata: ["source": "textcraftor synth-model (random)"],
                                         to: folder.appendingPathComponent("aesthetic.safetensors"))

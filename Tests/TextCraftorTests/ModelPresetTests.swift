@@ -62,6 +62,7 @@ import Torch
         case .sdxl: 3468.8  // 123.1M + 694.7M text + 2567.5M UNet + 83.7M VAE
         case .pickscore, .hpsv2: 986.1
         case .aesthetic: 428.5
+        case .aesthetic25: 429.5  // 428.2M SigLIP so400m vision tower + 1.3M head
         }
         #expect(abs(millions - expected) < 0.1, "\(preset): \(millions)M parameters")
     }

@@ -59,6 +59,12 @@ VIT_H14_VISION = {
     "hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 16, "num_hidden_layers": 32,
     "image_size": 224, "patch_size": 14, "hidden_act": "gelu", "layer_norm_eps": 1e-05,
 }
+# google/siglip-so400m-patch14-384: the vision_config of its config.json (the rest are SiglipVisionConfig's defaults,
+# written out here: gelu_pytorch_tanh, layer_norm_eps 1e-6, 3 channels), which Aesthetic Predictor v2.5 reads.
+SIGLIP_SO400M_VISION = {
+    "hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16, "num_hidden_layers": 27,
+    "image_size": 384, "patch_size": 14, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-06, "num_channels": 3,
+}
 # stabilityai/stable-diffusion-xl-base-1.0: unet/config.json (2816 = text_encoder_2's 1280 + 6 x 256).
 SDXL_UNET = dict(
     SD15_UNET, attention_head_dim=[5, 10, 20], block_out_channels=[320, 640, 1280], cross_attention_dim=2048,
@@ -130,6 +136,22 @@ def aesthetic_head():
     return {"config": {"input_width": 768}, "shapes": {"layers." + k: v for k, v in shapes(layers).items()}}
 
 
+def siglip_vision(config):
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+    with torch.device("meta"):
+        model = SiglipVisionModel(SiglipVisionConfig(**config))
+    return {"config": config, "shapes": shapes(model)}
+
+
+def aesthetic25_head():
+    # aesthetic-predictor-v2-5's AestheticPredictorV2_5Head (the keys of aesthetic_predictor_v2_5.pth).
+    from aesthetic_predictor_v2_5 import AestheticPredictorV2_5Head
+    from transformers import SiglipVisionConfig
+    with torch.device("meta"):
+        head = AestheticPredictorV2_5Head(SiglipVisionConfig(**SIGLIP_SO400M_VISION))
+    return {"config": {"input_width": SIGLIP_SO400M_VISION["hidden_size"]}, "shapes": shapes(head)}
+
+
 def hpsv2():
     import open_clip
     with torch.device("meta"):
@@ -174,6 +196,7 @@ def main():
         "pickscore": {"clip": clip_model(VIT_H14_TEXT, VIT_H14_VISION, 1024)},
         "aesthetic": {"clip": clip_model(VIT_L14_TEXT, VIT_L14_VISION, 768), "head": aesthetic_head()},
         "hpsv2": {"open_clip": hpsv2()},
+        "aesthetic25": {"siglip": siglip_vision(SIGLIP_SO400M_VISION), "head": aesthetic25_head()},
     }
     for name, components in presets.items():
         path = os.path.join(OUT, name + ".json")
