@@ -79,6 +79,19 @@ enum SiglipFixtures {
         #expect(HFFixtures.relativeError(total, try F.output("scores_training") * 3) < 1e-4)
     }
 
+    /// In bfloat16 (mixed precision's frozen towers) the scores stay near float32's and the images get a gradient.
+    @Test func bfloat16TowersScoreNearFloat32() throws {
+        let reward = try Aesthetic25Reward(
+            siglipFolder: F.full, headFile: F.root.appendingPathComponent(F.headFiles[0]), dtype: .bfloat16)
+        #expect(reward.vision.parameters.allSatisfy { $0.dtype == .bfloat16 })
+        let images = try F.output("images").requiringGrad()
+        let scores = try reward.score(images, prompts: F.prompts)
+        scores.to(.float32).sum().backward()
+        let error = HFFixtures.relativeError(scores.to(.float32).detach(), try F.output("scores_training"))
+        #expect(error < 3e-2, "bfloat16 scores relative error \(error)")
+        #expect(images.grad!.dtype == .float32 && images.grad!.abs().max().item() > 1e-2)
+    }
+
     /// A head for another SigLIP width: one line naming the head file and both widths, before any image is scored.
     @Test func headOfAnotherWidthIsRefused() throws {
         let folder = try HFFixtures.temporaryFolder()
