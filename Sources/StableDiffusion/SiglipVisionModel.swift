@@ -53,7 +53,9 @@ public struct SiglipVisionConfig: Codable, Sendable, Equatable {
                 file: url.path,
                 message: "model_type \"\(type)\" is not a SigLIP config (expected \(known.map { "\"\($0)\"" }.joined(separator: " or ")))")
         }
-        if let vision = header.vision_config {
+        // A SiglipModel's config without vision_config gets transformers' default vision config, as SiglipConfig does.
+        if header.vision_config != nil || header.model_type == "siglip" {
+            let vision = header.vision_config ?? SiglipVisionConfig()
             try vision.checkRanges(file: url.path, prefix: "vision_config")
             return (vision, true)
         }

@@ -128,6 +128,28 @@ enum SiglipFixtures {
         }
     }
 
+    /// The config of a SiglipVisionModel (keys at the top) or of a SiglipModel (under vision_config, transformers'
+    /// defaults when absent); errors name the file and the nested key.
+    @Test func siglipConfigsOfBothLayouts() throws {
+        let folder = try HFFixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        func load(_ json: String) throws -> (SiglipVisionConfig, Bool) {
+            let url = folder.appendingPathComponent("config.json")
+            try Data(json.utf8).write(to: url)
+            let (config, full) = try SiglipVisionConfig.load(url)
+            return (config, full)
+        }
+        let (vision, visionIsFull) = try load(#"{"model_type": "siglip_vision_model", "hidden_size": 1152, "image_size": 384, "patch_size": 14}"#)
+        #expect(!visionIsFull && vision.hidden_size == 1152 && vision.gridSize == 27 && vision.layer_norm_eps == 1e-6)
+        let (defaults, defaultsAreFull) = try load(#"{"model_type": "siglip", "text_config": {}}"#)
+        #expect(defaultsAreFull && defaults == SiglipVisionConfig() && defaults.hidden_act == "gelu_pytorch_tanh")
+        let path = folder.appendingPathComponent("config.json").path
+        #expect(throws: StableDiffusionError.invalidConfig(
+            file: path, message: "key \"vision_config.num_attention_heads\" (5) must divide vision_config.hidden_size (32)")) {
+            _ = try load(#"{"model_type": "siglip", "vision_config": {"hidden_size": 32, "num_attention_heads": 5}}"#)
+        }
+    }
+
     @Test func registryLoadsItByName() throws {
         let head = F.root.appendingPathComponent(F.headFiles[0]).path
         let reward = try RewardRegistry.load(name: "aesthetic25", paths: [F.full.path, head])
