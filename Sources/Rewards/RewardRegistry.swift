@@ -8,8 +8,9 @@ public enum RewardRegistry {
     public static let names = ["aesthetic", "pickscore", "hpsv2", "clip", "hpsv2.1", "aesthetic25"]
 
     /// `paths`: aesthetic takes a CLIP ViT-L/14 (a transformers folder or an open_clip checkpoint) and the MLP head;
-    /// aesthetic25 a SigLIP folder and the v2.5 head; the others take one folder or file (hpsv2.1: HPSv2's loader). Without a `dtype`, models run in float32 on the CPU (where half precision is
-    /// slow and less exact; ShapesWorld's bundle stores float16) and in the file's type on other devices.
+    /// aesthetic25 a SigLIP folder and the v2.5 head; the others take one folder or file (hpsv2.1: HPSv2's loader).
+    /// Without a `dtype`, models run in float32 on the CPU (where half precision is slow and less exact; ShapesWorld's
+    /// bundle stores float16) and in the file's type on other devices.
     public static func load(name: String, paths: [String], dtype: DType? = nil, device: Device = .cpu) throws -> any Reward {
         let dtype = dtype ?? (device == .cpu ? DType.float32 : nil)
         let urls = paths.map { URL(fileURLWithPath: $0) }
