@@ -5,7 +5,7 @@ import Torch
 
 /// Rewards by the names the command line uses, loaded from the files people download for them.
 public enum RewardRegistry {
-    public static let names = ["aesthetic", "pickscore", "hpsv2", "clip"]
+    public static let names = ["aesthetic", "pickscore", "hpsv2", "clip", "imagereward"]
 
     /// `paths`: aesthetic takes a CLIP ViT-L/14 (a transformers folder or an open_clip checkpoint) and the MLP head;
     /// the others take one folder or file. Without a `dtype`, models run in float32 on the CPU (where half precision is
@@ -35,6 +35,11 @@ public enum RewardRegistry {
         case "hpsv2":
             try expect(1, "an HPSv2 checkpoint")
             return try openCLIPReward(name: name, urls[0], dtype: dtype, device: device)
+        case "imagereward":
+            // ImageReward.pt (or safetensors) with med_config.json beside it; vocab.txt given second or beside it.
+            try expect(urls.count == 2 ? 2 : 1, "ImageReward.pt and optionally its vocab.txt: imagereward=CKPT[,VOCAB]")
+            return try ImageRewardReward.load(
+                checkpoint: urls[0], vocabulary: urls.count == 2 ? urls[1] : nil, dtype: dtype ?? .float32, device: device)
         default:
             throw RewardError.unknownReward(name, known: names)
         }

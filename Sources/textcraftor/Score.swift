@@ -14,6 +14,8 @@ struct Score: ParsableCommand {
               pickscore=DIR                 PickScore_v1 (transformers CLIPModel folder)
               hpsv2=FILE.pt                 HPS_v2_compressed.pt or HPS_v2.1_compressed.pt (open_clip ViT-H-14)
               clip=DIR|FILE                 any CLIP: a transformers folder, or an open_clip checkpoint
+              imagereward=FILE.pt[,VOCAB]   ImageReward.pt with med_config.json beside it, and bert-base-uncased's vocab.txt \
+            (given, or beside it)
             Prompts: --prompt (one for all images), --prompts (a file, one line per image), or, for a folder written by \
             `textcraftor generate`, the prompts in its metadata.json.
             """)
