@@ -28,6 +28,9 @@ Writes under Tests/RewardsTests/Fixtures/imagereward/:
   ImageReward.pt            torch.save(model.state_dict()), as the published ImageReward.pt
   outputs.safetensors       images, ids, masks, pixels, image embeddings, [CLS] states, scores and image gradients
   tokens.json               prompts and transformers' BertTokenizer ids and masks (max_length 35)
+
+`--check-synth DIR IMAGE PROMPT` instead checks a real-sized `textcraftor synth-model --preset imagereward` folder
+against the package (see check_synth); it writes nothing.
 """
 import json
 import os
@@ -216,5 +219,25 @@ def main():
         print(f"{name}: {os.path.getsize(os.path.join(OUT, name))} bytes")
 
 
+def check_synth(folder, image_path, prompt):
+    """`--check-synth DIR IMAGE PROMPT`: loads `textcraftor synth-model --preset imagereward`'s folder into the
+    package's real-sized ImageReward (ViT-L/16, BERT-base; the tokenizer from the folder's vocab.txt plus BLIP's added
+    tokens) with load_state_dict(strict=True), and prints the package's own score() of IMAGE for PROMPT, to compare
+    with `textcraftor score --preprocessing evaluation` on the same folder (about 1.8 GB of memory)."""
+    from safetensors.torch import load_file
+    IR, blip_pretrain, _ = load_package()
+    tok = make_tokenizer(os.path.join(folder, "vocab.txt"))
+    blip_pretrain.init_tokenizer = lambda: tok
+    model = IR.ImageReward(med_config=os.path.join(folder, "med_config.json"), device="cpu")
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in load_file(os.path.join(folder, "ImageReward.safetensors")).items()}
+    model.load_state_dict(sd, strict=True)
+    model.eval()
+    with torch.no_grad():
+        print(f"package score: {model.score(prompt, Image.open(image_path)):.6f}")
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 5 and sys.argv[1] == "--check-synth":
+        check_synth(*sys.argv[2:])
+    else:
+        main()
