@@ -114,6 +114,19 @@ enum ImageRewardFixtures {
         #expect(terms.map(\.name) == ["imagereward"])
     }
 
+    /// Half-precision towers (as `--mixed-precision bf16` loads the rewards): the scores stay near float32's and
+    /// come back as a differentiable tensor.
+    @Test func bfloat16TowersScoreNearFloat32() throws {
+        let reward = try ImageRewardReward.load(
+            checkpoint: F.url("ImageReward.pt"), config: F.url("med_config.json"), vocabulary: F.url("vocab.txt"), dtype: .bfloat16)
+        let images = try F.tensor("images").requiringGrad()
+        let scores = try reward.score(images, prompts: F.prompts)
+        scores.to(.float32).sum().backward()
+        let expected = try F.tensor("scores_training")
+        #expect((scores.to(.float32) - expected).abs().max().item() < 5e-2, "\(scores.to(.float32).toArray(Double.self))")
+        #expect(images.grad != nil)
+    }
+
     /// Missing files and wrong files: one line naming the file.
     @Test func badFilesAreNamed() throws {
         try F.withFolder { folder in
