@@ -236,3 +236,21 @@ enum ImageRewardFixtures {
         }
     }
 }
+
+/// The real checkpoint, when `TEXTCRAFTOR_IMAGEREWARD` names `ImageReward.pt` with `med_config.json` and
+/// bert-base-uncased's `vocab.txt` beside it: it loads strictly as ViT-L/16 + BERT-base, tokenizes as BERT does, and
+/// scores in the package's range.
+@Suite struct ImageRewardRealCheckpointTests {
+    static let path = ProcessInfo.processInfo.environment["TEXTCRAFTOR_IMAGEREWARD"]
+
+    @Test(.enabled(if: path != nil, "set TEXTCRAFTOR_IMAGEREWARD to ImageReward.pt (med_config.json and vocab.txt beside it)"))
+    func realCheckpointLoadsAndScores() throws {
+        let reward = try ImageRewardReward.load(checkpoint: URL(fileURLWithPath: Self.path!), preprocessing: .evaluation)
+        #expect(reward.model.visual.config == .vitL16)
+        // bert-base-uncased: [CLS] a photo of a cat [SEP].
+        #expect(reward.model.tokenizer.tokenize(["A photo of a cat."]).ids[0].prefix(8) == [101, 1037, 6302, 1997, 1037, 4937, 1012, 102])
+        let images = Tensor.rand([1, 3, 256, 256], generator: Generator(seed: 0))
+        let score = try reward.score(images, prompts: ["random noise"]).item()
+        #expect(score > -4 && score < 4, "ImageReward score \(score)")
+    }
+}
