@@ -5,7 +5,8 @@ import Torch
 /// A differentiable score of images for their prompts: higher is better. TextCraftor's loss is the negative weighted
 /// sum of such scores, so `score` must keep the autograd graph back to the images.
 public protocol Reward: AnyObject {
-    /// The name used on the command line and in reports: `aesthetic`, `pickscore`, `hpsv2`, `clip`.
+    /// The name used on the command line and in reports: `aesthetic`, `pickscore`, `hpsv2`, `hpsv2.1`, `clip`,
+    /// `aesthetic25`, `imagereward`.
     var name: String { get }
     /// How images are brought to the tower's input size (training: the authors' pooling; evaluation: the reward
     /// model's own processor).

@@ -5,7 +5,7 @@ import Torch
 
 /// Rewards by the names the command line uses, loaded from the files people download for them.
 public enum RewardRegistry {
-    public static let names = ["aesthetic", "pickscore", "hpsv2", "clip", "hpsv2.1", "aesthetic25"]
+    public static let names = ["aesthetic", "pickscore", "hpsv2", "clip", "hpsv2.1", "aesthetic25", "imagereward"]
 
     /// `paths`: aesthetic takes a CLIP ViT-L/14 (a transformers folder or an open_clip checkpoint) and the MLP head;
     /// aesthetic25 a SigLIP folder and the v2.5 head; the others take one folder or file (hpsv2.1: HPSv2's loader).
@@ -39,6 +39,11 @@ public enum RewardRegistry {
         case "aesthetic25":
             try expect(2, "a SigLIP folder and the v2.5 head: aesthetic25=SIGLIP,HEAD")
             return try Aesthetic25Reward(siglipFolder: urls[0], headFile: urls[1], dtype: dtype, device: device)
+        case "imagereward":
+            // ImageReward.pt (or safetensors) with med_config.json beside it; vocab.txt given second or beside it.
+            try expect(urls.count == 2 ? 2 : 1, "ImageReward.pt and optionally its vocab.txt: imagereward=CKPT[,VOCAB]")
+            return try ImageRewardReward.load(
+                checkpoint: urls[0], vocabulary: urls.count == 2 ? urls[1] : nil, dtype: dtype ?? .float32, device: device)
         default:
             throw RewardError.unknownReward(name, known: names)
         }

@@ -101,7 +101,7 @@ struct EvalFlags: ParsableArguments {
             transform: CropCoordinates.parse)
     var crop: CropCoordinates?
 
-    @Option(help: ArgumentHelp("NAME=PATH as in `score` (aesthetic, pickscore, hpsv2, hpsv2.1, clip, aesthetic25). Repeatable.", valueName: "NAME=PATH"))
+    @Option(help: ArgumentHelp("NAME=PATH as in `score` (aesthetic, pickscore, hpsv2, hpsv2.1, clip, aesthetic25, imagereward). Repeatable.", valueName: "NAME=PATH"))
     var reward: [String] = []
     @Option(help: "Images per reward forward pass (default 8).") var batchSize: Int?
 

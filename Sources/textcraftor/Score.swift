@@ -9,7 +9,8 @@ struct Score: ParsableCommand {
         abstract: "Score images with reward models: one row per image with every reward and the weighted total.",
         discussion: """
             Rewards are given as NAME=PATH[:WEIGHT] (WEIGHT is the gamma, default 1; the total uses the authors' \
-            scales: aesthetic 3, pickscore 1, hpsv2 100, clip 100; hpsv2.1 100 and aesthetic25 3 alike):
+            scales: aesthetic 3, pickscore 1, hpsv2 100, clip 100; hpsv2.1 100 and aesthetic25 3 alike; imagereward 1, \
+            its scores are already standardised):
               aesthetic=CLIP_DIR,HEAD.pth   a CLIP ViT-L/14 folder and the LAION MLP head (sac+logos+ava1-l14-linearMSE.pth)
               pickscore=DIR                 PickScore_v1 (transformers CLIPModel folder)
               hpsv2=FILE.pt                 HPS_v2_compressed.pt or HPS_v2.1_compressed.pt (open_clip ViT-H-14)
@@ -17,6 +18,8 @@ struct Score: ParsableCommand {
               aesthetic25=SIGLIP_DIR,HEAD   Aesthetic Predictor v2.5: a SigLIP folder (google/siglip-so400m-patch14-384, \
             a SiglipModel or SiglipVisionModel) and its head (aesthetic_predictor_v2_5.pth); 384x384, no crop
               clip=DIR|FILE                 any CLIP: a transformers folder, or an open_clip checkpoint
+              imagereward=FILE.pt[,VOCAB]   ImageReward.pt with med_config.json beside it, and bert-base-uncased's vocab.txt \
+            (given, or beside it)
             Prompts: --prompt (one for all images), --prompts (a file, one line per image), or, for a folder written by \
             `textcraftor generate`, the prompts in its metadata.json.
             """)

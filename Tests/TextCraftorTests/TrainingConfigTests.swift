@@ -174,7 +174,7 @@ import Testing
         #expect(problem("reward = \"aesthetic\"") == "key \"reward\": expected a list of tables ([[reward]]), found a string")
         #expect(problem("reward = [1]") == "key \"reward[0]\": expected a table, found an integer")
         #expect(problem("[[reward]]\nname = \"aesthetics\"\npaths = \"a\"")
-            == "key \"reward[0].name\": expected \"aesthetic\", \"pickscore\", \"hpsv2\", \"clip\", \"hpsv2.1\" or \"aesthetic25\", found \"aesthetics\"")
+            == "key \"reward[0].name\": expected \"aesthetic\", \"pickscore\", \"hpsv2\", \"clip\", \"hpsv2.1\", \"aesthetic25\" or \"imagereward\", found \"aesthetics\"")
         #expect(problem("[[reward]]\nname = \"clip\"\npaths = [\"a\", 2]") == "key \"reward[0].paths\": expected a string, found an integer")
         #expect(problem("[[reward]]\nname = \"clip\"\npaths = 2") == "key \"reward[0].paths\": expected a string or a list of strings, found an integer")
         #expect(problem("[[reward]]\nname = \"clip\"\npaths = \"c\"\ngamma = \"1\"") == "key \"reward[0].gamma\": expected a number, found a string")
