@@ -82,6 +82,9 @@ public final class Aesthetic25Reward: Reward {
             preprocessing: preprocessing)
     }
 
+    /// The package's `SiglipImageProcessor`: Pillow's bicubic resize to 384 x 384, no crop.
+    public var fileProcessor: PublishedImageProcessor { .siglip(size: vision.config.image_size) }
+
     /// How images become the tower's pixels.
     public var preprocessor: ImagePreprocessor {
         ImagePreprocessor(

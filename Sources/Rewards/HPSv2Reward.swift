@@ -15,6 +15,8 @@ public final class HPSv2Reward: Reward {
     public let name: String
     public var preprocessing: PreprocessingMode
     public let model: OpenCLIPModel
+    /// The hpsv2 package's `preprocess_val`: open_clip's, torchvision on PIL.
+    public var fileProcessor: PublishedImageProcessor { .torchvision(size: model.imageSize) }
 
     public init(model: OpenCLIPModel, preprocessing: PreprocessingMode = .training, name: String = "hpsv2") {
         self.model = model

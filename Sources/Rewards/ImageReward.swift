@@ -368,6 +368,8 @@ public final class ImageRewardModel: Module {
 public final class ImageRewardReward: Reward {
     public let name = "imagereward"
     public var preprocessing: PreprocessingMode
+    /// The package's `_transform`: torchvision's Resize + CenterCrop on the PIL image.
+    public var fileProcessor: PublishedImageProcessor { .torchvision(size: model.visual.config.imageSize) }
     public let model: ImageRewardModel
 
     public init(model: ImageRewardModel, preprocessing: PreprocessingMode = .training) {

@@ -11,6 +11,10 @@ public protocol Reward: AnyObject {
     /// How images are brought to the tower's input size (training: the authors' pooling; evaluation: the reward
     /// model's own processor).
     var preprocessing: PreprocessingMode { get set }
+    /// How the reward model's published tool brings an image file to the tower (Pillow's bicubic resize of the 8-bit
+    /// image, its crop): what `score(files:)` runs, so scores of PNG and JPEG files equal the tool's. Rewards that do
+    /// not say use torchvision's `Resize(224)` + `CenterCrop(224)` on PIL images.
+    var fileProcessor: PublishedImageProcessor { get }
     /// Scores [B] for images [B, 3, H, W] with values in [0, 1] (any size) and one prompt per image.
     func score(_ images: Tensor, prompts: [String]) throws -> Tensor
 }
@@ -36,6 +40,23 @@ public enum RewardError: Error, CustomStringConvertible, Equatable, Sendable {
 }
 
 extension Reward {
+    public var fileProcessor: PublishedImageProcessor { .torchvision(size: 224) }
+
+    /// Scores [B] of 8-bit images read from files, as the reward model's published tool computes them: each image
+    /// resized and cropped by `fileProcessor` (bit for bit as Pillow), then divided by 255 and normalised with the
+    /// reward's evaluation preprocessing (which leaves an image of the input size as it is).
+    public func score(files images: [RGB8Image], prompts: [String], device: Device = .cpu) throws -> Tensor {
+        try score(processed: fileProcessor.tensor(images, device: device), prompts: prompts)
+    }
+
+    /// Scores [B] of images already processed by `fileProcessor` ([B, 3, size, size] in [0, 1]).
+    func score(processed images: Tensor, prompts: [String]) throws -> Tensor {
+        let mode = preprocessing
+        preprocessing = .evaluation
+        defer { preprocessing = mode }
+        return try score(images, prompts: prompts)
+    }
+
     /// One prompt per image: a single prompt is used for every image.
     public func promptsFor(_ images: Tensor, _ prompts: [String]) throws -> [String] {
         let count = images.size(0)

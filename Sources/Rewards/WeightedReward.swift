@@ -27,15 +27,33 @@ public final class WeightedReward {
     /// Each reward's raw scores [B] by name, and the weighted total [B]. Differentiable with respect to the images.
     public func evaluate(_ images: Tensor, prompts: [String]) throws -> (total: Tensor, terms: [(name: String, scores: Tensor)]) {
         precondition(!terms.isEmpty, "WeightedReward: no rewards added")
-        return try ImageEmbeddingCache.shared.scope { try weightedSum(images, prompts: prompts) }
+        return try ImageEmbeddingCache.shared.scope { try weightedSum { try $0.score(images, prompts: prompts) } }
     }
 
-    func weightedSum(_ images: Tensor, prompts: [String]) throws -> (total: Tensor, terms: [(name: String, scores: Tensor)]) {
+    /// The same for 8-bit images read from files (PNG, JPEG), each reward seeing them as its published tool does:
+    /// Pillow's bicubic resize and the tool's crop (`Reward.fileProcessor`), bit for bit, then its normalisation.
+    /// Rewards with the same processor share the processed batch (and so, on one model, one forward).
+    public func evaluate(files images: [RGB8Image], prompts: [String], device: Device = .cpu) throws
+        -> (total: Tensor, terms: [(name: String, scores: Tensor)])
+    {
+        precondition(!terms.isEmpty, "WeightedReward: no rewards added")
+        var processed: [PublishedImageProcessor: Tensor] = [:]
+        return try ImageEmbeddingCache.shared.scope {
+            try weightedSum { reward in
+                let processor = reward.fileProcessor
+                let batch = processed[processor] ?? processor.tensor(images, device: device)
+                processed[processor] = batch
+                return try reward.score(processed: batch, prompts: prompts)
+            }
+        }
+    }
+
+    func weightedSum(_ score: (any Reward) throws -> Tensor) throws -> (total: Tensor, terms: [(name: String, scores: Tensor)]) {
         var total: Tensor? = nil
         var parts: [(name: String, scores: Tensor)] = []
         for term in terms {
             // Scores of half-precision towers are summed in float32 (the loss and its gradient keep their digits).
-            let raw = try term.reward.score(images, prompts: prompts)
+            let raw = try score(term.reward)
             let scores = raw.dtype == .float32 || raw.dtype == .float64 ? raw : raw.to(.float32)
             parts.append((term.reward.name, scores))
             let weighted = scores * (term.gamma * term.scale)

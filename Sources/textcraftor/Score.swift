@@ -22,6 +22,14 @@ struct Score: ParsableCommand {
             (given, or beside it)
             Prompts: --prompt (one for all images), --prompts (a file, one line per image), or, for a folder written by \
             `textcraftor generate`, the prompts in its metadata.json.
+
+            Preprocessing: with --preprocessing evaluation (the default) each reward sees the files' 8-bit pixels as \
+            its published tool does, so the numbers equal what that tool prints for the same files: Pillow's bicubic \
+            Image.resize, reproduced bit for bit, then the tool's crop (torchvision's Resize + CenterCrop for \
+            aesthetic, hpsv2, hpsv2.1, imagereward and open_clip CLIPs; transformers' CLIPImageProcessor for \
+            pickscore and transformers CLIP folders; SigLIP's 384x384 resize for aesthetic25), ToTensor and the \
+            mean and std. --preprocessing training runs the tensor path training uses on generated images (adaptive \
+            average pooling of the float image, no crop).
             """)
 
     @Option(name: .customLong("images"), parsing: .upToNextOption, help: "Image files (PNG, JPEG) or folders of them.")
@@ -29,7 +37,7 @@ struct Score: ParsableCommand {
     @Option(help: "One prompt for every image.") var prompt: String?
     @Option(help: "A text file with one prompt per image, in order.", completion: .file()) var prompts: String?
     @Option(name: .customLong("reward"), help: "NAME=PATH[:WEIGHT], repeatable.") var rewards: [String]
-    @Option(help: "evaluation (the reward models' own resize and crop) or training (the authors' pooling).")
+    @Option(help: "evaluation (the reward models' own tools: Pillow's resize of the 8-bit files and their crop) or training (the authors' pooling of the float image).")
     var preprocessing = "evaluation"
     @Option(help: "Images per forward pass.") var batchSize = 8
     @OptionGroup var deviceOptions: DeviceOptions
@@ -55,9 +63,10 @@ struct Score: ParsableCommand {
         let bar = files.count > batchSize ? ProgressBar("score", total: files.count) : nil
         for start in stride(from: 0, to: files.count, by: batchSize) {
             let batch = Array(files[start..<min(start + batchSize, files.count)])
+            let prompts = Array(texts[start..<start + batch.count])
             let result = try withNoGrad {
-                let images = try batch.map { try ImageIO.read($0) }
-                return try score(images, prompts: Array(texts[start..<start + batch.count]), weighted, device)
+                if mode == .evaluation { return try scoreFiles(try batch.map { try ImageIO.readRGB8($0) }, prompts: prompts, weighted, device) }
+                return try score(try batch.map { try ImageIO.read($0) }, prompts: prompts, weighted, device)
             }
             rows += result.enumerated().map { (batch[$0.offset].path, $0.element.scores, $0.element.total) }
             bar?.update(start + batch.count)
@@ -65,7 +74,17 @@ struct Score: ParsableCommand {
         try report(rows, names: weighted.terms.map(\.reward.name))
     }
 
-    /// Scores a batch; images of different sizes go one by one (each is resized by the preprocessing anyway).
+    /// Scores a batch of 8-bit images as the rewards' published tools do (any sizes: each is resized on its own).
+    func scoreFiles(_ images: [RGB8Image], prompts: [String], _ weighted: WeightedReward, _ device: Device) throws
+        -> [(scores: [Double], total: Double)]
+    {
+        let (total, terms) = try weighted.evaluate(files: images, prompts: prompts, device: device)
+        let totals = total.toArray(Double.self)
+        let perReward = terms.map { $0.scores.toArray(Double.self) }
+        return totals.indices.map { k in (perReward.map { $0[k] }, totals[k]) }
+    }
+
+    /// Training preprocessing: scores a batch; images of different sizes go one by one (each is resized by the preprocessing anyway).
     func score(_ images: [Tensor], prompts: [String], _ weighted: WeightedReward, _ device: Device) throws
         -> [(scores: [Double], total: Double)]
     {
