@@ -1,5 +1,6 @@
 import Foundation
 import NN
+import Rewards
 import StableDiffusion
 import Torch
 
@@ -12,6 +13,8 @@ public struct TrainingState: Codable, Equatable, Sendable {
     public var version = 1
     /// fp16 training's loss scale (nil otherwise).
     public var lossScaler: LossScaler?
+    /// normalize_rewards running: each reward's running moments (nil otherwise).
+    public var rewardMoments: [String: RunningMoments]?
 
     public init(step: Int, promptCursor: Data, seed: UInt64) {
         self.step = step

@@ -161,6 +161,7 @@ public final class Trainer {
         try data.restore(cursor: state.promptCursor)
         step = state.step
         if lossScaler != nil { lossScaler = state.lossScaler ?? LossScaler() }
+        if let moments = state.rewardMoments { rewards.runningMoments = moments }
         if isWriter { try truncateMetrics(after: step) }
     }
 
@@ -267,6 +268,7 @@ public final class Trainer {
     func state() throws -> TrainingState {
         var state = TrainingState(step: step, promptCursor: try data.cursor(), seed: config.seed)
         state.lossScaler = lossScaler
+        state.rewardMoments = rewards.normalization == .running ? rewards.runningMoments : nil
         return state
     }
 

@@ -31,6 +31,7 @@ import Testing
         c.model = path("models/sd15")
         c.prompts = path("../prompts/parti.tsv")
         c.promptColumn = "caption"
+        c.normalizeRewards = .running
         c.data = "/data/pairs"
         c.textEncoder = path("runs/a/text_encoder")
         c.rewards = [
@@ -87,6 +88,7 @@ import Testing
             data = "/data/pairs"
             text_encoder = "runs/a/text_encoder"
             out = "runs/b"
+            normalize_rewards = "running"
             adapter = "token"
             token = "<aesthetic>"
             init_word = "beautiful"
@@ -130,7 +132,7 @@ import Testing
         #expect(config == everyKeyChanged())
         #expect(config.prompts == folder.deletingLastPathComponent().appendingPathComponent("prompts/parti.tsv").path)
         // Every key of the type is a key of the file: the test above gives them all.
-        #expect(TrainingConfig.keys.count == 43)
+        #expect(TrainingConfig.keys.count == 44)
     }
 
     @Test func anEmptyFileGivesTheDefaults() throws {
