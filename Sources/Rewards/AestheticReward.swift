@@ -46,6 +46,8 @@ public final class AestheticPredictor: Module {
 public final class AestheticReward: Reward {
     public let name = "aesthetic"
     public var preprocessing: PreprocessingMode
+    /// The LAION predictor's own script scores images through OpenAI CLIP's `preprocess` (torchvision on PIL).
+    public var fileProcessor: PublishedImageProcessor { .torchvision(size: embedder.imageSize) }
     public let embedder: any CLIPEmbedder
     public let predictor: AestheticPredictor
     /// Where the predictor came from, for errors.

@@ -8,6 +8,11 @@ import Torch
 public final class CLIPScoreReward: Reward {
     public let name = "clip"
     public var preprocessing: PreprocessingMode
+    /// A transformers folder: its `CLIPImageProcessor` (as torchmetrics' CLIPScore runs it); an open_clip model:
+    /// open_clip's `preprocess_val`.
+    public var fileProcessor: PublishedImageProcessor {
+        model is OpenCLIPModel ? .torchvision(size: model.imageSize) : .transformersCLIP(size: model.imageSize)
+    }
     public let model: any CLIPEmbedder
 
     public init(model: any CLIPEmbedder, preprocessing: PreprocessingMode = .training) {

@@ -12,6 +12,28 @@ public enum ImageIO {
 
     /// [3, H, W] float32 in [0, 1]. Grey, palette and 16-bit PNGs become 8-bit RGB; alpha is dropped.
     public static func read(_ url: URL) throws -> Tensor {
+        // The decoder's buffer is freed before the float copy is made: the peak is one 8-bit and one float copy.
+        let hwc = try decode(url) { bytes, width, height in try Tensor(bytes: bytes, shape: [height, width, 3], dtype: .uint8) }
+        let (height, width) = (hwc.size(0), hwc.size(1))
+        // Converted a band of rows at a time, so no second full-size float tensor exists next to the result.
+        let chw = hwc.permute([2, 0, 1])
+        let result = Tensor.empty([3, height, width], dtype: .float32)
+        let band = max(1, (1 << 22) / max(width, 1))
+        for start in stride(from: 0, to: height, by: band) {
+            let end = min(start + band, height)
+            result.slice(dim: 1, start: start, end: end).copy_(chw.slice(dim: 1, start: start, end: end).to(.float32) / 255)
+        }
+        return result
+    }
+
+    /// The 8-bit RGB pixels, as Pillow's `Image.open(file).convert("RGB")` holds them (what the reward models'
+    /// published processors resize).
+    public static func readRGB8(_ url: URL) throws -> RGB8Image {
+        try decode(url) { bytes, width, height in RGB8Image(width: width, height: height, pixels: Array(bytes.bindMemory(to: UInt8.self))) }
+    }
+
+    /// Decodes a PNG or JPEG and hands its RGB bytes (H × W × 3), width and height to `body`; they are freed after.
+    static func decode<T>(_ url: URL, _ body: (UnsafeRawBufferPointer, Int, Int) throws -> T) throws -> T {
         guard let data = FileManager.default.contents(atPath: url.path) else {
             throw RewardError.invalidImage(file: url.path, message: "cannot read the file")
         }
@@ -40,21 +62,8 @@ public enum ImageIO {
             let text = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             throw RewardError.invalidImage(file: url.path, message: "cannot decode the image: \(text)")
         }
-        let hwc: Tensor
-        do {
-            defer { tc_free(pixels) }  // freed before the float copy is made: the peak is one 8-bit and one float copy
-            let bytes = UnsafeRawBufferPointer(start: pixels, count: Int(width) * Int(height) * 3)
-            hwc = try Tensor(bytes: bytes, shape: [Int(height), Int(width), 3], dtype: .uint8)
-        }
-        // Converted a band of rows at a time, so no second full-size float tensor exists next to the result.
-        let chw = hwc.permute([2, 0, 1])
-        let result = Tensor.empty([3, Int(height), Int(width)], dtype: .float32)
-        let band = max(1, (1 << 22) / max(Int(width), 1))
-        for start in stride(from: 0, to: Int(height), by: band) {
-            let end = min(start + band, Int(height))
-            result.slice(dim: 1, start: start, end: end).copy_(chw.slice(dim: 1, start: start, end: end).to(.float32) / 255)
-        }
-        return result
+        defer { tc_free(pixels) }
+        return try body(UnsafeRawBufferPointer(start: pixels, count: Int(width) * Int(height) * 3), Int(width), Int(height))
     }
 
     /// Image files in a folder (by extension: png, jpg, jpeg), sorted by name.

@@ -6,7 +6,8 @@ public enum PreprocessingMode: String, Sendable, CaseIterable {
     /// then CLIP's mean and std. Cheap and differentiable everywhere.
     case training
     /// What the reward models' own processors do: resize the short side to the input size with bicubic
-    /// interpolation (antialiased, as torchvision resizes tensors), centre crop, then mean and std.
+    /// interpolation (antialiased, as torchvision resizes tensors), centre crop, then mean and std. SigLIP's
+    /// processor resizes both sides to the input size instead, without a crop (`ImagePreprocessor.centreCrop`).
     case evaluation
 }
 
@@ -15,15 +16,23 @@ public struct ImagePreprocessor: Sendable {
     public var size: Int
     public var mean: [Double]
     public var std: [Double]
+    /// Evaluation: whether the short side is resized and the rest centre-cropped (CLIP's processors), or the image
+    /// is resized to size x size whatever its aspect (SigLIP's). Training pools to size x size either way.
+    public var centreCrop: Bool
+
+    /// SigLIP's statistics (the Aesthetic Predictor v2.5): every channel to [-1, 1].
+    public static let siglipMean = [0.5, 0.5, 0.5]
+    public static let siglipStd = [0.5, 0.5, 0.5]
 
     /// OpenAI CLIP's statistics, used by every reward model here (METHOD.md).
     public static let clipMean = [0.48145466, 0.4578275, 0.40821073]
     public static let clipStd = [0.26862954, 0.26130258, 0.27577711]
 
-    public init(size: Int = 224, mean: [Double] = Self.clipMean, std: [Double] = Self.clipStd) {
+    public init(size: Int = 224, mean: [Double] = Self.clipMean, std: [Double] = Self.clipStd, centreCrop: Bool = true) {
         self.size = size
         self.mean = mean
         self.std = std
+        self.centreCrop = centreCrop
     }
 
     public func callAsFunction(_ images: Tensor, mode: PreprocessingMode) -> Tensor {
@@ -32,6 +41,9 @@ public struct ImagePreprocessor: Sendable {
         switch mode {
         case .training:
             sized = Functional.adaptiveAvgPool2d(x, outputSize: (size, size))
+        case .evaluation where !centreCrop:
+            sized = (x.size(2), x.size(3)) == (size, size)
+                ? x : Functional.interpolate(x, size: (size, size), mode: .bicubic, antialias: true)
         case .evaluation:
             let (h, w) = (x.size(2), x.size(3))
             // torchvision's Resize(size): the short side becomes `size`, the long side int(size * long / short).

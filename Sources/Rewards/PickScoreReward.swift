@@ -7,6 +7,8 @@ import Torch
 public final class PickScoreReward: Reward {
     public let name = "pickscore"
     public var preprocessing: PreprocessingMode
+    /// PickScore's code scores through transformers' `AutoProcessor`: the slow, PIL `CLIPImageProcessor`.
+    public var fileProcessor: PublishedImageProcessor { .transformersCLIP(size: model.imageSize) }
     public let model: any CLIPEmbedder
     let logitScale: Tensor
 

@@ -5,11 +5,12 @@ import Torch
 
 /// Rewards by the names the command line uses, loaded from the files people download for them.
 public enum RewardRegistry {
-    public static let names = ["aesthetic", "pickscore", "hpsv2", "clip"]
+    public static let names = ["aesthetic", "pickscore", "hpsv2", "clip", "hpsv2.1", "aesthetic25", "imagereward"]
 
     /// `paths`: aesthetic takes a CLIP ViT-L/14 (a transformers folder or an open_clip checkpoint) and the MLP head;
-    /// the others take one folder or file. Without a `dtype`, models run in float32 on the CPU (where half precision is
-    /// slow and less exact; ShapesWorld's bundle stores float16) and in the file's type on other devices.
+    /// aesthetic25 a SigLIP folder and the v2.5 head; the others take one folder or file (hpsv2.1: HPSv2's loader).
+    /// Without a `dtype`, models run in float32 on the CPU (where half precision is slow and less exact; ShapesWorld's
+    /// bundle stores float16) and in the file's type on other devices.
     public static func load(name: String, paths: [String], dtype: DType? = nil, device: Device = .cpu) throws -> any Reward {
         let dtype = dtype ?? (device == .cpu ? DType.float32 : nil)
         let urls = paths.map { URL(fileURLWithPath: $0) }
@@ -32,9 +33,17 @@ public enum RewardRegistry {
             try expect(2, "a CLIP ViT-L/14 and the predictor head: aesthetic=CLIP,HEAD")
             return try AestheticReward(embedder: try embedder(urls[0], dtype: dtype, device: device), weights: urls[1],
                                        dtype: dtype, device: device)
-        case "hpsv2":
+        case "hpsv2", "hpsv2.1":
             try expect(1, "an HPSv2 checkpoint")
             return try openCLIPReward(name: name, urls[0], dtype: dtype, device: device)
+        case "aesthetic25":
+            try expect(2, "a SigLIP folder and the v2.5 head: aesthetic25=SIGLIP,HEAD")
+            return try Aesthetic25Reward(siglipFolder: urls[0], headFile: urls[1], dtype: dtype, device: device)
+        case "imagereward":
+            // ImageReward.pt (or safetensors) with med_config.json beside it; vocab.txt given second or beside it.
+            try expect(urls.count == 2 ? 2 : 1, "ImageReward.pt and optionally its vocab.txt: imagereward=CKPT[,VOCAB]")
+            return try ImageRewardReward.load(
+                checkpoint: urls[0], vocabulary: urls.count == 2 ? urls[1] : nil, dtype: dtype ?? .float32, device: device)
         default:
             throw RewardError.unknownReward(name, known: names)
         }
@@ -95,6 +104,6 @@ extension RewardRegistry {
     static func openCLIPReward(name: String, _ url: URL, dtype: DType?, device: Device) throws -> any Reward {
         try HPSv2Reward.load(
             checkpoint: url, config: try openCLIPConfig(for: url, default: .vitH14), tokenizerFolder: tokenizerFolder(besides: url),
-            dtype: dtype ?? .float32, device: device)
+            dtype: dtype ?? .float32, device: device, name: name)
     }
 }

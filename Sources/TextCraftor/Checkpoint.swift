@@ -1,5 +1,6 @@
 import Foundation
 import NN
+import Rewards
 import StableDiffusion
 import Torch
 
@@ -14,6 +15,8 @@ public struct TrainingState: Codable, Equatable, Sendable {
     public var lossScaler: LossScaler?
     /// `early_stop`: the best held-out value, its step and the patience used (nil otherwise).
     public var earlyStopping: EarlyStopping?
+    /// normalize_rewards running: each reward's running moments (nil otherwise).
+    public var rewardMoments: [String: RunningMoments]?
 
     public init(step: Int, promptCursor: Data, seed: UInt64) {
         self.step = step

@@ -9,7 +9,7 @@ import Torch
 /// `scripts/parity/make_preset_fixtures.py` builds the same models in diffusers, transformers and open_clip on the
 /// meta device; the tests compare every key, every shape and the configs.
 public enum ModelPreset: String, CaseIterable, Sendable {
-    case sd15, sd21, sdxl, pickscore, hpsv2, aesthetic
+    case sd15, sd21, sdxl, pickscore, hpsv2, aesthetic, aesthetic25, imagereward
 
     public var summary: String {
         switch self {
@@ -19,6 +19,9 @@ public enum ModelPreset: String, CaseIterable, Sendable {
         case .pickscore: "PickScore_v1: transformers CLIPModel ViT-H/14"
         case .hpsv2: "HPSv2: open_clip ViT-H-14 state dict (safetensors)"
         case .aesthetic: "LAION aesthetic predictor v2: transformers CLIP ViT-L/14 and its MLP head"
+        case .aesthetic25: "Aesthetic Predictor v2.5: SigLIP so400m-patch14-384 vision tower (transformers) and its MLP head"
+        case .imagereward:
+            "ImageReward v1.0: BLIP ViT-L/16 + BERT-base state dict (safetensors), med_config.json, placeholder vocab.txt"
         }
     }
 
@@ -36,6 +39,8 @@ public enum ModelPreset: String, CaseIterable, Sendable {
         case .pickscore: "--reward pickscore=\(folder)"
         case .hpsv2: "--reward hpsv2=\(folder)/HPS_v2.safetensors"
         case .aesthetic: "--reward aesthetic=\(folder)/clip,\(folder)/aesthetic.safetensors"
+        case .aesthetic25: "--reward aesthetic25=\(folder)/siglip,\(folder)/aesthetic_predictor_v2_5.safetensors"
+        case .imagereward: "--reward imagereward=\(folder)/ImageReward.safetensors"
         }
     }
 
@@ -167,6 +172,18 @@ public enum ModelPreset: String, CaseIterable, Sendable {
         return config
     }
 
+    /// google/siglip-so400m-patch14-384's vision tower (the Aesthetic Predictor v2.5 reads its pooled output).
+    static var siglipSO400M: SiglipVisionConfig {
+        var config = SiglipVisionConfig()
+        config.hidden_size = 1152
+        config.intermediate_size = 4304
+        config.num_hidden_layers = 27
+        config.num_attention_heads = 16
+        config.patch_size = 14
+        config.image_size = 384
+        return config
+    }
+
     static func scheduler(_ preset: ModelPreset) -> SchedulerConfig {
         let names: [ModelPreset: String] = [.sd21: "DDIMScheduler", .sdxl: "EulerDiscreteScheduler"]
         var config = SchedulerConfig(className: names[preset] ?? "PNDMScheduler")
@@ -222,6 +239,18 @@ public enum ModelPreset: String, CaseIterable, Sendable {
                 config: try Self.json(Self.vitL14CLIP)))
             try body(Component(name: "head", module: try builder().build { AestheticPredictor($0, inputWidth: 768) },
                                config: ["input_width": 768]))
+        case .aesthetic25:
+            let config = Self.siglipSO400M
+            try body(Component(name: "siglip", module: try builder().build { try SiglipVisionModel($0, config: config) },
+                               config: try Self.json(config)))
+            try body(Component(
+                name: "head", module: try builder().build { AestheticPredictorV25Head($0, inputWidth: config.hidden_size) },
+                config: ["input_width": config.hidden_size]))
+        case .imagereward:
+            try body(Component(
+                name: "imagereward",
+                module: try builder().build { ImageRewardFile($0, tokenizer: try Self.placeholderWordPiece()) },
+                config: Self.imageRewardMedConfig))
         case .hpsv2:
             try body(Component(
                 name: "open_clip", module: try builder().build { try OpenCLIPModel($0, config: .vitH14, tokenizer: tokenizer) },
@@ -231,7 +260,9 @@ public enum ModelPreset: String, CaseIterable, Sendable {
 
     /// Writes the preset with random weights in `dtype` into `folder` (which must not exist): a diffusers folder
     /// for sd15/sd21/sdxl, a transformers CLIPModel folder for pickscore, `clip/` + `aesthetic.safetensors` for
-    /// aesthetic, `HPS_v2.safetensors` for hpsv2. `progress` hears each component's name before it is built.
+    /// aesthetic, `siglip/` + `aesthetic_predictor_v2_5.safetensors` for aesthetic25, `HPS_v2.safetensors` for hpsv2,
+    /// `ImageReward.safetensors` + `med_config.json` + `vocab.txt` for imagereward. `progress` hears each component's
+    /// name before it is built.
     public func write(to folder: URL, seed: UInt64, dtype: DType, progress: (String) -> Void = { _ in }) throws {
         let generator = Generator(seed: seed)
         let names = componentNames()
@@ -264,8 +295,9 @@ public enum ModelPreset: String, CaseIterable, Sendable {
         case .sd15, .sd21: ["text_encoder", "unet", "vae"]
         case .sdxl: ["text_encoder", "text_encoder_2", "unet", "vae"]
         case .pickscore: ["clip"]
-        case .aesthetic: ["clip", "head"]
+        case .aesthetic, .aesthetic25: [self == .aesthetic ? "clip" : "siglip", "head"]
         case .hpsv2: ["open_clip"]
+        case .imagereward: ["imagereward"]
         }
     }
 
@@ -295,6 +327,30 @@ public enum ModelPreset: String, CaseIterable, Sendable {
             let target = self == .pickscore ? folder : folder.appendingPathComponent("clip")
             try ModelWriter.writeCLIP(clip, dtype: dtype, to: target)
             try clip.tokenizer.write(to: target)
+        case (_, "siglip"):
+            // A transformers SiglipVisionModel folder.
+            let target = folder.appendingPathComponent("siglip")
+            try FileManager.default.createDirectory(at: target, withIntermediateDirectories: true)
+            try ModelWriter.writeTransformersConfig(
+                (component.module as! SiglipVisionModel).config, architecture: "SiglipVisionModel",
+                modelType: "siglip_vision_model", dtype: dtype, to: target.appendingPathComponent("config.json"))
+            try ModelWriter.saveWeights(weights, dtype: dtype, to: target.appendingPathComponent("model.safetensors"))
+        case (.aesthetic25, "head"):
+            try ModelWriter.saveWeights(weights, dtype: dtype, metadata: ["source": "textcraftor synth-model (random)"],
+                                        to: folder.appendingPathComponent("aesthetic_predictor_v2_5.safetensors"))
+        case (_, "imagereward"):
+            // The published file's buffer, position_ids, stays int64 (0..<512); the rest in `dtype`. Written to a
+            // temporary name, then renamed.
+            var tensors = weights.mapValues { $0.to(dtype: dtype, device: .cpu).contiguous() }
+            tensors[ImageRewardFile.positionIds] = Tensor.arange(512).reshape([1, 512])
+            let target = folder.appendingPathComponent("ImageReward.safetensors")
+            let partial = folder.appendingPathComponent(".ImageReward.safetensors.partial")
+            try Tensor.save(tensors, metadata: ["format": "pt", "source": "textcraftor synth-model (random)"], to: partial)
+            try FileManager.default.moveItem(at: partial, to: target)
+            let config = try JSONSerialization.data(withJSONObject: component.config, options: [.prettyPrinted, .sortedKeys])
+            try config.write(to: folder.appendingPathComponent("med_config.json"), options: .atomic)
+            try Self.placeholderVocabulary.joined(separator: "\n").appending("\n")
+                .write(to: folder.appendingPathComponent("vocab.txt"), atomically: true, encoding: .utf8)
         case (_, "head"):
             try ModelWriter.saveWeights(weights, dtype: dtype, metadata: ["source": "textcraftor synth-model (random)"],
                                         to: folder.appendingPathComponent("aesthetic.safetensors"))
@@ -302,5 +358,61 @@ public enum ModelPreset: String, CaseIterable, Sendable {
             try ModelWriter.saveWeights(weights, dtype: dtype, metadata: ["source": "textcraftor synth-model (random)"],
                                         to: folder.appendingPathComponent("HPS_v2.safetensors"))
         }
+    }
+}
+
+// MARK: - ImageReward
+
+extension ModelPreset {
+    /// ImageReward's med_config.json (BLIP's configs/med_config.json): BERT-base with cross-attention, 30524 tokens
+    /// (bert-base-uncased's 30522 and BLIP's [DEC] and [ENC]).
+    static var imageRewardMedConfig: [String: Any] {
+        [
+            "architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
+            "hidden_dropout_prob": 0.1, "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072,
+            "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "model_type": "bert", "num_attention_heads": 12,
+            "num_hidden_layers": 12, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": 30524, "encoder_width": 768,
+            "add_cross_attention": true,
+        ]
+    }
+
+    /// `imageRewardMedConfig` as the model reads it.
+    static var imageRewardText: BLIPTextConfig {
+        var config = BLIPTextConfig()
+        config.vocab_size = 30524
+        config.add_cross_attention = true
+        return config
+    }
+
+    /// A stand-in for bert-base-uncased's vocab.txt, which cannot be downloaded here: 30522 entries with the special
+    /// tokens at BERT's ids ([PAD] 0, [unused0…98] 1–99, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103), then the
+    /// printable ASCII characters and their `##` continuations, then `synthetic-N` fillers. Prompts tokenize (letter
+    /// by letter), so a synthetic model scores; the ids are not BERT's. Use the real vocab.txt with real weights.
+    static let placeholderVocabulary: [String] = {
+        var tokens = ["[PAD]"] + (0..<99).map { "[unused\($0)]" } + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        let printable = (33...126).compactMap { Unicode.Scalar($0).map { String(Character($0)) } }
+            .filter { $0.lowercased() == $0 }
+        tokens += printable + printable.filter { $0.first!.isLetter || $0.first!.isNumber }.map { "##" + $0 }
+        tokens += (tokens.count..<30522).map { "synthetic-\($0)" }
+        return tokens
+    }()
+
+    static func placeholderWordPiece() throws -> BertTokenizer {
+        try BertTokenizer(tokens: placeholderVocabulary, origin: "synth-model placeholder vocab.txt")
+    }
+}
+
+/// The published `ImageReward.pt`'s tensors: the model, and BLIP_Pretrain's `vision_proj` and `text_proj`, which
+/// the score does not read but the file has.
+final class ImageRewardFile: Module {
+    let scope: ParameterScope
+    let model: ImageRewardModel
+    static let positionIds = "blip.text_encoder.embeddings.position_ids"
+
+    init(_ vb: VarBuilder, tokenizer: BertTokenizer) {
+        scope = vb.scope
+        model = ImageRewardModel(vb, vision: .vitL16, text: ModelPreset.imageRewardText, tokenizer: tokenizer)
+        _ = Linear(vb.pp("blip").pp("vision_proj"), inFeatures: BLIPVisionConfig.vitL16.width, outFeatures: 256)
+        _ = Linear(vb.pp("blip").pp("text_proj"), inFeatures: ModelPreset.imageRewardText.hidden_size, outFeatures: 256)
     }
 }

@@ -178,7 +178,8 @@ public func promptTrainingStep(
         let (total, terms) = try rewards.evaluate(images.to(.float32), prompts: rewardPrompts ?? prompts)
         let loss = -total.mean() * lossScale
         let outcome = StepOutcome(
-            loss: loss.item() / lossScale, rewards: terms.map { ($0.name, $0.scores.mean().item()) }, images: images.detach())
+            loss: loss.item() / lossScale, rewards: terms.map { ($0.name, $0.scores.mean().item()) } + rewards.contributionMetrics,
+            images: images.detach())
         return (loss, outcome)
     }
 
@@ -339,6 +340,7 @@ public func directTrainingStep(
     let (total, terms) = try rewards.evaluate(decoded, prompts: rewardCaptions ?? captions)
     let loss = -total.mean() * lossScale
     loss.backward()
-    return StepOutcome(loss: loss.item() / lossScale, rewards: terms.map { ($0.name, $0.scores.mean().item()) }, images: decoded.detach())
+    return StepOutcome(loss: loss.item() / lossScale, rewards: terms.map { ($0.name, $0.scores.mean().item()) } + rewards.contributionMetrics,
+                       images: decoded.detach())
 }
 

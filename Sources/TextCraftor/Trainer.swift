@@ -172,6 +172,7 @@ public final class Trainer {
         step = state.step
         if lossScaler != nil { lossScaler = state.lossScaler ?? LossScaler() }
         restoreGuards(state)
+        if let moments = state.rewardMoments { rewards.runningMoments = moments }
         if isWriter {
             try truncateMetrics(after: step)
             try TensorBoardLog.truncate(run.tensorBoard, after: step)
@@ -296,6 +297,7 @@ public final class Trainer {
         var state = TrainingState(step: step, promptCursor: try data.cursor(), seed: config.seed)
         state.lossScaler = lossScaler
         state.earlyStopping = earlyStopping
+        state.rewardMoments = rewards.normalization == .running ? rewards.runningMoments : nil
         return state
     }
 

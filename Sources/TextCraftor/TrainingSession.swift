@@ -97,7 +97,7 @@ public final class TrainingSession {
         // The UNet stage on fine-tuned encoders: their weights replace the pipeline's (same architecture).
         try fineTuned?.load(into: pipeline)
         try TokenAdapter.check(config, pipeline: pipeline)
-        let rewards = WeightedReward()
+        let rewards = WeightedReward(normalization: config.normalizeRewards)
         for reward in config.rewards {
             rewards.add(try RewardRegistry.load(name: reward.name, paths: reward.paths, dtype: precision.frozenDType, device: device),
                         gamma: reward.gamma, scale: reward.scale)

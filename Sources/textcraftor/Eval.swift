@@ -16,7 +16,8 @@ struct Eval: ParsableCommand {
             concept-art.json paintings.json photo.json, reported per style and averaged), then --limit N or a \
             seeded --sample N.
 
-            Every --reward is scored in evaluation preprocessing. Writes OUT/VARIANT/00000.png ... (kept: a rerun \
+            Every --reward scores the written PNGs as its published tool does (Pillow's bicubic resize of the \
+            8-bit image, reproduced bit for bit, and the tool's crop; see `textcraftor score --help`). Writes OUT/VARIANT/00000.png ... (kept: a rerun \
             generates only the missing images, so an interrupted eval resumes), OUT/eval.json (what the images \
             depend on; a different run in OUT is refused unless --overwrite), results.csv (one row per image and \
             reward), summary.json (mean and 95% interval over prompts, win rate against the original, per style or \
@@ -102,7 +103,7 @@ struct EvalFlags: ParsableArguments {
             transform: CropCoordinates.parse)
     var crop: CropCoordinates?
 
-    @Option(help: ArgumentHelp("NAME=PATH as in `score` (aesthetic, pickscore, hpsv2, clip). Repeatable.", valueName: "NAME=PATH"))
+    @Option(help: ArgumentHelp("NAME=PATH as in `score` (aesthetic, pickscore, hpsv2, hpsv2.1, clip, aesthetic25, imagereward). Repeatable.", valueName: "NAME=PATH"))
     var reward: [String] = []
     @Option(help: "Images per reward forward pass (default 8).") var batchSize: Int?
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Rewards
 import StableDiffusion
 import TextCraftor
 import Torch
@@ -144,6 +145,7 @@ extension TrainingMode: ExpressibleByArgument {}
 extension TrainedNetwork: ExpressibleByArgument {}
 extension Adapter: ExpressibleByArgument {}
 extension DistributedBackend: ExpressibleByArgument {}
+extension RewardNormalization: ExpressibleByArgument {}
 
 /// The flags given in option groups whose properties are named after configuration keys, as (key, value): the
 /// property `gradWindow` gives the key `grad_window`. Absent flags (nil, an empty list) are left out.

@@ -9,13 +9,27 @@ struct Score: ParsableCommand {
         abstract: "Score images with reward models: one row per image with every reward and the weighted total.",
         discussion: """
             Rewards are given as NAME=PATH[:WEIGHT] (WEIGHT is the gamma, default 1; the total uses the authors' \
-            scales: aesthetic 3, pickscore 1, hpsv2 100, clip 100):
+            scales: aesthetic 3, pickscore 1, hpsv2 100, clip 100; hpsv2.1 100 and aesthetic25 3 alike; imagereward 1, \
+            its scores are already standardised):
               aesthetic=CLIP_DIR,HEAD.pth   a CLIP ViT-L/14 folder and the LAION MLP head (sac+logos+ava1-l14-linearMSE.pth)
               pickscore=DIR                 PickScore_v1 (transformers CLIPModel folder)
               hpsv2=FILE.pt                 HPS_v2_compressed.pt or HPS_v2.1_compressed.pt (open_clip ViT-H-14)
+              hpsv2.1=FILE.pt               HPS_v2.1_compressed.pt under its own name (the same model and loader)
+              aesthetic25=SIGLIP_DIR,HEAD   Aesthetic Predictor v2.5: a SigLIP folder (google/siglip-so400m-patch14-384, \
+            a SiglipModel or SiglipVisionModel) and its head (aesthetic_predictor_v2_5.pth); 384x384, no crop
               clip=DIR|FILE                 any CLIP: a transformers folder, or an open_clip checkpoint
+              imagereward=FILE.pt[,VOCAB]   ImageReward.pt with med_config.json beside it, and bert-base-uncased's vocab.txt \
+            (given, or beside it)
             Prompts: --prompt (one for all images), --prompts (a file, one line per image), or, for a folder written by \
             `textcraftor generate`, the prompts in its metadata.json.
+
+            Preprocessing: with --preprocessing evaluation (the default) each reward sees the files' 8-bit pixels as \
+            its published tool does, so the numbers equal what that tool prints for the same files: Pillow's bicubic \
+            Image.resize, reproduced bit for bit, then the tool's crop (torchvision's Resize + CenterCrop for \
+            aesthetic, hpsv2, hpsv2.1, imagereward and open_clip CLIPs; transformers' CLIPImageProcessor for \
+            pickscore and transformers CLIP folders; SigLIP's 384x384 resize for aesthetic25), ToTensor and the \
+            mean and std. --preprocessing training runs the tensor path training uses on generated images (adaptive \
+            average pooling of the float image, no crop).
             """)
 
     @Option(name: .customLong("images"), parsing: .upToNextOption, help: "Image files (PNG, JPEG) or folders of them.")
@@ -23,7 +37,7 @@ struct Score: ParsableCommand {
     @Option(help: "One prompt for every image.") var prompt: String?
     @Option(help: "A text file with one prompt per image, in order.", completion: .file()) var prompts: String?
     @Option(name: .customLong("reward"), help: "NAME=PATH[:WEIGHT], repeatable.") var rewards: [String]
-    @Option(help: "evaluation (the reward models' own resize and crop) or training (the authors' pooling).")
+    @Option(help: "evaluation (the reward models' own tools: Pillow's resize of the 8-bit files and their crop) or training (the authors' pooling of the float image).")
     var preprocessing = "evaluation"
     @Option(help: "Images per forward pass.") var batchSize = 8
     @OptionGroup var deviceOptions: DeviceOptions
@@ -49,9 +63,10 @@ struct Score: ParsableCommand {
         let bar = files.count > batchSize ? ProgressBar("score", total: files.count) : nil
         for start in stride(from: 0, to: files.count, by: batchSize) {
             let batch = Array(files[start..<min(start + batchSize, files.count)])
+            let prompts = Array(texts[start..<start + batch.count])
             let result = try withNoGrad {
-                let images = try batch.map { try ImageIO.read($0) }
-                return try score(images, prompts: Array(texts[start..<start + batch.count]), weighted, device)
+                if mode == .evaluation { return try scoreFiles(try batch.map { try ImageIO.readRGB8($0) }, prompts: prompts, weighted, device) }
+                return try score(try batch.map { try ImageIO.read($0) }, prompts: prompts, weighted, device)
             }
             rows += result.enumerated().map { (batch[$0.offset].path, $0.element.scores, $0.element.total) }
             bar?.update(start + batch.count)
@@ -59,7 +74,17 @@ struct Score: ParsableCommand {
         try report(rows, names: weighted.terms.map(\.reward.name))
     }
 
-    /// Scores a batch; images of different sizes go one by one (each is resized by the preprocessing anyway).
+    /// Scores a batch of 8-bit images as the rewards' published tools do (any sizes: each is resized on its own).
+    func scoreFiles(_ images: [RGB8Image], prompts: [String], _ weighted: WeightedReward, _ device: Device) throws
+        -> [(scores: [Double], total: Double)]
+    {
+        let (total, terms) = try weighted.evaluate(files: images, prompts: prompts, device: device)
+        let totals = total.toArray(Double.self)
+        let perReward = terms.map { $0.scores.toArray(Double.self) }
+        return totals.indices.map { k in (perReward.map { $0[k] }, totals[k]) }
+    }
+
+    /// Training preprocessing: scores a batch; images of different sizes go one by one (each is resized by the preprocessing anyway).
     func score(_ images: [Tensor], prompts: [String], _ weighted: WeightedReward, _ device: Device) throws
         -> [(scores: [Double], total: Double)]
     {

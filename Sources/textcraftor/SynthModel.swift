@@ -17,10 +17,12 @@ struct SynthModel: ParsableCommand {
             \(ModelPreset.allCases.map { "  \($0.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0))\($0.summary)" }.joined(separator: "\n"))
 
             The folder is written as OUT.partial and renamed when complete. float16 (the default) halves the size: \
-            sd15 takes 2.1 GB, sd21 2.6 GB, sdxl 6.9 GB, pickscore and hpsv2 2.0 GB, aesthetic 0.9 GB.
+            sd15 takes 2.1 GB, sd21 2.6 GB, sdxl 6.9 GB, pickscore and hpsv2 2.0 GB, aesthetic, aesthetic25 and imagereward \
+            0.9 GB. imagereward's vocab.txt is a placeholder (BERT's special tokens at their ids, then ASCII characters and \
+            fillers): bert-base-uncased's vocabulary cannot be made up, so give the real one with real weights.
             """)
 
-    @Option(help: "sd15, sd21, sdxl, pickscore, hpsv2 or aesthetic.") var preset: String
+    @Option(help: "sd15, sd21, sdxl, pickscore, hpsv2, aesthetic, aesthetic25 or imagereward.") var preset: String
     @Option(help: "The folder to create.", completion: .directory) var out: String
     @Option(help: "Storage type: float16, bfloat16 or float32.") var dtype = "float16"
     @Option(help: "Seed of the random weights.") var seed: UInt64 = 0

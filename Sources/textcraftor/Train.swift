@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Rewards
 import TextCraftor
 import Torch
 
@@ -184,6 +185,11 @@ struct TrainingFlags: ParsableArguments {
             completion: .file()) var textEncoder: String?
     @Option(help: "NAME=PATH[:GAMMA], repeatable (see `textcraftor score --help`).", transform: RewardOption.init(spec:))
     var reward: [RewardOption] = []
+    @Option(help: ArgumentHelp(
+        "none (default), running or fixed: how each reward's score is normalised before gamma x scale weighs it.",
+        discussion: "none: raw scores with the authors' scales (aesthetic 3, pickscore 1, hpsv2 100, clip 100). running: (R - mean) / std with the run's running mean and std of that reward (Welford over every score so far; kept in checkpoints and restored by --resume). fixed: typical means and stds over Stable Diffusion images (README's reward table). Normalised, every default scale is 1, so a gamma weighs every reward alike. metrics.jsonl gets each reward's contribution to the objective (NAME_contribution: gamma x scale x normalised reward, batch mean; the loss is minus their sum).",
+        valueName: "MODE"))
+    var normalizeRewards: RewardNormalization?
     @Option(help: "Output folder.", completion: .directory) var out: String?
 
     @Option(help: "DDIM steps per sample (default 25).") var samplingSteps: Int?

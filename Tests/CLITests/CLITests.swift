@@ -231,7 +231,7 @@ func temporaryOutput() -> URL {
 
     @Test(arguments: [
         (["--grad-window", "3"], "Error: --grad-window: 3 is more than sampling_steps (2)"),
-        (["--reward", "vibes=/tmp"], "Error: unknown reward \"vibes\" (known: aesthetic, pickscore, hpsv2, clip)"),
+        (["--reward", "vibes=/tmp"], "Error: unknown reward \"vibes\" (known: aesthetic, pickscore, hpsv2, clip, hpsv2.1, aesthetic25, imagereward)"),
         (["--batch-size", "0"], "Error: --batch-size: expected an integer >= 1, found 0"),
         (["--train", "text_encoder"],
          "Error: The value 'text_encoder' is invalid for '--train <train>'. Please provide one of 'text-encoder', 'text-encoder-2', 'text-encoders' or 'unet'."),

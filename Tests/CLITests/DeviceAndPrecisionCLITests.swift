@@ -117,7 +117,7 @@ import Torch
         try FileManager.default.createDirectory(at: existing, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: existing) }
         let cases: [([String], String)] = [
-            (["--preset", "sd3", "--out", "/tmp/never"], "Error: --preset sd3: expected sd15, sd21, sdxl, pickscore, hpsv2, aesthetic"),
+            (["--preset", "sd3", "--out", "/tmp/never"], "Error: --preset sd3: expected sd15, sd21, sdxl, pickscore, hpsv2, aesthetic, aesthetic25, imagereward"),
             (["--preset", "sd15", "--out", "/tmp/never", "--dtype", "int8"], "Error: --dtype int8: expected float16, bfloat16 or float32"),
             (["--preset", "sd15", "--out", existing.path], "Error: \(existing.path) already exists: choose another --out or remove it"),
         ]

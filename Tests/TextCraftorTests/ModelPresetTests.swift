@@ -3,6 +3,7 @@ import NN
 import Testing
 import Torch
 
+import Rewards
 @testable import StableDiffusion
 @testable import TextCraftor
 
@@ -62,8 +63,25 @@ import Torch
         case .sdxl: 3468.8  // 123.1M + 694.7M text + 2567.5M UNet + 83.7M VAE
         case .pickscore, .hpsv2: 986.1
         case .aesthetic: 428.5
+        case .aesthetic25: 429.5  // 428.2M SigLIP so400m vision tower + 1.3M head
+        case .imagereward: 446.7  // 303.3M ViT-L/16 + 142.3M BERT with cross-attention + 0.9M head + projections
         }
         #expect(abs(millions - expected) < 0.1, "\(preset): \(millions)M parameters")
+    }
+
+    /// ImageReward's med_config.json is read as the model's config, and the placeholder vocabulary puts BERT's
+    /// special tokens at BERT's ids.
+    @Test func imageRewardConfigAndPlaceholderVocabulary() throws {
+        let data = try JSONSerialization.data(withJSONObject: ModelPreset.imageRewardMedConfig)
+        let decoded = try JSONDecoder().decode(BLIPTextConfig.self, from: data)
+        #expect(decoded == ModelPreset.imageRewardText)
+        let tokenizer = try ModelPreset.placeholderWordPiece()
+        #expect(ModelPreset.placeholderVocabulary.count == 30522 && Set(ModelPreset.placeholderVocabulary).count == 30522)
+        let specials: [Int] = [tokenizer.padTokenId, tokenizer.unknownTokenId, tokenizer.clsTokenId, tokenizer.sepTokenId]
+        #expect(specials == [0, 100, 101, 102])
+        #expect(tokenizer.vocabularySize == ModelPreset.imageRewardText.vocab_size)
+        #expect(tokenizer.encode("[DEC]") == [Int](arrayLiteral: 30522))
+        #expect(tokenizer.tokens("Red cat!") == ["r", "##e", "##d", "c", "##a", "##t", "!"])
     }
 
     /// The SD presets' UNets fit their text encoders as the loader checks it (SDXL: 768 + 1280 = 2048 wide text,

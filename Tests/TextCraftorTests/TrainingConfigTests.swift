@@ -34,6 +34,7 @@ import Testing
         c.predictionType = "v_prediction"
         c.prompts = path("../prompts/parti.tsv")
         c.promptColumn = "caption"
+        c.normalizeRewards = .running
         c.data = "/data/pairs"
         c.textEncoder = path("runs/a/text_encoder")
         c.rewards = [
@@ -101,6 +102,7 @@ import Testing
             data = "/data/pairs"
             text_encoder = "runs/a/text_encoder"
             out = "runs/b"
+            normalize_rewards = "running"
             adapter = "token"
             token = "<aesthetic>"
             init_word = "beautiful"
@@ -152,7 +154,7 @@ import Testing
         #expect(config == everyKeyChanged())
         #expect(config.prompts == folder.deletingLastPathComponent().appendingPathComponent("prompts/parti.tsv").path)
         // Every key of the type is a key of the file: the test above gives them all.
-        #expect(TrainingConfig.keys.count == 54)
+        #expect(TrainingConfig.keys.count == 55)
     }
 
     @Test func anEmptyFileGivesTheDefaults() throws {
@@ -196,7 +198,7 @@ import Testing
         #expect(problem("reward = \"aesthetic\"") == "key \"reward\": expected a list of tables ([[reward]]), found a string")
         #expect(problem("reward = [1]") == "key \"reward[0]\": expected a table, found an integer")
         #expect(problem("[[reward]]\nname = \"aesthetics\"\npaths = \"a\"")
-            == "key \"reward[0].name\": expected \"aesthetic\", \"pickscore\", \"hpsv2\" or \"clip\", found \"aesthetics\"")
+            == "key \"reward[0].name\": expected \"aesthetic\", \"pickscore\", \"hpsv2\", \"clip\", \"hpsv2.1\", \"aesthetic25\" or \"imagereward\", found \"aesthetics\"")
         #expect(problem("[[reward]]\nname = \"clip\"\npaths = [\"a\", 2]") == "key \"reward[0].paths\": expected a string, found an integer")
         #expect(problem("[[reward]]\nname = \"clip\"\npaths = 2") == "key \"reward[0].paths\": expected a string or a list of strings, found an integer")
         #expect(problem("[[reward]]\nname = \"clip\"\npaths = \"c\"\ngamma = \"1\"") == "key \"reward[0].gamma\": expected a number, found a string")

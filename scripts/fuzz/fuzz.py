@@ -42,6 +42,7 @@ HF = os.path.join(ROOT, "Tests/RewardsTests/Fixtures/hf")
 IMAGES = os.path.join(ROOT, "Tests/RewardsTests/Fixtures/images")
 SERIALIZATION = os.path.join(ROOT, "Tests/TorchTests/Fixtures/serialization")
 OPENCLIP = os.path.join(ROOT, "Tests/RewardsTests/Fixtures/openclip/tiny")
+SIGLIP = os.path.join(ROOT, "Tests/RewardsTests/Fixtures/siglip")
 CLEAN = re.compile(r"^Error: [^\x00-\x08\x0b-\x1f\x7f]{1,450}\n?$")
 
 INTERESTING_NUMBERS = [0, -1, 1, 2, 3, 7, 255, 256, 65535, 65536, 2**31 - 1, 2**31, 2**32, 2**53, 2**63 - 1,
@@ -388,6 +389,39 @@ def adapter_file_case(rng, folder):
     return ["generate", "--model", model, "--prompt", "a red circle", "--steps", "2", "--out", os.path.join(folder, "out"),
             kind, path + (rng.choice(["", ":0.5", ":nan", ":x"]) if kind == "--lora" else "")]
 
+def siglip_reward_case(rng, folder):
+    """aesthetic25's inputs: a SigLIP folder (vision or whole SiglipModel) with its config.json mutated, its
+    model.safetensors header or bytes mutated, or the v2.5 head (.pth or .safetensors) mutated; scored by `score`."""
+    model = copy_model(os.path.join(folder, "siglip"), os.path.join(SIGLIP, rng.choice(["vision", "full"])))
+    head = os.path.join(SIGLIP, rng.choice(["aesthetic_predictor_v2_5.pth", "aesthetic_predictor_v2_5.safetensors"]))
+    target = rng.choice(["config", "weights", "head"])
+    if target == "config":
+        path = os.path.join(model, "config.json")
+        config = json.loads(read(path))
+        for _ in range(rng.randint(1, 3)):
+            config = mutate_value(rng, config)
+        os.unlink(path)
+        write(path, json.dumps(config))
+    else:
+        source = os.path.join(model, "model.safetensors") if target == "weights" else head
+        data = read(source)
+        if source.endswith(".safetensors") and rng.random() < 0.5:
+            (length,) = struct.unpack("<Q", data[:8])
+            blob = json.dumps(mutate_value(rng, json.loads(data[8:8 + length]))).encode()
+            data = struct.pack("<Q", len(blob)) + blob + data[8 + length:]
+        else:
+            data = mutate_bytes(rng, data)
+        path = os.path.join(folder, os.path.basename(source))
+        if target == "weights":
+            os.unlink(source)
+            path = source
+        write(path, data)
+        if target == "head":
+            head = path
+    return ["score", "--images", os.path.join(IMAGES, "rgb.png"), "--prompt", "x", "--reward",
+            f"aesthetic25={model},{head}" + rng.choice(["", ":0.5", ":nan"])] + (["--preprocessing", "training"] if rng.random() < 0.3 else [])
+
+
 def generate_flag_case(rng, folder):
     """generate's sampler and SDXL flags, one to three at a time, on SD or SDXL."""
     choices = [("--scheduler", ["ddim", "euler", "euler-ancestral", "dpm", "dpm-sde", "pndm", "lms", "", "EULER"]),
@@ -460,6 +494,7 @@ CLASSES = [
     ("generate-flag", 1, generate_flag_case),
     ("adapter-file", 2, adapter_file_case),
     ("single-file-io", 2, single_file_io_case),
+    ("siglip-reward", 1, siglip_reward_case),
 ]
 # The fast subset: classes that fail or finish in well under a second each.
 QUICK = {"safetensors", "pickle", "deep-pickle", "prompt-text", "reward-flag", "toml-config", "image"}

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fixtures for `textcraftor synth-model`: the real models' configs and every weight's name and shape.
 
-Each preset's models (SD 1.5, SD 2.1, SDXL base 1.0, the reward models) are built by the reference libraries (diffusers, transformers, open_clip) on the meta device,
+Each preset's models (SD 1.5, SD 2.1, SDXL base 1.0, the reward models) are built by the reference libraries (diffusers, transformers, open_clip, image-reward) on the meta device,
 from the configs the published checkpoints ship (written out below, as their config.json files hold them), so nothing
 is downloaded and nothing is allocated. For each component the fixture holds the config and {key: shape} of its
 state dict; the Swift test builds the same models from its presets on the meta device and compares both.
@@ -58,6 +58,12 @@ VIT_H14_TEXT = dict(VIT_L14_TEXT, hidden_size=1024, intermediate_size=4096, num_
 VIT_H14_VISION = {
     "hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 16, "num_hidden_layers": 32,
     "image_size": 224, "patch_size": 14, "hidden_act": "gelu", "layer_norm_eps": 1e-05,
+}
+# google/siglip-so400m-patch14-384: the vision_config of its config.json (the rest are SiglipVisionConfig's defaults,
+# written out here: gelu_pytorch_tanh, layer_norm_eps 1e-6, 3 channels), which Aesthetic Predictor v2.5 reads.
+SIGLIP_SO400M_VISION = {
+    "hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16, "num_hidden_layers": 27,
+    "image_size": 384, "patch_size": 14, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-06, "num_channels": 3,
 }
 # stabilityai/stable-diffusion-xl-base-1.0: unet/config.json (2816 = text_encoder_2's 1280 + 6 x 256).
 SDXL_UNET = dict(
@@ -130,11 +136,62 @@ def aesthetic_head():
     return {"config": {"input_width": 768}, "shapes": {"layers." + k: v for k, v in shapes(layers).items()}}
 
 
+def siglip_vision(config):
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+    with torch.device("meta"):
+        model = SiglipVisionModel(SiglipVisionConfig(**config))
+    return {"config": config, "shapes": shapes(model)}
+
+
+def aesthetic25_head():
+    # aesthetic-predictor-v2-5's AestheticPredictorV2_5Head (the keys of aesthetic_predictor_v2_5.pth).
+    from aesthetic_predictor_v2_5 import AestheticPredictorV2_5Head
+    from transformers import SiglipVisionConfig
+    with torch.device("meta"):
+        head = AestheticPredictorV2_5Head(SiglipVisionConfig(**SIGLIP_SO400M_VISION))
+    return {"config": {"input_width": SIGLIP_SO400M_VISION["hidden_size"]}, "shapes": shapes(head)}
+
+
 def hpsv2():
     import open_clip
     with torch.device("meta"):
         model = open_clip.create_model("ViT-H-14", pretrained=None, device="meta")
     return {"config": {"model": "ViT-H-14"}, "shapes": shapes(model)}
+
+
+# ImageReward's med_config.json (BLIP's configs/med_config.json).
+IMAGEREWARD_MED_CONFIG = {
+    "architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1, "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072,
+    "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "model_type": "bert", "num_attention_heads": 12,
+    "num_hidden_layers": 12, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": 30524, "encoder_width": 768,
+    "add_cross_attention": True,
+}
+
+
+def imagereward():
+    """The image-reward package's ImageReward (ViT-L/16 at 224, BERT-base with cross-attention, MLP(768)), built by
+    its own classes on the meta device; imported as make_imagereward_fixtures.py does, with BLIP's tokenizer (a
+    download) left out."""
+    import tempfile
+    from make_imagereward_fixtures import load_package
+    IR, blip_pretrain, vit = load_package()
+    blip_pretrain.init_tokenizer = lambda: None
+
+    class TorchOnCPUForLinspace:  # vit.py reads drop-path rates with .item(), which meta tensors refuse
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+        @staticmethod
+        def linspace(*args, **kwargs):
+            return torch.linspace(*args, **kwargs, device="cpu")
+    vit.torch = TorchOnCPUForLinspace()
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(IMAGEREWARD_MED_CONFIG, f)
+    with torch.device("meta"):
+        model = IR.ImageReward(med_config=f.name, device="meta")
+    os.remove(f.name)
+    return {"config": IMAGEREWARD_MED_CONFIG, "shapes": shapes(model)}
 
 
 def flops():
@@ -174,6 +231,8 @@ def main():
         "pickscore": {"clip": clip_model(VIT_H14_TEXT, VIT_H14_VISION, 1024)},
         "aesthetic": {"clip": clip_model(VIT_L14_TEXT, VIT_L14_VISION, 768), "head": aesthetic_head()},
         "hpsv2": {"open_clip": hpsv2()},
+        "aesthetic25": {"siglip": siglip_vision(SIGLIP_SO400M_VISION), "head": aesthetic25_head()},
+        "imagereward": {"imagereward": imagereward()},
     }
     for name, components in presets.items():
         path = os.path.join(OUT, name + ".json")

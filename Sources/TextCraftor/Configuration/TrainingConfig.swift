@@ -34,8 +34,11 @@ public struct TrainingConfig: ModelConfiguration {
     /// Fine-tuned text encoders to start from or, in the UNet stage, to condition on (nil: the model's): one
     /// encoder's folder, or a run folder holding `text_encoder/` and/or `text_encoder_2/` (`EncoderFolders`).
     public var textEncoder: String?
-    /// The rewards of the objective, −Σ γ·scale·R.
+    /// The rewards of the objective, −Σ γ·scale·N(R).
     public var rewards: [RewardOption] = []
+    /// N: none (raw scores, the authors' scales), running (each reward's running mean and std, checkpointed) or
+    /// fixed (typical means and stds); see `RewardNormalization`.
+    public var normalizeRewards = RewardNormalization.none
     /// The run folder.
     public var out: String?
     /// adapter token: the new token (e.g. `<aesthetic>`), added to the tokenizer(s) and appended to each prompt that
@@ -128,6 +131,7 @@ public struct TrainingConfig: ModelConfiguration {
         .path("data", \.data),
         .path("text_encoder", \.textEncoder),
         .rewards("reward", \.rewards),
+        .choice("normalize_rewards", \.normalizeRewards),
         .path("out", \.out),
         .string("token", \.token),
         .string("init_word", \.initWord),

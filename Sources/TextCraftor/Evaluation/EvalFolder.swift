@@ -40,12 +40,12 @@ struct EvalScorer {
     var reward: (any Reward)? = nil
     var oracle: (([UInt8], String) -> Double)? = nil
 
-    /// `pixels` [N, 3, H, W] in [0, 1].
-    func score(_ pixels: Tensor, prompts: [String]) throws -> [Double] {
-        if let reward { return try withNoGrad { try reward.score(pixels.to(device), prompts: prompts).to(.float64).toArray(Double.self) } }
-        let bytes = (pixels * 255).round().clamp(min: 0, max: 255).permute([0, 2, 3, 1]).to(.uint8).contiguous().toArray(UInt8.self)
-        let stride = bytes.count / prompts.count
-        return prompts.indices.map { oracle!(Array(bytes[$0 * stride..<($0 + 1) * stride]), prompts[$0]) }
+    /// `images`: the PNGs' 8-bit pixels. Rewards see them as their published tools do (`Reward.score(files:)`).
+    func score(_ images: [RGB8Image], prompts: [String]) throws -> [Double] {
+        if let reward {
+            return try withNoGrad { try reward.score(files: images, prompts: prompts, device: device).to(.float64).toArray(Double.self) }
+        }
+        return prompts.indices.map { oracle!(images[$0].pixels, prompts[$0]) }
     }
 }
 

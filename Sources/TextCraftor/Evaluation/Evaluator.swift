@@ -309,7 +309,7 @@ public final class Evaluator {
             var columns = scorers.map { _ in [Double]() }
             for start in stride(from: 0, to: files.count, by: config.batchSize) {
                 let range = start..<min(start + config.batchSize, files.count)
-                let pixels = try withNoGrad { Tensor.stack(try range.map { try ImageIO.read(files[$0]) }) }
+                let pixels = try range.map { try ImageIO.readRGB8(files[$0]) }
                 for (s, scorer) in scorers.enumerated() {
                     columns[s] += try scorer.score(pixels, prompts: Array(texts[range]))
                 }
