@@ -11,6 +11,7 @@ nothing is regenerated: it reads the existing tiny models
 and writes
   Tests/TextCraftorTests/Fixtures/train_step.safetensors   inputs, intermediates, rewards, loss, gradients, weights
   Tests/TextCraftorTests/Fixtures/train_step.json          the settings (also stored as the safetensors metadata "meta")
+  Tests/TextCraftorTests/Fixtures/train_step_imagereward.{safetensors,json}   the step with ImageReward (see the end)
 
 The step (the spec both the Swift trainer and this reference implement), float32, CPU, one thread, every model in
 eval mode; UNet, VAE, CLIP and the aesthetic head frozen; every text-encoder parameter requires grad:
@@ -51,15 +52,6 @@ eval mode; UNet, VAE, CLIP and the aesthetic head frozen; every text-encoder par
        p <- p * (1 - lr * wd);  p <- p - lr * g / (|g| + eps)      (m_hat = g, sqrt(v_hat) = |g|)
      computed by torch as denom = sqrt(v) / sqrt(1 - beta2) + eps, p -= (lr / (1 - beta1)) * m / denom.
 
-With ImageReward (`--only imagereward`, or by default after train_step; needs image-reward==1.5 as
-make_imagereward_fixtures.py says, whose load_checkpoint builds the package's own ImageReward classes around the tiny
-Tests/RewardsTests/Fixtures/imagereward/ImageReward.pt): the same step with ImageReward as the reward in step 8,
-  ids, mask = BertTokenizer(vocab.txt + BLIP's [DEC], [ENC])(prompts, padding "max_length" 35, truncation)
-  imagereward = model.score_gard(ids, mask, (adaptive_avg_pool2d(image, (32, 32)) - mean) / std).squeeze(1)
-and the loss -(1.0 * 1.0 * imagereward).mean() (cases "k5", "k2") or -(3.0 * 1.0 * aesthetic + 1.0 * 1.0 *
-imagereward).mean() ("aesthetic_k2", K = 2), written to train_step_imagereward.{safetensors,json} (main_imagereward
-lists its keys). float32 vs float64 there: gradients within 3.1e-6 of max|g| (relative norm error <= 4e-6).
-
 Cases: "k5" (S = 5, K = 5: every step in the window) and "k2" (S = 5, K = 2: steps 999, 799, 599 outside).
 Each case starts from the original weights (a fresh text encoder and a fresh AdamW).
 
@@ -85,6 +77,15 @@ AdamW applied to your own gradients.
 Checks run here (printed, and asserted where exact): the gradients with torch.utils.checkpoint around every UNet call
 in the window (non-reentrant, as the authors checkpoint each UNet call) match plain autograd; the same step in
 float64 is printed as the attainable float32 accuracy.
+
+With ImageReward (`--only imagereward`, or by default after train_step; needs image-reward==1.5 as
+make_imagereward_fixtures.py says, whose load_checkpoint builds the package's own ImageReward classes around the tiny
+Tests/RewardsTests/Fixtures/imagereward/ImageReward.pt): the same step with ImageReward as the reward in step 8,
+  ids, mask = BertTokenizer(vocab.txt + BLIP's [DEC], [ENC])(prompts, padding "max_length" 35, truncation)
+  imagereward = model.score_gard(ids, mask, (adaptive_avg_pool2d(image, (32, 32)) - mean) / std).squeeze(1)
+and the loss -(1.0 * 1.0 * imagereward).mean() (cases "k5", "k2") or -(3.0 * 1.0 * aesthetic + 1.0 * 1.0 *
+imagereward).mean() ("aesthetic_k2", K = 2), written to train_step_imagereward.{safetensors,json} (main_imagereward
+lists its keys). float32 vs float64 there: gradients within 3.1e-6 of max|g| (relative norm error <= 4e-6).
 """
 import copy
 import json
