@@ -6,8 +6,9 @@ The step is the one of scripts/parity/make_trainer_fixtures.py (imported from th
 trailing DDIM with --steps steps, eta 0, guidance 7.5; the first steps - window steps without grad on the frozen
 original encoder's embeddings, the last --window steps with grad on the trainable encoder's (uncond + cond), the latent
 chain kept; VAE decode; aesthetic and CLIP rewards with the training preprocessing;
-loss = -(3 * 1 * aesthetic + 100 * 0.5 * clip + 1 * pickscore + 100 * hpsv2).mean(), the last two with --pickscore
-and --hpsv2; backward; one AdamW step (lr 1e-3). By default every UNet call in the window runs under
+loss = -(3 * 1 * aesthetic + 100 * 0.5 * clip + 1 * pickscore + 100 * hpsv2 + 1 * imagereward).mean(), the last
+three with --pickscore, --hpsv2 and --imagereward (the image-reward package's own classes, imported as
+scripts/parity/make_imagereward_fixtures.py does: needs image-reward==1.5, timm, torchvision); backward; one AdamW step (lr 1e-3). By default every UNet call in the window runs under
 torch.utils.checkpoint (non-reentrant), as the authors do; --no-checkpoint keeps the activations instead.
 
 An SDXL folder (model_index.json's StableDiffusionXLPipeline) runs the step of
@@ -64,6 +65,8 @@ p.add_argument("--no-checkpoint", action="store_true", help="plain autograd thro
 p.add_argument("--guidance", type=float, default=ref.GUIDANCE)
 p.add_argument("--pickscore", help="a PickScore (transformers CLIPModel) folder: adds 1 * pickscore (the authors' scale)")
 p.add_argument("--hpsv2", help="an HPSv2 open_clip ViT-H-14 checkpoint (.pt or .safetensors): adds 100 * hpsv2")
+p.add_argument("--imagereward", help="CKPT[,VOCAB]: ImageReward.pt (or a .safetensors copy) with med_config.json "
+               "beside it, and bert-base-uncased's vocab.txt (default: beside it): adds 1 * imagereward")
 p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
 p.add_argument("--train", choices=["text-encoder", "text-encoder-2", "text-encoders"], default="text-encoder",
                help="the encoders that train (SDXL; SD 1.x/2.x has text-encoder only)")
@@ -138,6 +141,10 @@ if args.hpsv2:
             t = torch.nn.functional.normalize(hps.encode_text(hps_tok(prompts).to(m.device)), dim=-1)
         return (f * t).sum(-1)
     extra.append((100.0, hpsv2))
+
+if args.imagereward:
+    checkpoint, _, vocab = args.imagereward.partition(",")
+    extra.append((1.0, ref.ImageRewardTerm(checkpoint, vocab or None, device=m.device, dtype=m.dtype)))
 
 
 def extra_rewards(image, prompts):

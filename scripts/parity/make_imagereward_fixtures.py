@@ -71,6 +71,9 @@ def package_root():
 
 
 def load_package():
+    if "ImageReward.ImageReward" in sys.modules:  # loaded before (by this function)
+        return (sys.modules["ImageReward.ImageReward"], sys.modules["ImageReward.models.BLIP.blip_pretrain"],
+                sys.modules["ImageReward.models.BLIP.vit"])
     root = package_root()
     for name, path in (("ImageReward", root), ("ImageReward.models", os.path.join(root, "models"))):
         module = types.ModuleType(name)
@@ -113,6 +116,51 @@ def make_tokenizer(vocab_file):
     return tok
 
 
+def use_classes(IR, blip_pretrain, vit, tok, hidden_size, image_size=IMAGE_SIZE, patch=PATCH, width=VIT_WIDTH,
+                depth=VIT_DEPTH, heads=VIT_HEADS):
+    """Makes the package's classes build a model of these sizes (the tiny one by default): `ImageReward(med_config=...)`
+    then constructs this ViT (BLIP's VisionTransformer, mlp_ratio 4 as create_vit's), the given tokenizer instead of
+    bert-base-uncased's download, and its MLP on the text width `hidden_size` instead of 768."""
+    def sized_vit(vit_name, *args, **kwargs):
+        return vit.VisionTransformer(img_size=image_size, patch_size=patch, embed_dim=width, depth=depth,
+                                     num_heads=heads), width
+    blip_pretrain.create_vit = sized_vit
+    blip_pretrain.init_tokenizer = lambda: tok
+    package_mlp = getattr(IR, "_package_MLP", IR.MLP)
+    IR._package_MLP = package_mlp
+    IR.MLP = lambda input_size: package_mlp(hidden_size)
+
+
+def load_checkpoint(checkpoint=os.path.join(OUT, "ImageReward.pt"), vocab_file=None, dtype=torch.float32):
+    """An ImageReward checkpoint (ImageReward.pt, or a .safetensors copy such as `textcraftor synth-model --preset
+    imagereward` writes) with med_config.json beside it, in the package's own classes, in eval mode, and its tokenizer
+    (transformers' BertTokenizer on `vocab_file`, default vocab.txt beside the checkpoint, with BLIP's added tokens).
+    The ViT's sizes are read from the weights (as our loader does; heads from med_config's
+    "vision_num_attention_heads", else width / 64: ViT-L's 16), and load_state_dict is strict. Default: the tiny
+    fixture model. Used by make_trainer_fixtures.py and scripts/bench/train_step.py."""
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    if checkpoint.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        state = load_file(checkpoint)
+    else:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    med_file = os.path.join(folder, "med_config.json")
+    with open(med_file) as f:
+        med = json.load(f)
+    proj = state["blip.visual_encoder.patch_embed.proj.weight"]
+    width, patch = proj.shape[0], proj.shape[2]
+    side = int(round((state["blip.visual_encoder.pos_embed"].shape[1] - 1) ** 0.5)) * patch
+    depth = 1 + max(int(k.split(".")[3]) for k in state if k.startswith("blip.visual_encoder.blocks."))
+    heads = med.get("vision_num_attention_heads") or width // 64
+    IR, blip_pretrain, vit = load_package()
+    tok = make_tokenizer(vocab_file or os.path.join(folder, "vocab.txt"))
+    use_classes(IR, blip_pretrain, vit, tok, med["hidden_size"], side, patch, width, depth, heads)
+    model = IR.ImageReward(med_config=med_file, device="cpu")
+    model.load_state_dict(state, strict=True)
+    return model.to(dtype).eval(), tok
+
+
 def normalise(x):
     return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
@@ -149,16 +197,7 @@ def main():
     with open(med_file, "w") as f:
         json.dump(med, f, indent=2)
 
-    # The package's classes, with the tiny ViT, the small tokenizer and an MLP on the tiny text width.
-    def tiny_vit(vit_name, image_size, *args, **kwargs):
-        assert vit_name == "large"
-        return vit.VisionTransformer(img_size=IMAGE_SIZE, patch_size=PATCH, embed_dim=VIT_WIDTH, depth=VIT_DEPTH,
-                                     num_heads=VIT_HEADS), VIT_WIDTH
-    blip_pretrain.create_vit = tiny_vit
-    blip_pretrain.init_tokenizer = lambda: tok
-    package_mlp = IR.MLP
-    IR.MLP = lambda input_size: package_mlp(med["hidden_size"])
-
+    use_classes(IR, blip_pretrain, vit, tok, med["hidden_size"])
     torch.manual_seed(0)
     model = IR.ImageReward(med_config=med_file, device="cpu")
     model.preprocess = IR._transform(IMAGE_SIZE)
@@ -224,14 +263,7 @@ def check_synth(folder, image_path, prompt):
     package's real-sized ImageReward (ViT-L/16, BERT-base; the tokenizer from the folder's vocab.txt plus BLIP's added
     tokens) with load_state_dict(strict=True), and prints the package's own score() of IMAGE for PROMPT, to compare
     with `textcraftor score --preprocessing evaluation` on the same folder (about 1.8 GB of memory)."""
-    from safetensors.torch import load_file
-    IR, blip_pretrain, _ = load_package()
-    tok = make_tokenizer(os.path.join(folder, "vocab.txt"))
-    blip_pretrain.init_tokenizer = lambda: tok
-    model = IR.ImageReward(med_config=os.path.join(folder, "med_config.json"), device="cpu")
-    sd = {k: v.float() if v.is_floating_point() else v for k, v in load_file(os.path.join(folder, "ImageReward.safetensors")).items()}
-    model.load_state_dict(sd, strict=True)
-    model.eval()
+    model, _ = load_checkpoint(os.path.join(folder, "ImageReward.safetensors"))
     with torch.no_grad():
         print(f"package score: {model.score(prompt, Image.open(image_path)):.6f}")
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One prompt-based TextCraftor training step in PyTorch, on the project's tiny random models (Tests/TextCraftorTests).
 
-Run by hand:  HF_HUB_OFFLINE=1 python3 scripts/parity/make_trainer_fixtures.py
+Run by hand:  HF_HUB_OFFLINE=1 python3 scripts/parity/make_trainer_fixtures.py [--only train_step|imagereward]
 Needs torch==2.11.0, diffusers (0.39 used), transformers 4.x (4.57.6 used), safetensors. Nothing is downloaded and
 nothing is regenerated: it reads the existing tiny models
   Tests/StableDiffusionTests/Fixtures/sd/tiny-sd15/   tokenizer, text_encoder, unet, vae, scheduler (its config)
@@ -11,6 +11,7 @@ nothing is regenerated: it reads the existing tiny models
 and writes
   Tests/TextCraftorTests/Fixtures/train_step.safetensors   inputs, intermediates, rewards, loss, gradients, weights
   Tests/TextCraftorTests/Fixtures/train_step.json          the settings (also stored as the safetensors metadata "meta")
+  Tests/TextCraftorTests/Fixtures/train_step_imagereward.{safetensors,json}   the step with ImageReward (see the end)
 
 The step (the spec both the Swift trainer and this reference implement), float32, CPU, one thread, every model in
 eval mode; UNet, VAE, CLIP and the aesthetic head frozen; every text-encoder parameter requires grad:
@@ -76,6 +77,15 @@ AdamW applied to your own gradients.
 Checks run here (printed, and asserted where exact): the gradients with torch.utils.checkpoint around every UNet call
 in the window (non-reentrant, as the authors checkpoint each UNet call) match plain autograd; the same step in
 float64 is printed as the attainable float32 accuracy.
+
+With ImageReward (`--only imagereward`, or by default after train_step; needs image-reward==1.5 as
+make_imagereward_fixtures.py says, whose load_checkpoint builds the package's own ImageReward classes around the tiny
+Tests/RewardsTests/Fixtures/imagereward/ImageReward.pt): the same step with ImageReward as the reward in step 8,
+  ids, mask = BertTokenizer(vocab.txt + BLIP's [DEC], [ENC])(prompts, padding "max_length" 35, truncation)
+  imagereward = model.score_gard(ids, mask, (adaptive_avg_pool2d(image, (32, 32)) - mean) / std).squeeze(1)
+and the loss -(1.0 * 1.0 * imagereward).mean() (cases "k5", "k2") or -(3.0 * 1.0 * aesthetic + 1.0 * 1.0 *
+imagereward).mean() ("aesthetic_k2", K = 2), written to train_step_imagereward.{safetensors,json} (main_imagereward
+lists its keys). float32 vs float64 there: gradients within 3.1e-6 of max|g| (relative norm error <= 4e-6).
 """
 import copy
 import json
@@ -107,6 +117,10 @@ GAMMAS = {"aesthetic": 1.0, "clip": 0.5}
 SCALES = {"aesthetic": 3.0, "clip": 100.0}
 LR, BETAS, EPS, WEIGHT_DECAY = 1e-3, (0.9, 0.999), 1e-8, 1e-2
 CASES = [("k5", 5), ("k2", 2)]
+IMAGEREWARD = os.path.join(ROOT, "Tests", "RewardsTests", "Fixtures", "imagereward")
+IMAGEREWARD_GAMMA, IMAGEREWARD_SCALE = 1.0, 1.0  # the Swift WeightedReward's default scale for imagereward is 1
+# (case, window, the fixture's rewards that join ImageReward in the loss)
+IMAGEREWARD_CASES = [("k5", 5, ()), ("k2", 2, ()), ("aesthetic_k2", 2, ("aesthetic",))]
 
 
 class AestheticMLP(torch.nn.Module):
@@ -176,10 +190,12 @@ class Models:
 
 
 def train_step(m, te, te_frozen, prompts, steps, window, seed=SEED, guidance=GUIDANCE, height=HEIGHT, width=WIDTH,
-               checkpoint=False, record=None, extra_rewards=None):
+               checkpoint=False, record=None, extra_rewards=None, base_rewards=("aesthetic", "clip")):
     """The forward of one step up to the loss (see the module docstring). Returns the loss; fills `record` with the
-    intermediates when given. `extra_rewards(image, prompts)`, when given, returns further weighted rewards [B] that
-    the loss subtracts too (the benchmark's PickScore and HPSv2). The caller runs backward and the optimizer."""
+    intermediates when given. `base_rewards`: which of the fixture's aesthetic and CLIP rewards enter the loss (both
+    by default; the ImageReward fixture uses none or the aesthetic alone). `extra_rewards(image, prompts)`, when given,
+    returns further weighted rewards [B] that the loss subtracts too (the benchmark's PickScore and HPSv2, the
+    ImageReward fixture's ImageReward). The caller runs backward and the optimizer."""
     b = len(prompts)
     ids = torch.cat([m.ids(m.tokenizer, [""] * b), m.ids(m.tokenizer, prompts)])
     with torch.no_grad():
@@ -220,33 +236,41 @@ def train_step(m, te, te_frozen, prompts, steps, window, seed=SEED, guidance=GUI
     x = m.vae.decode(z / m.vae.config.scaling_factor).sample
     image = (x / 2 + 0.5).clamp(0, 1)
 
-    size = m.clip.config.vision_config.image_size
-    mean = torch.tensor(MEAN, device=m.device, dtype=m.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=m.device, dtype=m.dtype).view(1, 3, 1, 1)
-    pixels = (F.adaptive_avg_pool2d(image, (size, size)) - mean) / std
-    f = F.normalize(features(m.clip.get_image_features(pixel_values=pixels)), dim=-1)
-    aesthetic = m.aesthetic(f).squeeze(-1)
-    clip_ids = m.ids(m.clip_tokenizer, prompts)
-    with torch.no_grad():
-        text = features(m.clip.get_text_features(input_ids=clip_ids))
-    clip = (f * F.normalize(text, dim=-1)).sum(-1)
-    total = SCALES["aesthetic"] * GAMMAS["aesthetic"] * aesthetic + SCALES["clip"] * GAMMAS["clip"] * clip
+    total = None
+    if base_rewards:
+        size = m.clip.config.vision_config.image_size
+        mean = torch.tensor(MEAN, device=m.device, dtype=m.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(STD, device=m.device, dtype=m.dtype).view(1, 3, 1, 1)
+        pixels = (F.adaptive_avg_pool2d(image, (size, size)) - mean) / std
+        f = F.normalize(features(m.clip.get_image_features(pixel_values=pixels)), dim=-1)
+        aesthetic = m.aesthetic(f).squeeze(-1)
+        clip_ids = m.ids(m.clip_tokenizer, prompts)
+        with torch.no_grad():
+            text = features(m.clip.get_text_features(input_ids=clip_ids))
+        clip = (f * F.normalize(text, dim=-1)).sum(-1)
+        scores = {"aesthetic": aesthetic, "clip": clip}
+        for name in base_rewards:  # in this order: the sum is the same float32 expression as written in the docstring
+            term = SCALES[name] * GAMMAS[name] * scores[name]
+            total = term if total is None else total + term
+        if record is not None:
+            record.update(aesthetic=aesthetic.detach(), clip=clip.detach(), clip_ids=clip_ids, text_embeds=text)
     if extra_rewards is not None:
-        total = total + extra_rewards(image, prompts)
+        extra = extra_rewards(image, prompts)
+        total = extra if total is None else total + extra
     loss = -total.mean()
     if record is not None:
-        record.update(final_latents=z.detach(), image=image.detach(), aesthetic=aesthetic.detach(),
-                      clip=clip.detach(), clip_ids=clip_ids, text_embeds=text)
+        record.update(final_latents=z.detach(), image=image.detach())
     return loss
 
 
-def run_case(m, window, checkpoint=False):
-    """One full step: forward, backward, AdamW. Returns (record, grads, after) keyed by state-dict names."""
+def run_case(m, window, checkpoint=False, **rewards):
+    """One full step: forward, backward, AdamW. Returns (record, grads, after) keyed by state-dict names. `rewards`:
+    train_step's base_rewards and extra_rewards (the fixture's aesthetic + CLIP when not given)."""
     te, te_frozen = m.fresh_text_encoder()
     rec = {"before": {name: p.detach().clone() for name, p in te.named_parameters()}}
     opt = torch.optim.AdamW(te.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
     opt.zero_grad(set_to_none=True)
-    loss = train_step(m, te, te_frozen, PROMPTS, SAMPLING_STEPS, window, checkpoint=checkpoint, record=rec)
+    loss = train_step(m, te, te_frozen, PROMPTS, SAMPLING_STEPS, window, checkpoint=checkpoint, record=rec, **rewards)
     loss.backward()
     rec["loss"] = loss.detach()
     rec["grad_context"] = rec.pop("context").grad.detach().clone()
@@ -260,6 +284,35 @@ def run_case(m, window, checkpoint=False):
     after = {name: p.detach().clone() for name, p in te.named_parameters()}
     assert set(after) == set(te.state_dict()) - {"text_model.embeddings.position_ids"}
     return rec, grads, after
+
+
+class ImageRewardTerm:
+    """ImageReward as a reward of the step, in the image-reward package's own classes (by default the tiny fixture
+    model of make_imagereward_fixtures.py, loaded by its load_checkpoint; `checkpoint` and `vocab` name another, such
+    as a synth-model's ImageReward.safetensors). Called with the images [B, 3, H, W] in [0, 1] and the prompts, returns
+    gamma * scale * score_gard [B] on the training preprocessing (adaptive average pool to the ViT's image size, CLIP's
+    mean and std), the prompts through transformers' BertTokenizer with BLIP's added tokens (padding to 35,
+    truncation, as the package's score()). Keeps the last scores, ids and mask for the record."""
+
+    def __init__(self, checkpoint=os.path.join(IMAGEREWARD, "ImageReward.pt"), vocab=None, device="cpu",
+                 dtype=torch.float32, gamma=IMAGEREWARD_GAMMA, scale=IMAGEREWARD_SCALE):
+        from make_imagereward_fixtures import load_checkpoint
+        model, self.tokenizer = load_checkpoint(checkpoint, vocab, dtype)
+        model.device = torch.device(device)  # score_gard puts its image attention mask on model.device
+        self.model = frozen(model.to(device))
+        size = self.model.blip.visual_encoder.patch_embed.img_size
+        self.image_size = size if isinstance(size, int) else size[0]
+        self.device, self.dtype, self.weight = torch.device(device), dtype, gamma * scale
+        self.scores = self.ids = self.mask = None
+
+    def __call__(self, image, prompts):
+        text = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
+        self.ids, self.mask = text.input_ids.to(self.device), text.attention_mask.to(self.device)
+        mean = torch.tensor(MEAN, device=self.device, dtype=self.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(STD, device=self.device, dtype=self.dtype).view(1, 3, 1, 1)
+        pixels = (F.adaptive_avg_pool2d(image, (self.image_size, self.image_size)) - mean) / std
+        self.scores = self.model.score_gard(self.ids, self.mask, pixels).squeeze(1)
+        return self.weight * self.scores
 
 
 def norm(tensors):
@@ -359,6 +412,92 @@ def main():
     write_fixture("train_step", meta, tensors)
 
 
+def main_imagereward():
+    """Tests/TextCraftorTests/Fixtures/train_step_imagereward.{safetensors,json}: the step of the module docstring
+    with ImageReward as the reward (see ImageRewardTerm) instead of aesthetic + CLIP: alone with windows 5 and 2
+    ("k5", "k2"), and with the aesthetic reward (gamma 1, scale 3) beside it with window 2 ("aesthetic_k2"):
+      loss = -(1.0 * 1.0 * imagereward).mean()   or   -(3.0 * 1.0 * aesthetic + 1.0 * 1.0 * imagereward).mean()
+    Keys: imagereward.input_ids [B,35] int64 and imagereward.attention_mask [B,35] int64 (transformers'
+    BertTokenizer on the fixture's vocab.txt), and per case c: c.init_latents, c.final_latents, c.image, c.imagereward
+    [B] (score_gard, before the weight), c.aesthetic [B] (aesthetic_k2 only), c.loss [], c.grad.<name>, c.after.<name>
+    as in train_step.safetensors."""
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    m = Models()
+    ir = ImageRewardTerm()
+    tensors, results = {}, {}
+    for case, window, base in IMAGEREWARD_CASES:
+        rec, grads, after = run_case(m, window, base_rewards=base, extra_rewards=ir)
+        if case == IMAGEREWARD_CASES[0][0]:
+            tensors.update({"imagereward.input_ids": ir.ids, "imagereward.attention_mask": ir.mask})
+        assert torch.equal(tensors["imagereward.input_ids"], ir.ids)
+        tensors.update({f"{case}.init_latents": rec["init_latents"], f"{case}.final_latents": rec["final_latents"],
+                        f"{case}.image": rec["image"], f"{case}.imagereward": ir.scores.detach(),
+                        f"{case}.loss": rec["loss"]})
+        if base:
+            tensors[f"{case}.aesthetic"] = rec["aesthetic"]
+        for name in grads:
+            tensors[f"{case}.grad.{name}"] = grads[name]
+            tensors[f"{case}.after.{name}"] = after[name]
+
+        flat = torch.cat([g.flatten() for g in grads.values()])
+        nonzero = flat[flat != 0].abs()
+        res = {"loss": float(rec["loss"]), "imagereward": ir.scores.tolist(), "grad_norm": norm(grads.values()),
+               "grad_context_norm": norm([rec["grad_context"]]), "grad_max_abs": float(flat.abs().max()),
+               "grad_min_nonzero_abs": float(nonzero.min()), "grad_zero_elements": int((flat == 0).sum()),
+               "grad_elements": int(flat.numel()), "params_without_grad": rec["missing"],
+               "update_max_abs": max(float((after[n] - p).abs().max()) for n, p in rec["before"].items())}
+        if base:
+            res["aesthetic"] = rec["aesthetic"].tolist()
+        results[case] = res
+        print(f"{case}: loss {res['loss']:.6f}  imagereward {res['imagereward']}  aesthetic {res.get('aesthetic')}")
+        print(f"     |grad| {res['grad_norm']:.6e}  |grad_context| {res['grad_context_norm']:.6e}  "
+              f"max|g| {res['grad_max_abs']:.3e}  min nonzero |g| {res['grad_min_nonzero_abs']:.3e}  "
+              f"zero elements {res['grad_zero_elements']}/{res['grad_elements']}  "
+              f"params without grad {res['params_without_grad']}")
+
+        # The same step in float64 (every model, ImageReward too): the attainable float32 accuracy.
+        torch.set_default_dtype(torch.float64)
+        m64 = Models(dtype=torch.float64)
+        ir64 = ImageRewardTerm(dtype=torch.float64)
+        rec64, grads64, after64 = run_case(m64, window, base_rewards=base, extra_rewards=ir64)
+        torch.set_default_dtype(torch.float32)
+        rel = max(float((grads64[n] - grads[n].double()).abs().max()) for n in grads) / float(flat.abs().max())
+        res["float64_loss"] = float(rec64["loss"])
+        res["float64_grad_norm"] = norm(grads64.values())
+        res["float32_vs_float64_grad_max_abs_diff_over_max_abs"] = rel
+        res["float32_vs_float64_grad_relative_norm_error"] = (
+            norm([grads64[n] - grads[n].double() for n in grads]) / norm(grads64.values()))
+        res["float32_vs_float64_after_max_abs_diff"] = max(float((after64[n] - after[n].double()).abs().max())
+                                                           for n in after)
+        print(f"     float64: loss {res['float64_loss']:.9f}, |grad| {res['float64_grad_norm']:.6e}, float32 grads "
+              f"max abs diff / max|g| {rel:.2e}, relative norm error "
+              f"{res['float32_vs_float64_grad_relative_norm_error']:.2e}, after max abs diff "
+              f"{res['float32_vs_float64_after_max_abs_diff']:.2e}")
+
+    meta = {
+        "prompts": PROMPTS, "uncond_prompt": "", "batch": len(PROMPTS), "seed": SEED,
+        "latent_shape": list(tensors["k5.init_latents"].shape), "height": HEIGHT, "width": WIDTH,
+        "sampling_steps": SAMPLING_STEPS, "cases": {c: {"window": k, "with": list(b)} for c, k, b in IMAGEREWARD_CASES},
+        "guidance": GUIDANCE, "eta": 0.0, "scheduler": "as train_step.json",
+        "imagereward_image_size": ir.image_size, "imagereward_max_length": 35, "mean": MEAN, "std": STD,
+        "gammas": {"imagereward": IMAGEREWARD_GAMMA, "aesthetic": GAMMAS["aesthetic"]},
+        "scales": {"imagereward": IMAGEREWARD_SCALE, "aesthetic": SCALES["aesthetic"]},
+        "loss": {"k5": "-(1.0 * 1.0 * imagereward).mean()", "k2": "-(1.0 * 1.0 * imagereward).mean()",
+                 "aesthetic_k2": "-(3.0 * 1.0 * aesthetic + 1.0 * 1.0 * imagereward).mean()"},
+        "optimizer": {"name": "AdamW", "lr": LR, "betas": BETAS, "eps": EPS, "weight_decay": WEIGHT_DECAY},
+        "models": {"sd": "Tests/StableDiffusionTests/Fixtures/sd/tiny-sd15",
+                   "imagereward": "Tests/RewardsTests/Fixtures/imagereward (ImageReward.pt, med_config.json, vocab.txt)",
+                   "clip": "Tests/RewardsTests/Fixtures/hf/clip (aesthetic_k2's embedder)",
+                   "aesthetic": "Tests/RewardsTests/Fixtures/hf/aesthetic.pth"},
+        "results": results,
+        "versions": {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__,
+                     "transformers": __import__("transformers").__version__,
+                     "image-reward": __import__("importlib.metadata").metadata.version("image-reward")},
+    }
+    write_fixture("train_step_imagereward", meta, tensors)
+
+
 def write_fixture(name, meta, tensors):
     """OUT/name.json (the settings and results, indented) and OUT/name.safetensors (the tensors, the settings again
     in its metadata), as the Swift parity tests read them."""
@@ -372,4 +511,13 @@ def write_fixture(name, meta, tensors):
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+    parser = argparse.ArgumentParser(description="Writes the training-step parity fixtures (both by default).")
+    parser.add_argument("--only", choices=["train_step", "imagereward"],
+                        help="train_step: aesthetic + CLIP (train_step.*); imagereward: ImageReward as the reward "
+                             "(train_step_imagereward.*, needs image-reward==1.5 as make_imagereward_fixtures.py says)")
+    only = parser.parse_args().only
+    if only in (None, "train_step"):
+        main()
+    if only in (None, "imagereward"):
+        main_imagereward()
