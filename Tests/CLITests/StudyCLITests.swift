@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TextCraftor
 
 /// `textcraftor study` on the shipped bundle with tiny settings: two cheap arms end to end, resume, bad input.
 @Suite(.serialized) struct StudyCLITests {
@@ -79,6 +80,16 @@ import Testing
         #expect(run.err.hasPrefix(message), "\(run.err)")
         #expect(run.err.split(separator: "\n").count == 1)
         #expect(!FileManager.default.fileExists(atPath: out.path))
+    }
+
+    /// Every key of `StudyConfig` is a flag of the same name; `--help` lists the arms.
+    @Test func everyStudyKeyHasItsFlag() throws {
+        let help = try textcraftor(["study", "--help"]).out
+        for key in StudyConfig.keys {
+            let flag = "--" + key.replacingOccurrences(of: "_", with: "-")
+            #expect(help.contains(flag + " ") || help.contains(flag + "\n"), "\(flag)")
+        }
+        #expect(help.contains("textcraftor+unet"))
     }
 
     @Test func aFolderThatIsNotAStudyIsLeftAlone() throws {

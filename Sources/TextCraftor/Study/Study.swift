@@ -150,10 +150,7 @@ public final class Study {
             let started = Date()
             if context == nil { context = try Context(study: self) }
             let measured = try run(unit.arm, seed: unit.seed, context: context!, progress: progress)
-            if stopRequested() {
-                throw TextCraftorError.invalidArgument(
-                    "interrupted in arm \(unit.arm.name) (seed \(unit.seed)); the finished arms are kept in \(output.path): rerun to continue")
-            }
+            if stopRequested() { throw Self.interrupted(unit.arm, seed: unit.seed, output: output) }
             let url = resultURL(unit.arm.name, seed: unit.seed)
             try files.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
             try encoder.encode(measured).write(to: url, options: .atomic)
@@ -165,6 +162,10 @@ public final class Study {
         let report = StudyReport(config: config, arms: arms, results: results)
         try report.write(to: output)
         return report
+    }
+
+    static func interrupted(_ arm: StudyArm, seed: UInt64, output: URL) -> TextCraftorError {
+        .invalidArgument("interrupted in arm \(arm.name) (seed \(seed)); the finished arms are kept in \(output.path): rerun to continue")
     }
 
     /// What every unit shares: the original model, the judge, the prompts.
@@ -247,6 +248,7 @@ public final class Study {
             }
             model = trained.model
             trainSeconds = trained.seconds
+            if stopRequested() { throw Self.interrupted(arm, seed: seed, output: output) }
         }
         let evalStart = Date()
         var variants: [StudyArmResult.Variant] = []
