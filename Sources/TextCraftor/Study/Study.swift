@@ -279,12 +279,17 @@ public final class Study {
 
     /// The text encoder an earlier arm (same seed) trained, from its run folder.
     func loadEncoder(from arm: String, seed: UInt64, pipeline: StableDiffusionPipeline) throws -> CLIPTextModel {
+        try pipeline.loadTextEncoder(folder: try trainedEncoder(arm, seed: seed))
+    }
+
+    /// The text_encoder/ folder an earlier arm (same seed) wrote, checked to be there.
+    func trainedEncoder(_ arm: String, seed: UInt64) throws -> URL {
         let folder = runURL(arm, seed: seed).appendingPathComponent("text_encoder")
         guard FileManager.default.fileExists(atPath: folder.appendingPathComponent("model.safetensors").path) else {
             throw TextCraftorError.invalidData(
                 file: folder.path, message: "the \(arm) arm's encoder is missing: delete \(resultURL(arm, seed: seed).path) to train it again")
         }
-        return try pipeline.loadTextEncoder(folder: folder)
+        return folder
     }
 
     /// The training recipe of an arm with a seed: the study's shared settings with the arm's changes.
@@ -336,7 +341,7 @@ public final class Study {
         let trainingConfig = try trainingConfig(training, seed: seed)
         let pipeline = try StableDiffusionPipeline.load(folder: bundle)
         if let start = training.startFrom {
-            let folder = runURL(start, seed: seed)
+            let folder = try trainedEncoder(start, seed: seed)
             try EncoderFolders.resolve(folder.path, key: "text_encoder", architecture: pipeline.architecture).load(into: pipeline)
         }
         try TokenAdapter.check(trainingConfig, pipeline: pipeline)
