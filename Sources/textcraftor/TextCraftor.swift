@@ -14,7 +14,7 @@ struct TextCraftor: ParsableCommand {
 
             Start with `textcraftor doctor` to check the installation.
             """,
-        subcommands: [Train.self, Generate.self, Score.self, Eval.self, Tokenize.self, Inspect.self, Merge.self, Convert.self, Export.self, Doctor.self, Bench.self, SynthModel.self, Shapes.self, Demo.self]
+        subcommands: [Train.self, Generate.self, Score.self, Eval.self, Tokenize.self, Inspect.self, Merge.self, Convert.self, Export.self, Doctor.self, Bench.self, SynthModel.self, Shapes.self, Demo.self, StudyCommand.self]
     )
 
     /// As ArgumentParser's, but every failure is one short, safe line: a bad flag value prints its message without

@@ -350,6 +350,12 @@ public final class DemoEvaluator {
     /// nil: the original encoder; w: `w·e_finetuned + (1 − w)·e_original` at every step. `progress(done, total)`
     /// after each prompt.
     public func evaluate(blend: Double?, progress: (Int, Int) -> Void = { _, _ in }) throws -> DemoEvaluation {
+        try evaluate(mix: blend.map { EncoderMix.blend(finetuned, weight: $0) }, progress: progress)
+    }
+
+    /// nil: the original encoder; otherwise `mix` conditions the UNet calls it covers (the study's blends, style
+    /// mixes and `finetunedSteps`).
+    public func evaluate(mix: EncoderMix?, progress: (Int, Int) -> Void = { _, _ in }) throws -> DemoEvaluation {
         var scores: [ShapesScores] = []
         var images: [Tensor] = []
         var expanded: [String] = []
@@ -360,7 +366,7 @@ public final class DemoEvaluator {
             request.guidanceScale = guidance
             request.imagesPerPrompt = imagesPerPrompt
             request.seed = seed &+ UInt64(i)
-            let result = try base.generate(request, mix: blend.map { EncoderMix.blend(finetuned, weight: $0) })
+            let result = try base.generate(request, mix: mix)
             let repeated = Array(repeating: prompt, count: imagesPerPrompt)
             scores += try judge.score(images: result.images, prompts: repeated)
             images.append(result.images)
