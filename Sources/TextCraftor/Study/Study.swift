@@ -347,10 +347,18 @@ public final class Study {
         try TokenAdapter.check(trainingConfig, pipeline: pipeline)
         let weighted = WeightedReward()
         for term in rewardTerms(training) { weighted.add(try ShapesWorldBundle.reward(term.name, in: bundle), gamma: term.gamma) }
+        // early_stop: a tenth of the training prompts held out of training for the signal (as `train` splits them).
+        var trainPrompts = context.trainPrompts
+        var heldOut: HeldOutEvaluator?
+        if let spec = trainingConfig.earlyStop {
+            let split = try heldOutSplit(trainPrompts, heldOutFile: nil, column: trainingConfig.promptColumn)
+            trainPrompts = split.train
+            heldOut = try HeldOutEvaluator(prompts: split.heldOut, signal: try EarlyStopSignal(spec: spec))
+        }
         let data: TrainingData
         switch training.mode {
         case .prompt:
-            data = .prompts(try SampledBatches(context.trainPrompts, batchSize: trainingConfig.batchSize, shuffle: true, seed: seed))
+            data = .prompts(try SampledBatches(trainPrompts, batchSize: trainingConfig.batchSize, shuffle: true, seed: seed))
         case .direct:
             let pairs = try PairedData(contentsOf: try directData(progress: progress)).pairs
             data = .pairs(try SampledBatches(pairs, batchSize: trainingConfig.batchSize, shuffle: true, seed: seed))
@@ -365,6 +373,7 @@ public final class Study {
             pipeline: pipeline, original: TextEncoders(context.original), modelFolder: bundle, rewards: weighted,
             data: data, config: trainingConfig, run: run)
         trainer.stopRequested = stopRequested
+        trainer.heldOut = heldOut
         trainingRuns += 1
         // The model as the evaluations see it: the trained encoder (full or LoRA) blended with the original for the
         // last N calls; a token appended to every prompt; in the UNet stage the trained UNet on its fixed encoder.
@@ -388,6 +397,9 @@ public final class Study {
             do { try onStep(report, model) } catch { failure = error }
         }
         if let failure { throw failure }
+        // Early stopping: the arm is measured with the best held-out evaluation's weights.
+        let best = run.best.appendingPathComponent("text_encoder")
+        if heldOut != nil, FileManager.default.fileExists(atPath: best.path) { try EncoderFolders(first: best).load(into: pipeline) }
         return (model, Date().timeIntervalSince(start))
     }
 

@@ -158,11 +158,21 @@ public struct StudyArm: Sendable, Equatable {
         .trained("token", "TextCraftor training one reward token (token_lr)", StudyTraining(adapter: .token)),
     ]
 
-    /// The guard arms: TextCraftor without the CLIP constraint plus one guard each, by its training key. Empty until
-    /// the guard options exist in `TrainingConfig`; each is then one line, for example
-    /// `.trained("guard-proximity", "L2 to the original conditioning", StudyTraining(rewards: [.aesthetic()], keys: ["proximity_weight": .number(0.1)]))`.
-    /// The guard finding ranks every arm listed here by the oracle's real gain per unit of reward.
-    public static let guards: [StudyArm] = []
+    /// The guard arms: TextCraftor without the CLIP constraint (the aesthetic reward alone) plus one guard each, by
+    /// its training key (`Guards.swift`). The guard finding ranks every arm listed here, with `textcraftor` (the CLIP
+    /// constraint) and `aesthetic-only` (no guard), by the oracle's real gain per unit of reward. The proximity weight
+    /// is the one the guards' first ShapesWorld measurement used (README), fixed before this study ran; early stopping
+    /// watches the oracle's alignment on a tenth of the training prompts held out of training (never the evaluation's
+    /// prompts) and the arm is measured with its best weights.
+    public static let guards: [StudyArm] = [
+        .trained("guard-proximity", "the aesthetic reward alone + the embedding-proximity penalty (W = 100)",
+                 StudyTraining(rewards: [.aesthetic()], keys: ["proximity_weight": .number(100)])),
+        .trained("guard-random-window", "the aesthetic reward alone + a window drawn from 1...K each step",
+                 StudyTraining(rewards: [.aesthetic()], keys: ["random_window": .flag(true)])),
+        .trained("guard-early-stop", "the aesthetic reward alone + early stopping on the oracle's held-out alignment",
+                 StudyTraining(rewards: [.aesthetic()], keys: ["early_stop": .string("oracle"), "early_stop_every": .integer(10),
+                                                                "early_stop_patience": .integer(2)])),
+    ]
 
     public static var all: [StudyArm] { core + guards }
 
