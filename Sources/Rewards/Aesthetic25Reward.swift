@@ -10,34 +10,25 @@ public final class AestheticPredictorV25Head: Module {
     public let scope: ParameterScope
     /// The width of the pooled SigLIP embeddings it reads (1152 for siglip-so400m).
     public let inputWidth: Int
-    let layers: [Linear]
-    let dropouts = [Dropout(p: 0.5), Dropout(p: 0.5), Dropout(p: 0.5), Dropout(p: 0.2)]
+    let stack: LinearStack
+    var layers: [Linear] { stack.layers }
 
     public init(_ vb: VarBuilder, inputWidth: Int = 1152) {
         scope = vb.scope
         self.inputWidth = inputWidth
-        let widths = [inputWidth, 1024, 128, 64, 16, 1]
-        layers = (0..<5).map { i in
-            Linear(vb.pp("scoring_head").pp(2 * i), inFeatures: widths[i], outFeatures: widths[i + 1])
-        }
+        stack = LinearStack(vb, group: "scoring_head", indices: [0, 2, 4, 6, 8], widths: [inputWidth, 1024, 128, 64, 16, 1],
+                            dropouts: [0.5, 0.5, 0.5, 0.2])
     }
 
     /// Scores [B, 1] of L2-normalised pooled embeddings [B, inputWidth].
-    public func callAsFunction(_ x: Tensor, training: Bool = false) -> Tensor {
-        var h = x
-        for (i, layer) in layers.enumerated() {
-            h = layer(h)
-            if i < dropouts.count { h = dropouts[i](h, training: training) }
-        }
-        return h
-    }
+    public func callAsFunction(_ x: Tensor, training: Bool = false) -> Tensor { stack(x, training: training) }
 
     /// Reads the head from a `torch.save` state dict (`.pth`, through the safe unpickler) or safetensors, strictly;
     /// the input width comes from `scoring_head.0.weight`.
     public static func load(_ url: URL, dtype: DType? = nil, device: Device = .cpu) throws -> AestheticPredictorV25Head {
-        let weights = try Weights.open(url)
-        let width = weights.info("scoring_head.0.weight").flatMap { $0.shape.count == 2 ? $0.shape[1] : nil } ?? 1152
-        return try VarBuilder.load(weights, dtype: dtype, device: device) { AestheticPredictorV25Head($0, inputWidth: width) }
+        try LinearStack.load(url, firstKey: "scoring_head.0.weight", defaultWidth: 1152, dtype: dtype, device: device) {
+            AestheticPredictorV25Head($0, inputWidth: $1)
+        }
     }
 }
 

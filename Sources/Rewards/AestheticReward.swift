@@ -10,20 +10,44 @@ public final class AestheticPredictor: Module {
     public let scope: ParameterScope
     /// The width of the image embeddings it reads (768 for CLIP ViT-L/14).
     public let inputWidth: Int
-    let layers: [Linear]
-    let dropouts = [Dropout(p: 0.2), Dropout(p: 0.2), Dropout(p: 0.1)]
+    let stack: LinearStack
+    var layers: [Linear] { stack.layers }
 
     public init(_ vb: VarBuilder, inputWidth: Int = 768) {
         scope = vb.scope
         self.inputWidth = inputWidth
-        let widths = [inputWidth, 1024, 128, 64, 16, 1]
-        layers = zip([0, 2, 4, 6, 7], 0..<5).map { index, i in
-            Linear(vb.pp("layers").pp(index), inFeatures: widths[i], outFeatures: widths[i + 1])
-        }
+        stack = LinearStack(vb, group: "layers", indices: [0, 2, 4, 6, 7], widths: [inputWidth, 1024, 128, 64, 16, 1],
+                            dropouts: [0.2, 0.2, 0.1])
     }
 
     /// Scores [B, 1] of L2-normalised image embeddings [B, inputWidth].
-    public func callAsFunction(_ x: Tensor, training: Bool = false) -> Tensor {
+    public func callAsFunction(_ x: Tensor, training: Bool = false) -> Tensor { stack(x, training: training) }
+
+    /// Reads the predictor from a `torch.save` state dict (`.pth`) or safetensors, strictly; the input width comes
+    /// from `layers.0.weight`.
+    public static func load(_ url: URL, dtype: DType? = nil, device: Device = .cpu) throws -> AestheticPredictor {
+        try LinearStack.load(url, firstKey: "layers.0.weight", defaultWidth: 768, dtype: dtype, device: device) {
+            AestheticPredictor($0, inputWidth: $1)
+        }
+    }
+}
+
+/// Linear layers with dropout after all but the last few and no activation between them (so one affine map in
+/// effect, trained as a deep one): the shape of the LAION predictor, v2.5's scoring head and ImageReward's MLP,
+/// which differ in their key names and dropout rates. Its parameters live in the owning module's scope.
+struct LinearStack {
+    let layers: [Linear]
+    let dropouts: [Dropout]
+
+    /// Layer i reads `group.indices[i]`; `dropouts[i]` follows layer i (training only).
+    init(_ vb: VarBuilder, group: String, indices: [Int], widths: [Int], dropouts: [Double]) {
+        layers = indices.enumerated().map { i, index in
+            Linear(vb.pp(group).pp(index), inFeatures: widths[i], outFeatures: widths[i + 1])
+        }
+        self.dropouts = dropouts.map { Dropout(p: $0) }
+    }
+
+    func callAsFunction(_ x: Tensor, training: Bool) -> Tensor {
         var h = x
         for (i, layer) in layers.enumerated() {
             h = layer(h)
@@ -32,12 +56,13 @@ public final class AestheticPredictor: Module {
         return h
     }
 
-    /// Reads the predictor from a `torch.save` state dict (`.pth`) or safetensors, strictly; the input width comes
-    /// from `layers.0.weight`.
-    public static func load(_ url: URL, dtype: DType? = nil, device: Device = .cpu) throws -> AestheticPredictor {
+    /// A head read strictly from a `.pth` (the safe unpickler) or safetensors file, its input width from the first
+    /// layer's weight (`firstKey`; `defaultWidth` when that is missing, which the strict load then names).
+    static func load<M: Module>(_ url: URL, firstKey: String, defaultWidth: Int, dtype: DType?, device: Device,
+                                make: (VarBuilder, Int) -> M) throws -> M {
         let weights = try Weights.open(url)
-        let width = weights.info("layers.0.weight").flatMap { $0.shape.count == 2 ? $0.shape[1] : nil } ?? 768
-        return try VarBuilder.load(weights, dtype: dtype, device: device) { AestheticPredictor($0, inputWidth: width) }
+        let width = weights.info(firstKey).flatMap { $0.shape.count == 2 ? $0.shape[1] : nil } ?? defaultWidth
+        return try VarBuilder.load(weights, dtype: dtype, device: device) { make($0, width) }
     }
 }
 
