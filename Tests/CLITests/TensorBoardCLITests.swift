@@ -66,7 +66,7 @@ import Torch
         #expect(run.status == 0, "\(run.err)")
         let lines = try metrics(out)
         #expect(lines.count == 4)
-        #expect(Set(lines[0].keys) == ["step", "loss", "aesthetic", "clip", "grad_norm", "lr", "step_time"])
+        #expect(Set(lines[0].keys) == ["step", "loss", "aesthetic", "clip", "aesthetic_contribution", "clip_contribution", "grad_norm", "lr", "step_time"])
         var steps = try expectEventsMatchMetrics(out)
 
         // The images: at steps 2 and 4, a grid of the batch's two 64-pixel images side by side, a PNG libpng reads.
