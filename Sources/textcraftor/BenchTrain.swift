@@ -14,7 +14,8 @@ struct BenchTrain: ParsableCommand {
         abstract: "Time one TextCraftor training step and report peak memory, against the PyTorch reference.",
         discussion: """
             The step: B prompts, DDIM with --steps steps, the last --window with gradient, guidance, decode, the \
-            aesthetic and CLIP-score rewards on one CLIP (and PickScore, HPSv2 and ImageReward when given), AdamW. Peak memory is \
+            aesthetic and CLIP-score rewards on one CLIP (and PickScore, HPSv2, HPSv2.1, ImageReward and Aesthetic \
+            Predictor v2.5 when given, each with its default scale), AdamW. Peak memory is \
             the process's maximum resident set (VmHWM), so each configuration should run in its own process. TFLOP/s \
             is an analytic count of the step's products (linear, conv, attention; the backward pass estimated from \
             the operands that need gradients) over its time. --json prints one JSON object (for scripts and tests).
@@ -38,10 +39,18 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "Classifier-free guidance.") var guidance = 7.5
     @Option(help: "A PickScore folder (transformers CLIPModel): adds its reward.") var pickscore: String?
     @Option(help: "An HPSv2 checkpoint (open_clip ViT-H-14): adds its reward.") var hpsv2: String?
+    @Option(name: .customLong("hpsv2.1"), help: ArgumentHelp(
+        "An HPSv2.1 checkpoint (HPS_v2.1_compressed.pt; the same model and loader as HPSv2): adds its reward, named hpsv2.1 (scale 100).",
+        valueName: "FILE"))
+    var hpsv21: String?
     @Option(help: ArgumentHelp(
         "ImageReward.pt (or its safetensors copy) with med_config.json beside it, and optionally bert-base-uncased's vocab.txt (else beside it): adds its reward (scale 1).",
         valueName: "CKPT[,VOCAB]"))
     var imagereward: String?
+    @Option(help: ArgumentHelp(
+        "A SigLIP folder (transformers, google/siglip-so400m-patch14-384's layout) and the Aesthetic Predictor v2.5 head (.pth or .safetensors): adds its reward (scale 3).",
+        valueName: "SIGLIP_DIR,HEAD"))
+    var aesthetic25: String?
     @Option(help: "Timed steps; the best is kept.") var repeats = 3
     @Option(help: "text-encoder, text-encoder-2 or text-encoders: the encoders that train (the last two: SDXL).")
     var train = TrainedNetwork.textEncoder
@@ -88,14 +97,15 @@ struct BenchTrain: ParsableCommand {
             let pipeline = try precision.loadPipeline(source, device: device, training: train)
             let original = try TextEncoders.originals(
                 of: pipeline, model: source, training: train, dtype: precision.frozenDType, device: device)
-            // The reference's rewards: aesthetic and CLIP score on one CLIP, then PickScore, HPSv2 and ImageReward when given.
+            // The reference's rewards: aesthetic and CLIP score on one CLIP, then the others given, in this order.
             let rewards = WeightedReward()
             let sharedCLIP = try CLIPModel.load(folder: URL(fileURLWithPath: clip), dtype: precision.frozenDType, device: device)
             rewards.add(try AestheticReward(embedder: sharedCLIP, weights: URL(fileURLWithPath: aesthetic),
                                             dtype: precision.frozenDType, device: device), gamma: 1, scale: 3)
             rewards.add(CLIPScoreReward(model: sharedCLIP), gamma: 0.5, scale: 100)
-            let imageRewardPaths = imagereward.map { $0.split(separator: ",").map(String.init) }
-            for (name, paths) in [("pickscore", pickscore.map { [$0] }), ("hpsv2", hpsv2.map { [$0] }), ("imagereward", imageRewardPaths)] {
+            func paths(_ list: String?) -> [String]? { list.map { $0.split(separator: ",").map(String.init) } }
+            for (name, paths) in [("pickscore", pickscore.map { [$0] }), ("hpsv2", hpsv2.map { [$0] }), ("hpsv2.1", hpsv21.map { [$0] }),
+                                  ("imagereward", paths(imagereward)), ("aesthetic25", paths(aesthetic25))] {
                 guard let paths else { continue }
                 rewards.add(try RewardRegistry.load(name: name, paths: paths, dtype: precision.frozenDType, device: device))
             }
@@ -146,7 +156,8 @@ struct BenchTrain: ParsableCommand {
             "--window", "\(window)", "--size", "\(size)", "--repeats", "\(repeats)", "--threads", "\(Torch.threadCount)",
             "--guidance", "\(guidance)", "--device", "\(device)", "--precision", referencePrecision, "--train", train.rawValue,
         ] + (pickscore.map { ["--pickscore", $0] } ?? []) + (hpsv2.map { ["--hpsv2", $0] } ?? [])
-            + (imagereward.map { ["--imagereward", $0] } ?? []))
+            + (hpsv21.map { ["--hpsv2.1", $0] } ?? []) + (imagereward.map { ["--imagereward", $0] } ?? [])
+            + (aesthetic25.map { ["--aesthetic25", $0] } ?? []))
         if let seconds = reference?["train_step_s"] { reference?["tflops"] = stepFLOP / seconds / 1e12 }  // the same work
         if let kb = reference?["peak_rss_kb"] { reference?["peak_rss_mb"] = kb / 1024 }
         printComparison(

@@ -6,9 +6,14 @@ The step is the one of scripts/parity/make_trainer_fixtures.py (imported from th
 trailing DDIM with --steps steps, eta 0, guidance 7.5; the first steps - window steps without grad on the frozen
 original encoder's embeddings, the last --window steps with grad on the trainable encoder's (uncond + cond), the latent
 chain kept; VAE decode; aesthetic and CLIP rewards with the training preprocessing;
-loss = -(3 * 1 * aesthetic + 100 * 0.5 * clip + 1 * pickscore + 100 * hpsv2 + 1 * imagereward).mean(), the last
-three with --pickscore, --hpsv2 and --imagereward (the image-reward package's own classes, imported as
-scripts/parity/make_imagereward_fixtures.py does: needs image-reward==1.5, timm, torchvision); backward; one AdamW step (lr 1e-3). By default every UNet call in the window runs under
+loss = -(3 * 1 * aesthetic + 100 * 0.5 * clip + 1 * pickscore + 100 * hpsv2 + 100 * hpsv2.1 + 1 * imagereward
++ 3 * aesthetic25).mean(), the last five with --pickscore, --hpsv2, --hpsv2.1 (HPSv2's loader: open_clip ViT-H-14,
+a {'state_dict': ...} float16 checkpoint copied into the float32 model), --imagereward (the image-reward package's
+own classes, imported as scripts/parity/make_imagereward_fixtures.py does: needs image-reward==1.5, timm,
+torchvision) and --aesthetic25 (the aesthetic-predictor-v2-5 package's AestheticPredictorV2_5Model, a transformers
+SiglipVisionModel with the v2.5 head, as scripts/parity/make_siglip_fixtures.py builds it; the training
+preprocessing: adaptive average pooling to the tower's size, mean = std = 0.5); backward; one AdamW step (lr 1e-3).
+The names of the rewards in the loss go to stderr ("rewards: aesthetic+clip+..."), in the order of ours. By default every UNet call in the window runs under
 torch.utils.checkpoint (non-reentrant), as the authors do; --no-checkpoint keeps the activations instead.
 
 An SDXL folder (model_index.json's StableDiffusionXLPipeline) runs the step of
@@ -65,8 +70,12 @@ p.add_argument("--no-checkpoint", action="store_true", help="plain autograd thro
 p.add_argument("--guidance", type=float, default=ref.GUIDANCE)
 p.add_argument("--pickscore", help="a PickScore (transformers CLIPModel) folder: adds 1 * pickscore (the authors' scale)")
 p.add_argument("--hpsv2", help="an HPSv2 open_clip ViT-H-14 checkpoint (.pt or .safetensors): adds 100 * hpsv2")
+p.add_argument("--hpsv2.1", dest="hpsv21", help="an HPSv2.1 checkpoint (HPS_v2.1_compressed.pt): as --hpsv2, "
+               "adds 100 * hpsv2.1")
 p.add_argument("--imagereward", help="CKPT[,VOCAB]: ImageReward.pt (or a .safetensors copy) with med_config.json "
                "beside it, and bert-base-uncased's vocab.txt (default: beside it): adds 1 * imagereward")
+p.add_argument("--aesthetic25", help="SIGLIP_DIR,HEAD: a transformers SigLIP folder (vision or full model) and the "
+               "Aesthetic Predictor v2.5 head (.pth or .safetensors): adds 3 * aesthetic25")
 p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
 p.add_argument("--train", choices=["text-encoder", "text-encoder-2", "text-encoders"], default="text-encoder",
                help="the encoders that train (SDXL; SD 1.x/2.x has text-encoder only)")
@@ -97,6 +106,7 @@ else:
     trained = [te]
 device_type = torch.device(args.device).type
 extra = []  # (weight, image -> [B] score)
+names = ["aesthetic", "clip"]  # the rewards in the loss, in ours' order
 
 
 def pixels(image, size, mean=ref.MEAN, std=ref.STD):
@@ -121,17 +131,18 @@ if args.pickscore:
                 ref.features(pick.get_text_features(input_ids=m.ids(pick_tok, prompts))), dim=-1)
         return pick.logit_scale.exp() * (f * t).sum(-1)
     extra.append((1.0, pickscore))
+    names.append("pickscore")
 
-if args.hpsv2:
+def hps_term(path):
     import open_clip
     hps = open_clip.create_model("ViT-H-14", pretrained=None, device="cpu")
-    if args.hpsv2.endswith(".safetensors"):
+    if path.endswith(".safetensors"):
         from safetensors.torch import load_file
-        state = load_file(args.hpsv2)
+        state = load_file(path)
     else:
-        state = torch.load(args.hpsv2, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state)
-    hps.load_state_dict(state)
+    hps.load_state_dict(state)  # HPSv2.1's float16 tensors are copied into the float32 model, as the hpsv2 package does
     hps = ref.frozen(hps.to(m.device, m.dtype))
     hps_tok = open_clip.get_tokenizer("ViT-H-14")
 
@@ -140,11 +151,41 @@ if args.hpsv2:
         with torch.no_grad():
             t = torch.nn.functional.normalize(hps.encode_text(hps_tok(prompts).to(m.device)), dim=-1)
         return (f * t).sum(-1)
-    extra.append((100.0, hpsv2))
+    return hpsv2
+
+
+for name, path in [("hpsv2", args.hpsv2), ("hpsv2.1", args.hpsv21)]:
+    if path:
+        extra.append((100.0, hps_term(path)))
+        names.append(name)
 
 if args.imagereward:
     checkpoint, _, vocab = args.imagereward.partition(",")
     extra.append((1.0, ref.ImageRewardTerm(checkpoint, vocab or None, device=m.device, dtype=m.dtype)))
+    names.append("imagereward")
+
+if args.aesthetic25:
+    siglip, _, head_file = args.aesthetic25.partition(",")
+    if not head_file:
+        sys.exit(f"--aesthetic25 {args.aesthetic25}: expected SIGLIP_DIR,HEAD")
+    from aesthetic_predictor_v2_5 import AestheticPredictorV2_5Model
+    # The package's model: SigLIP's vision tower (from a vision or a full SigLIP folder) with the v2.5 head as .layers.
+    a25 = AestheticPredictorV2_5Model.from_pretrained(siglip, dtype=torch.float32)
+    if head_file.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        head_state = load_file(head_file)
+    else:
+        head_state = torch.load(head_file, map_location="cpu", weights_only=True)
+    a25.layers.load_state_dict(head_state)
+    a25 = ref.frozen(a25.to(m.device, m.dtype))
+    a25_size = a25.config.image_size
+
+    def aesthetic25(image, prompts):
+        x = (torch.nn.functional.adaptive_avg_pool2d(image, a25_size) - 0.5) / 0.5  # no crop: squashed to the square
+        return a25(pixel_values=x, return_dict=True).logits.squeeze(1)
+    extra.append((3.0, aesthetic25))
+    names.append("aesthetic25")
+print("rewards: " + "+".join(names), file=sys.stderr)
 
 
 def extra_rewards(image, prompts):

@@ -164,8 +164,11 @@ class Models:
                                                    timestep_spacing="trailing", clip_sample=False,
                                                    set_alpha_to_one=False)
         self.clip = frozen(CLIPModel.from_pretrained(clip, dtype=dtype).to(self.device))
-        clip_tok = os.path.join(clip, "tokenizer")
-        self.clip_tokenizer = CLIPTokenizer.from_pretrained(clip_tok if os.path.isdir(clip_tok) else clip)
+        # The reward CLIP's tokenizer: tokenizer/, else beside its weights, else (ShapesWorld's rewards/clip has none;
+        # ours then takes its bundled CLIP BPE) the model's own, the same BPE.
+        clip_tok = next((d for d in (os.path.join(clip, "tokenizer"), clip)
+                         if os.path.isfile(os.path.join(d, "vocab.json"))), os.path.join(sd, "tokenizer"))
+        self.clip_tokenizer = CLIPTokenizer.from_pretrained(clip_tok)
         if aesthetic.endswith(".safetensors"):
             from safetensors.torch import load_file
             state = load_file(aesthetic)
