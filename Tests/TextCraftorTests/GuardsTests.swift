@@ -270,7 +270,7 @@ import Torch
             ({ (c: inout TrainingConfig) in c.earlyStopEvery = 0 }, "early_stop_every: expected an integer >= 1, found 0"),
             ({ (c: inout TrainingConfig) in c.earlyStopPatience = 0 }, "early_stop_patience: expected an integer >= 1, found 0"),
             ({ (c: inout TrainingConfig) in c.earlyStop = "vibes=/x" },
-             "early_stop: unknown reward \"vibes\" (known: aesthetic, pickscore, hpsv2, clip, oracle)"),
+             "early_stop: unknown reward \"vibes\" (known: aesthetic, pickscore, hpsv2, clip, hpsv2.1, aesthetic25, imagereward, oracle)"),
             ({ (c: inout TrainingConfig) in c.earlyStop = "clip" }, "early_stop: clip: expected NAME=PATH (a reward that is not trained) or oracle"),
             ({ (c: inout TrainingConfig) in c.earlyStop = "clip=" }, "early_stop: clip=: no path given"),
             ({ (c: inout TrainingConfig) in c.earlyStop = "aesthetic=/a,/b"; c.rewards = [RewardOption(name: "aesthetic", paths: ["/a", "/b"])] },
