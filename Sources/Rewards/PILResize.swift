@@ -124,6 +124,26 @@ public enum PILResample {
         UInt8(clamping: sum >> Int32(precisionBits))
     }
 
+    /// One output pixel of either pass: the `taps` RGB pixels from `start`, `stride` bytes apart, weighted by
+    /// `weights[first...]` in fixed point (with Pillow's rounding half added), clipped to 8 bits at `out[o...]`.
+    @inline(__always) static func convolve(
+        _ input: UnsafeBufferPointer<UInt8>, from start: Int, stride: Int, taps: Int, weights: UnsafeBufferPointer<Int32>,
+        at first: Int, into out: UnsafeMutableBufferPointer<UInt8>, at o: Int
+    ) {
+        let half = Int32(1 << (precisionBits - 1))
+        var r = half, g = half, b = half
+        for t in 0..<taps {
+            let p = start + t * stride
+            let weight = weights[first + t]
+            r &+= Int32(input[p]) &* weight
+            g &+= Int32(input[p + 1]) &* weight
+            b &+= Int32(input[p + 2]) &* weight
+        }
+        out[o] = clip8(r)
+        out[o + 1] = clip8(g)
+        out[o + 2] = clip8(b)
+    }
+
     /// `image` resized to `width` × `height` as Pillow's `Image.resize((width, height), filter)` does on an RGB image.
     public static func resize(_ image: RGB8Image, width: Int, height: Int, filter: PILFilter = .bicubic) -> RGB8Image {
         precondition(width > 0 && height > 0, "PILResample: output size \(width)x\(height)")
@@ -155,7 +175,6 @@ public enum PILResample {
     static func horizontal(_ image: RGB8Image, rows: Range<Int>, taps horizontal: Taps) -> RGB8Image {
         let width = horizontal.first.count
         var out = [UInt8](repeating: 0, count: rows.count * width * 3)
-        let half = Int32(1 << (precisionBits - 1))
         image.pixels.withUnsafeBufferPointer { input in
             horizontal.weights.withUnsafeBufferPointer { w in
                 out.withUnsafeMutableBufferPointer { output in
@@ -163,18 +182,8 @@ public enum PILResample {
                         let row = (y + rows.lowerBound) * image.width * 3
                         for x in 0..<width {
                             let lo = horizontal.first[x], n = horizontal.count[x], k = x * horizontal.taps
-                            var r = half, g = half, b = half
-                            for t in 0..<n {
-                                let p = row + (lo + t) * 3
-                                let weight = w[k + t]
-                                r &+= Int32(input[p]) &* weight
-                                g &+= Int32(input[p + 1]) &* weight
-                                b &+= Int32(input[p + 2]) &* weight
-                            }
-                            let o = (y * width + x) * 3
-                            output[o] = clip8(r)
-                            output[o + 1] = clip8(g)
-                            output[o + 2] = clip8(b)
+                            convolve(input, from: row + lo * 3, stride: 3, taps: n, weights: w, at: k,
+                                     into: output, at: (y * width + x) * 3)
                         }
                     }
                 }
@@ -187,25 +196,14 @@ public enum PILResample {
     static func vertical(_ image: RGB8Image, taps vertical: Taps) -> RGB8Image {
         let (width, height) = (image.width, vertical.first.count)
         var out = [UInt8](repeating: 0, count: height * width * 3)
-        let half = Int32(1 << (precisionBits - 1))
         image.pixels.withUnsafeBufferPointer { input in
             vertical.weights.withUnsafeBufferPointer { w in
                 out.withUnsafeMutableBufferPointer { output in
                     for y in 0..<height {
                         let lo = vertical.first[y], n = vertical.count[y], k = y * vertical.taps
                         for x in 0..<width {
-                            var r = half, g = half, b = half
-                            for t in 0..<n {
-                                let p = ((lo + t) * width + x) * 3
-                                let weight = w[k + t]
-                                r &+= Int32(input[p]) &* weight
-                                g &+= Int32(input[p + 1]) &* weight
-                                b &+= Int32(input[p + 2]) &* weight
-                            }
-                            let o = (y * width + x) * 3
-                            output[o] = clip8(r)
-                            output[o + 1] = clip8(g)
-                            output[o + 2] = clip8(b)
+                            convolve(input, from: (lo * width + x) * 3, stride: width * 3, taps: n, weights: w, at: k,
+                                     into: output, at: (y * width + x) * 3)
                         }
                     }
                 }
