@@ -26,6 +26,8 @@ public struct SingleFileCheckpoint {
     public let layout: Layout
     let source: any WeightSource
     let keys: Set<String>
+    /// Every tensor of the file under its own names (opened once: a `.ckpt` is not decoded again).
+    public var weights: any WeightSource { source }
     /// Whether the UNet is read from the `model_ema.*` copy.
     public let usesEMA: Bool
 

@@ -151,7 +151,7 @@ public enum ModelExport {
             var file = LazyWeights(origin: out.path)
             var droppedEMA = false
             if let base = model.singleFile {
-                let source = try Weights.open(base.url)
+                let source = base.weights
                 for key in source.keys {
                     guard let info = source.info(key) else { continue }
                     file.entries[key] = LazyWeights.Entry(dtype: info.dtype, shape: info.shape) { try source.tensor(key) }
