@@ -249,30 +249,15 @@ public struct SingleFileCheckpoint {
 
 extension SingleFileCheckpoint {
     /// A config folder for this file must be a diffusers model of its architecture.
+    public func checkConfigFolder(_ folder: URL) throws {
+        try checkConfigFolder(folder, index: try ModelIndex.read(folder: folder))
+    }
+
     func checkConfigFolder(_ folder: URL, index: ModelIndex) throws {
         guard layout.architecture == index.architecture else {
             throw StableDiffusionError.invalidArgument(
                 "\(url.path) is an \(layout.rawValue) checkpoint, and the config folder \(folder.path) is a \(index.architecture.name) model")
         }
-    }
-
-    /// Writes the model as a diffusers folder at `out` (which must not exist): `configFolder` (a diffusers folder of
-    /// this architecture) copied without its weights files, and each component's tensors under diffusers' names, in
-    /// the dtype and with the values the file stores. Built beside `out` under a temporary name and renamed into
-    /// place, so `out` is never half written.
-    public func writeDiffusersFolder(configFolder: URL, to out: URL) throws {
-        let index = try ModelIndex.read(folder: configFolder)
-        try checkConfigFolder(configFolder, index: index)
-        func config<C: Decodable>(_ type: C.Type, _ path: String) throws -> C {
-            try decodeConfig(type, from: configFolder.appendingPathComponent(path))
-        }
-        var components: [(name: String, weights: any WeightSource)] = [
-            ("unet", try unet(config: config(UNet2DConditionConfig.self, "unet/config.json"))),
-            ("vae", try vae(config: config(AutoencoderKLConfig.self, "vae/config.json"))),
-            ("text_encoder", try textEncoder(config: config(CLIPTextConfig.self, "text_encoder/config.json"))),
-        ]
-        if layout == .sdxl { components.append(("text_encoder_2", try textEncoder2(config: config(CLIPTextConfig.self, "text_encoder_2/config.json")))) }
-        try ModelWriter.writeDiffusersFolder(configFolder: configFolder, components: components, to: out)
     }
 }
 

@@ -57,6 +57,9 @@ public struct ModelSource {
         var notes = ["\(url.lastPathComponent): \(checkpoint.layout.rawValue) single file\(checkpoint.usesEMA ? ", the UNet's EMA weights" : "")"]
         if let modelConfig {
             folder = URL(fileURLWithPath: modelConfig)
+            do { try checkpoint.checkConfigFolder(folder) } catch {
+                throw TextCraftorError.invalidSetting(key: "model_config", message: "\(error)")
+            }
             publishedConfigs = nil
             notes.append("configs, tokenizers and scheduler from \(modelConfig)")
             self.predictionType = predictionType
