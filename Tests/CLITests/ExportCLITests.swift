@@ -132,6 +132,11 @@ import Testing
             #expect(run.status != 0 && run.err.hasPrefix(expected) && run.err.split(separator: "\n").count == 1, "\(run.err)")
         }
         #expect(!FileManager.default.fileExists(atPath: out))
+        // A config folder of another architecture is refused before anything is read or written.
+        let xl = Self.single.appendingPathComponent("tiny-sdxl.safetensors").path, folder = scratch.appendingPathComponent("xl").path
+        let convert = try textcraftor(["convert", xl, "--model-config", sd15, "--out", folder])
+        #expect(convert.status != 0 && convert.err == "Error: --model-config: \(xl) is an SDXL checkpoint, and the config folder \(sd15) is a Stable Diffusion 1.x/2.x model\n", "\(convert.err)")
+        #expect(!FileManager.default.fileExists(atPath: folder))
         let leftovers = (try? FileManager.default.contentsOfDirectory(atPath: scratch.path))?.filter { $0.contains("partial") } ?? []
         #expect(leftovers.isEmpty)
     }
