@@ -85,7 +85,7 @@ func runPythonReference(python: String, script: String, arguments: [String]) -> 
     let out = Pipe()
     // stderr goes to a file, so that a chatty script cannot block on a full pipe while stdout is read.
     let errorsFile = FileManager.default.temporaryDirectory.appendingPathComponent("textcraftor-reference-\(UUID().uuidString).log")
-    FileManager.default.createFile(atPath: errorsFile.path, contents: nil)
+    _ = FileManager.default.createFile(atPath: errorsFile.path, contents: nil)
     defer { try? FileManager.default.removeItem(at: errorsFile) }
     process.standardOutput = out
     process.standardError = try? FileHandle(forWritingTo: errorsFile)

@@ -5,6 +5,9 @@ import Torch
 
 /// Real-shaped models with random weights, for benchmarks and dry runs where the real checkpoints are not at hand.
 struct SynthModel: ParsableCommand {
+    /// Wide enough for the longest preset name and two spaces, so a name never runs into its summary.
+    private static let presetColumn = (ModelPreset.allCases.map(\.rawValue.count).max() ?? 0) + 2
+
     static let configuration = CommandConfiguration(
         commandName: "synth-model",
         abstract: "Write a model with a published checkpoint's exact config and key names, and random weights.",
@@ -14,7 +17,7 @@ struct SynthModel: ParsableCommand {
             initialisations from --seed, so images are noise and scores meaningless.
 
             Presets:
-            \(ModelPreset.allCases.map { "  \($0.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0))\($0.summary)" }.joined(separator: "\n"))
+            \(ModelPreset.allCases.map { "  \($0.rawValue.padding(toLength: presetColumn, withPad: " ", startingAt: 0))\($0.summary)" }.joined(separator: "\n"))
 
             The folder is written as OUT.partial and renamed when complete. float16 (the default) halves the size: \
             sd15 takes 2.1 GB, sd21 2.6 GB, sdxl 6.9 GB, pickscore and hpsv2 2.0 GB, aesthetic, aesthetic25 and imagereward \
