@@ -65,6 +65,30 @@ import TextCraftor
         #expect(other.err.split(separator: "\n").count == 1)
     }
 
+    @Test func everyArmRunsEndToEndAndEveryFindingIsJudged() throws {
+        // The whole of `study --quick`, every arm and finding, at tiny settings (the timed run is in the README).
+        let out = temporaryOutput()
+        defer { try? FileManager.default.removeItem(at: out) }
+        let run = try textcraftor(["study", "--out", out.path, "--direct-images", "4"] + Self.tiny)
+        #expect(run.status == 0, "\(run.err)")
+        #expect(run.out.contains("study: \(StudyArm.all.count) arms x 1 seed"), "\(run.out)")
+        let study = try json(out.appendingPathComponent("study.json"))
+        let arms = try #require(study["arms"] as? [String: Any])
+        #expect(Set(arms.keys) == Set(StudyArm.all.map(\.name)))
+        let findings = try #require(study["findings"] as? [[String: Any]])
+        #expect(findings.count == StudyFinding.all.count)
+        for finding in findings {
+            let verdict = finding["verdict"] as? String
+            #expect(["reproduced", "not reproduced", "mixed", "no claim"].contains(verdict), "\(finding["id"] ?? "?"): \(verdict ?? "nil")")
+        }
+        let guards = try #require(findings.first { $0["id"] as? String == "guards" })
+        #expect((guards["guards"] as? [Any])?.count == StudyArm.guards.count + 2, "every guard, the CLIP constraint and no guard")
+        let best = try #require(guards["best_guard_vs_clip_constraint"] as? [String: Any])
+        #expect(StudyArm.guards.map(\.name).contains(best["a"] as? String ?? ""), "\(best)")
+        let verdicts = try String(contentsOf: out.appendingPathComponent("verdicts.md"), encoding: .utf8)
+        #expect(verdicts.contains(" − textcraftor, oracle quality: "))
+    }
+
     @Test(arguments: [
         (["study", "--arms", "textcraftor,bogus"], "Error: --arms: unknown arm \"bogus\" (known: baseline, textcraftor, direct,"),
         (["study", "--seeds", "0"], "Error: --seeds: expected an integer >= 1, found 0"),

@@ -91,6 +91,39 @@ import Testing
         #expect(StudyRule.monotone(flat, metric: .aesthetic) == .mixed)
     }
 
+    @Test func theBestGuardIsTheOneWithTheMostRealGainPerRewardAndIsJudgedAgainstTheCLIPConstraint() throws {
+        // Three seeds; per arm (aesthetic, quality) means, the baseline at (3, 2).
+        func arm(_ name: String, _ points: [(Double, Double)]) -> [StudyArmResult] {
+            points.enumerated().map { seed, point in
+                let scores = ShapesScores(aesthetic: point.0, clipScore: 0.3, alignment: 0.5, quality: point.1)
+                let label = name == StudyArm.baselineName ? name : StudyEvaluation.finetuned.label
+                return StudyArmResult(arm: name, seed: UInt64(seed), settings: StudyConfig(), trainSeconds: 0, evalSeconds: 0,
+                                      history: [], probes: [],
+                                      variants: [.init(label: label, blend: 1, finetunedSteps: nil, mean: scores, scores: [scores], strip: "")])
+            }
+        }
+        let results: [String: [StudyArmResult]] = [
+            "baseline": arm("baseline", [(3, 2), (3, 2), (3, 2)]),
+            "textcraftor": arm("textcraftor", [(5, 3), (5, 3.2), (5, 2.8)]),  // Δ quality 1 per Δ aesthetic 2: 0.5
+            "aesthetic-only": arm("aesthetic-only", [(6, 1), (6, 1), (6, 1)]),
+            "guard-proximity": arm("guard-proximity", [(4, 2.5), (4, 2.5), (4, 2.5)]),  // 0.5 / 1 = 0.5
+            "guard-early-stop": arm("guard-early-stop", [(5, 4), (5, 4.1), (5, 3.9)]),  // 2 / 2 = 1: the best
+        ]
+        let report = StudyReport(config: StudyConfig(), arms: StudyArm.all, results: results)
+        let guards = try #require(report.findings.first { $0.finding.id == "guards" })
+        let best = try #require(guards.bestGuard)
+        #expect(best.comparison.a.arm == "guard-early-stop" && best.comparison.b.arm == "textcraftor")
+        #expect(best.comparison.metric == .quality)
+        // Per seed: 4 − 3, 4.1 − 3.2, 3.9 − 2.8 = 1, 0.9, 1.1: mean 1, s = 0.1, half-width 4.302652730·0.1/√3.
+        let difference = try #require(best.difference)
+        #expect(abs(difference.interval.mean - 1) < 1e-12)
+        #expect(abs(try #require(difference.interval.halfWidth) - 0.2484138) < 1e-6)
+        #expect(best.verdict == .reproduced)
+        #expect(report.markdown().contains("guard-early-stop − textcraftor, oracle quality: +1.000 [+0.752, +1.248]"))
+        // The finding's own verdict is still the hacking's, not the ranking's.
+        #expect(guards.primary.count == 2)
+    }
+
     @Test func armsAreChosenByNameWithWhatTheyStartFrom() throws {
         var config = StudyConfig()
         #expect(try config.selectedArms().map(\.name) == StudyArm.all.map(\.name))

@@ -57,6 +57,10 @@ public struct StudyReport {
         public var monotone: [(metric: StudyMetric, verdict: StudyVerdict)] = []
         /// Guards: per guarded arm, the changes against the baseline and the oracle gain per unit of reward.
         public var guards: [(arm: String, aesthetic: StudyDifference, quality: StudyDifference, alignment: StudyDifference, gainPerReward: Double)] = []
+        /// Guards: the best guard (the highest oracle gain per unit of reward among the guard arms, the CLIP
+        /// constraint not counted) against the CLIP constraint alone, on oracle quality: reproduced when the best
+        /// guard keeps more real gain, mixed when the two cannot be told apart, not reproduced when it keeps less.
+        public var bestGuard: Judged?
     }
 
     public func evaluate(_ finding: StudyFinding) -> FindingResult {
@@ -81,6 +85,13 @@ public struct StudyReport {
                 let alignment = StudyRule.difference(after, before, metric: .alignment)
                 let ratio = aesthetic.interval.mean != 0 ? quality.interval.mean / aesthetic.interval.mean : .nan
                 result.guards.append((arm, aesthetic, quality, alignment, ratio))
+            }
+            let guardNames = Set(StudyArm.guards.map(\.name))
+            if let best = result.guards.filter({ guardNames.contains($0.arm) && $0.gainPerReward.isFinite })
+                .max(by: { $0.gainPerReward < $1.gainPerReward })
+            {
+                result.bestGuard = judge(StudyComparison(StudyRef(best.arm), StudyRef(StudyArm.mainName), .quality, direction: 1,
+                                                         paper: "the best guard keeps at least the CLIP constraint's real gain"))
             }
         }
         return result
@@ -122,7 +133,7 @@ public struct StudyReport {
             case .monotone:
                 ours = result.monotone.isEmpty ? "—" : result.monotone.map { "\($0.metric.rawValue): \($0.verdict.rawValue)" }.joined(separator: "; ")
             default:
-                ours = result.primary.map {
+                ours = (result.primary + [result.bestGuard].compactMap { $0 }).map {
                     "\($0.comparison.a) − \($0.comparison.b), \($0.comparison.metric.title): \(Self.formatDifference($0.difference, $0.comparison.metric))"
                 }.joined(separator: "<br>")
             }
@@ -215,6 +226,7 @@ public struct StudyReport {
                     ] as [String: Any]
                 }
             }
+            if let best = result.bestGuard { object["best_guard_vs_clip_constraint"] = judgedObject(best) }
             return object
         }
         return [
@@ -328,6 +340,15 @@ public struct StudyReport {
                     sections += "<tr><td>\(escape(row.arm))</td><td>\(Self.formatDifference(row.aesthetic, .aesthetic))</td><td>\(Self.formatDifference(row.quality, .quality))</td><td>\(Self.formatDifference(row.alignment, .alignment))</td><td>\(row.gainPerReward.isFinite ? String(format: "%+.3f", row.gainPerReward) : "—")</td></tr>\n"
                 }
                 sections += "</table><p><small>Against the baseline, same prompts and noise. The CLIP constraint (textcraftor) counts as a guard; aesthetic-only has none. Guard arms added to StudyArm.guards appear here.</small></p>\n"
+                if let best = result.bestGuard {
+                    let outcome = switch best.verdict {
+                    case .reproduced: "keeps more real gain than the CLIP constraint alone"
+                    case .notReproduced: "keeps less real gain than the CLIP constraint alone"
+                    default: "keeps as much real gain as the CLIP constraint alone, within the interval"
+                    }
+                    sections += "<h3>The best guard against the CLIP constraint</h3><table>\(Self.tableHead)\(judgedRows([best]))</table>"
+                        + "<p>\(escape(best.comparison.a.arm)), the guard with the most oracle quality per unit of aesthetic reward, \(outcome).</p>\n"
+                }
             }
             if !result.oracle.isEmpty {
                 sections += "<h3>The oracle's view</h3><table>\(Self.tableHead)\(judgedRows(result.oracle))</table>\n"
