@@ -127,7 +127,9 @@ import Torch
         }
         #expect(!FileManager.default.fileExists(atPath: "/tmp/never") && !FileManager.default.fileExists(atPath: "/tmp/never.partial"))
         let help = try textcraftor(["synth-model", "--help"])
-        #expect(help.out.contains("sd21      Stable Diffusion 2.1") && help.out.contains("hpsv2     HPSv2"))
+        // One column for every preset, wide enough for the longest name (aesthetic25, imagereward) and two spaces.
+        #expect(help.out.contains("  sd21         Stable Diffusion 2.1") && help.out.contains("  hpsv2        HPSv2"))
+        #expect(help.out.contains("  aesthetic25  Aesthetic Predictor v2.5") && help.out.contains("  imagereward  ImageReward v1.0"))
     }
 
     /// `bench train --reference-precision` chooses the reference's precision apart from ours (the targets are
