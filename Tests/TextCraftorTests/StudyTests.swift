@@ -122,6 +122,11 @@ import Testing
         #expect(report.markdown().contains("guard-early-stop − textcraftor, oracle quality: +1.000 [+0.752, +1.248]"))
         // The finding's own verdict is still the hacking's, not the ranking's.
         #expect(guards.primary.count == 2)
+        // Without the CLIP-constraint arm the best guard is named but not compared, and the report says so.
+        let alone = StudyReport(config: StudyConfig(), arms: StudyArm.all, results: results.filter { $0.key != "textcraftor" })
+        let unjudged = try #require(alone.findings.first { $0.finding.id == "guards" }?.bestGuard)
+        #expect(unjudged.comparison.a.arm == "guard-early-stop" && unjudged.verdict == .notRun && unjudged.difference == nil)
+        #expect(alone.html().contains("guard-early-stop, the guard with the most oracle quality per unit of aesthetic reward, was not compared with the CLIP constraint: textcraftor was not run."))
     }
 
     @Test func armsAreChosenByNameWithWhatTheyStartFrom() throws {

@@ -344,7 +344,8 @@ public struct StudyReport {
                     let outcome = switch best.verdict {
                     case .reproduced: "keeps more real gain than the CLIP constraint alone"
                     case .notReproduced: "keeps less real gain than the CLIP constraint alone"
-                    default: "cannot be told apart from the CLIP constraint alone on real gain: the interval of the difference contains 0"
+                    case .mixed: "cannot be told apart from the CLIP constraint alone on real gain: the interval of the difference contains 0"
+                    default: "was not compared with the CLIP constraint: \(StudyArm.mainName) was not run"
                     }
                     sections += "<h3>The best guard against the CLIP constraint</h3><table>\(Self.tableHead)\(judgedRows([best]))</table>"
                         + "<p>\(escape(best.comparison.a.arm)), the guard with the most oracle quality per unit of aesthetic reward, \(outcome).</p>\n"
